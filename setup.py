@@ -1,0 +1,50 @@
+"""gemmascope: Gemma Scope-style sparse autoencoders for Gemma 2, in JAX.
+
+Install for use:   pip install -e .
+Install for tests: pip install -e '.[test]'   (adds pytest and the CPU PyTorch reference model)
+"""
+
+import setuptools
+
+setuptools.setup(
+    name="gemmascope",
+    version="0.1.0",
+    description="Train, evaluate and export JumpReLU/Gated SAEs on Gemma 2, in JAX (Gemma Scope, open).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["gemmascope", "gemmascope.*"]),
+    package_data={"gemmascope": ["assets/*", "assets/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.9",
+        "tensorstore>=0.1.65",
+        "transformers>=4.44",  # Gemma 2 support, tokenizers
+        "tokenizers>=0.19",
+        "datasets>=2.19",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "ml_collections>=0.1.1",
+        "absl-py>=2.0",
+        # Why these beyond the chosen list: parquet tables (pyarrow, pandas; both already
+        # pulled in by `datasets`), Figure-2 style plots (matplotlib), TensorBoard event
+        # files without TensorFlow (tensorboardX), progress bars (tqdm).
+        "pyarrow>=14",
+        "pandas>=2.0",
+        "matplotlib>=3.7",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "torch==2.13.0",  # CPU wheel; the reference Gemma2ForCausalLM in tests
+        ],
+        "dev": ["ruff>=0.6"],
+    },
+)
