@@ -1,0 +1,160 @@
+"""The job config of one stacked sweep, and the one place where token budgets become steps.
+
+A *job* is one (site, width, architecture) trained at S sweep settings at once. Its config is a
+plain `ml_collections.ConfigDict`; every field carries a one-line comment.
+
+Synopsis:
+    job_cfg = train.default_config(arch="jumprelu")
+    job_cfg.sweep_values = [1e-4, 3e-4, 1e-3]
+    members = sweep_members(job_cfg)            # [(sweep_value, seed), ...], S entries
+    budget = resolve_budget(job_cfg)            # Budget(total_steps=..., log_every=..., ...)
+    itstime(step, budget.log_every, budget.total_steps)
+
+Budgets are given in tokens (SPEC §4.5: Gemma Scope counts training in tokens, 4B/8B/16B per SAE)
+and converted to optimizer steps here only (STYLE practice 12). Schedules *inside* the SAE update
+(lr warmup, sparsity-coefficient warmup) live in the SAE config `sae`; the optional
+`*_warmup_tokens` fields below override them in tokens when set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+
+from gemmascope import sae
+
+# Default logical-axis -> mesh-axis rules (STYLE practice 8), declared once. Logical axes:
+#   batch: token rows of a batch; d_in: the activation dimension; d_sae: the latent axis;
+#   sweep: the leading axis over sweep members (replicated: every device trains every member).
+DEFAULT_AXIS_RULES = (("batch", "data"), ("sweep", None), ("d_sae", "model"), ("d_in", None))
+
+
+def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
+    """Returns the job config with Gemma Scope defaults (SPEC §4.5) for architecture `arch`.
+
+    Args:
+        arch: a key of `sae.ARCHITECTURES`; its `default_config()` fills the `sae` field.
+
+    Raises:
+        ValueError: `arch` is not a known architecture.
+    """
+    arch_module = get_architecture(arch)
+    sae_cfg = arch_module.default_config()
+    c = ml_collections.ConfigDict()
+    # Job name; the run directory is workdir/runs/<name>/.
+    c.name = "job"
+    # Site the activations come from, e.g. "resid_post/12" (recorded in job.json for the exporter).
+    c.site = ""
+    # Identity of the model the activations come from (preset name or HF path), for job.json.
+    c.model = ""
+    # Expected activation width; None takes the source's (a mismatch with the source is an error).
+    c.d_in = None
+    # SAE architecture: a key of gemmascope.sae.ARCHITECTURES.
+    c.arch = arch
+    # The architecture's config (sae.ARCHITECTURES[arch].default_config()); holds lr, schedules.
+    c.sae = sae_cfg
+    # Number of latents (d_sae) of every SAE in the job.
+    c.width = 16384
+    # Values of the architecture's SWEEP_FIELD (e.g. sparsity_coeff, k), one SAE per value.
+    c.sweep_values = [sae_cfg[sweep_field(arch_module, sae_cfg)]]
+    # Init seeds; the job trains every (sweep value, seed) pair, S = len(values) * len(seeds).
+    c.seeds = [0]
+    # Activations per optimizer step (SPEC §4.5: 4096).
+    c.batch_size = 4096
+    # Training budget in tokens (activations); steps = ceil(total_tokens / batch_size).
+    c.total_tokens = 4_000_000_000
+    # If set, overrides the SAE config's lr warmup, in tokens (None keeps sae's own).
+    c.lr_warmup_tokens = None
+    # If set, overrides the SAE config's sparsity-coefficient warmup, in tokens (None keeps sae's).
+    c.sparsity_warmup_tokens = None
+    # Write metrics (jsonl, TensorBoard, progress bar) every this many tokens.
+    c.log_every_tokens = 4096 * 1000
+    # Save an orbax checkpoint every this many tokens (also saved at the end and on SIGTERM).
+    c.ckpt_every_tokens = 4096 * 25_000
+    # A latent is dead if it has not fired in the last this many tokens (OAI/DL use 10M).
+    c.dead_window_tokens = 10_000_000
+    # Checkpoints kept on disk (the newest ones).
+    c.keep_checkpoints = 2
+    # Write periodic checkpoints in a background thread (final and SIGTERM saves always wait).
+    c.async_checkpointing = True
+    # Show a tqdm progress bar on process 0.
+    c.progress_bar = True
+    # Device mesh as (axis name, size) pairs; one size may be -1 (all remaining devices).
+    c.mesh = [("data", -1), ("model", 1)]
+    # Logical axis -> mesh axis (None = replicated), declared once for params, state and batches.
+    c.logical_axis_rules = [list(rule) for rule in DEFAULT_AXIS_RULES]
+    return c
+
+
+def get_architecture(name: str):
+    """Returns `sae.ARCHITECTURES[name]`, or raises a ValueError listing the valid names."""
+    if name not in sae.ARCHITECTURES:
+        raise ValueError(
+            f"unknown SAE architecture {name!r}; valid architectures: {sorted(sae.ARCHITECTURES)}"
+        )
+    return sae.ARCHITECTURES[name]
+
+
+def sweep_field(arch_module, sae_cfg: ml_collections.ConfigDict) -> str:
+    """The SAE config field a sweep varies (the arch may pick it from its config)."""
+    if hasattr(arch_module, "sweep_field"):
+        return arch_module.sweep_field(sae_cfg)
+    return arch_module.SWEEP_FIELD
+
+
+def sweep_members(job_cfg: ml_collections.ConfigDict) -> list[tuple[float | int, int]]:
+    """Returns the (sweep_value, seed) of every sweep member, in stacking order (values major)."""
+    values, seeds = list(job_cfg.sweep_values), list(job_cfg.seeds)
+    if not values:
+        raise ValueError("job_cfg.sweep_values is empty; give at least one value")
+    if not seeds:
+        raise ValueError("job_cfg.seeds is empty; give at least one seed, e.g. [0]")
+    return [(value, int(seed)) for value in values for seed in seeds]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Step counts derived from the token budgets of a job config.
+
+    Attributes:
+        total_steps: optimizer steps of the whole job.
+        log_every: steps between metric writes.
+        ckpt_every: steps between periodic checkpoints.
+        dead_window: steps without firing after which a latent counts as dead.
+    """
+
+    total_steps: int
+    log_every: int
+    ckpt_every: int
+    dead_window: int
+
+
+def tokens_to_steps(tokens: int, batch_size: int, field: str) -> int:
+    """Converts a token count to steps, rounding up (at least one step).
+
+    Raises:
+        ValueError: `tokens` is not a positive number.
+    """
+    if tokens is None or tokens <= 0:
+        raise ValueError(f"job_cfg.{field} must be a positive number of tokens, got {tokens!r}")
+    return max(1, math.ceil(tokens / batch_size))
+
+
+def resolve_budget(job_cfg: ml_collections.ConfigDict) -> Budget:
+    """Converts every token budget of `job_cfg` to steps (the only place that does)."""
+    batch = job_cfg.batch_size
+    if not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"job_cfg.batch_size must be a positive int, got {batch!r}")
+    return Budget(
+        total_steps=tokens_to_steps(job_cfg.total_tokens, batch, "total_tokens"),
+        log_every=tokens_to_steps(job_cfg.log_every_tokens, batch, "log_every_tokens"),
+        ckpt_every=tokens_to_steps(job_cfg.ckpt_every_tokens, batch, "ckpt_every_tokens"),
+        dead_window=tokens_to_steps(job_cfg.dead_window_tokens, batch, "dead_window_tokens"),
+    )
+
+
+def itstime(step: int, every: int, total: int) -> bool:
+    """True when a periodic action is due after `step` completed steps (and at the last step)."""
+    return step % every == 0 or step == total

@@ -1,0 +1,290 @@
+"""`train_sweep`: train the S SAEs of one job on one activation source, resumably.
+
+The loop reads top to bottom in the order of STYLE practice 5: config -> logging -> mesh ->
+input -> model and optimizer -> state (created sharded) -> checkpoint/resume -> loop -> outputs.
+Fork this file rather than adding flags that switch code paths.
+
+Synopsis:
+    job_cfg = train.default_config("jumprelu"); job_cfg.width = 4096; ...
+    result = train.train_sweep(job_cfg, activations.ArraySource(x), workdir)
+    result.params["W_enc"]            # (S, d_in, width) numpy, training form
+    result.member_params(0)           # member 0's params
+    result.history                    # the metrics.jsonl records
+
+Outputs under workdir/runs/<name>/: checkpoints/ (orbax), metrics.jsonl, tensorboard/, and at the
+end job.json and final_params.npz (the exporter's contract, docs/internals.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from gemmascope.train import checkpointing, config, metrics_writer, sharding, step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a sweep job produced.
+
+    Attributes:
+        params: training-form params, each (S, ...) numpy with the sweep axis first.
+        members: per member, {"sweep_field", "sweep_value", "seed"} in stacking order.
+        history: the metrics.jsonl records of the whole run (one dict per logged step).
+        tokens_trained: tokens seen by every member (steps x batch size).
+        steps: optimizer steps completed.
+        preempted: True when SIGTERM stopped the run early (checkpoint saved; rerun to resume).
+        run_dir: workdir/runs/<name>.
+    """
+
+    params: dict
+    members: list
+    history: list
+    tokens_trained: int
+    steps: int
+    preempted: bool
+    run_dir: Path
+
+    def member_params(self, member: int) -> dict:
+        """The params of one sweep member (no sweep axis)."""
+        return {name: value[member] for name, value in self.params.items()}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A sweep member's loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def resolve_sae_config(job_cfg: ml_collections.ConfigDict, arch) -> ml_collections.ConfigDict:
+    """The SAE config the step uses: job_cfg.sae checked against the arch, token warmups applied.
+
+    Raises:
+        ValueError: a field of job_cfg.sae is not a field of the architecture's config.
+    """
+    defaults = arch.default_config()
+    sae_cfg = ml_collections.ConfigDict(job_cfg.sae.to_dict() if job_cfg.sae else {})
+    unknown = sorted(set(sae_cfg.keys()) - set(defaults.keys()))
+    if unknown:
+        raise ValueError(
+            f"job_cfg.sae has fields {unknown} that the {job_cfg.arch!r} architecture does not "
+            f"know; valid fields: {sorted(defaults.keys())}"
+        )
+    defaults.update(sae_cfg)
+    for tokens_field, steps_field in (
+        ("lr_warmup_tokens", "lr_warmup_steps"),
+        ("sparsity_warmup_tokens", "sparsity_warmup_steps"),
+    ):
+        tokens = job_cfg.get(tokens_field)
+        if tokens is not None:
+            if tokens < 0:
+                raise ValueError(f"job_cfg.{tokens_field} must be >= 0 tokens, got {tokens!r}")
+            defaults[steps_field] = -(-int(tokens) // job_cfg.batch_size)
+    if hasattr(arch, "validate"):
+        arch.validate(defaults)
+    return defaults
+
+
+def _to_host(tree):
+    """Fetches global arrays to numpy on every process (gathering across processes if needed)."""
+
+    def one(x):
+        if x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+    os.replace(tmp, path)
+
+
+def _check_finite(state, members, sweep_field, manager) -> None:
+    """Raises NonFiniteLossError naming the first member and step whose loss was not finite."""
+    bad_step = np.asarray(jax.device_get(state["bad_step"]))
+    bad = np.flatnonzero(bad_step >= 0)
+    if bad.size == 0:
+        return
+    manager.wait_until_finished()
+    member = int(bad[np.argmin(bad_step[bad])])
+    value, seed = members[member]
+    raise NonFiniteLossError(
+        f"non-finite loss in sweep member {member} ({sweep_field}={value}, seed={seed}) at step "
+        f"{int(bad_step[member])}; stopped. The last good checkpoint (step "
+        f"{manager.latest_step()}) is kept in {manager.directory}"
+    )
+
+
+def train_sweep(job_cfg: ml_collections.ConfigDict, source, workdir) -> TrainResult:
+    """Trains every sweep member of `job_cfg` on batches of `source`; resumes if checkpointed.
+
+    Args:
+        job_cfg: a `default_config()` (with overrides).
+        source: an activation source (docs/internals.md): d_in, norm_scale, iter_batches(batch
+            size, sharding), state(), restore(state).
+        workdir: the study's workdir; this job writes workdir/runs/<job_cfg.name>/.
+
+    Returns:
+        TrainResult. When SIGTERM arrived, `preempted` is True and a checkpoint of the last
+        completed step is on disk; rerunning the same call resumes from it.
+
+    Raises:
+        ValueError: unknown architecture or SAE config field, width or batch not divisible by
+            the mesh, a source whose d_in differs from the checkpoint's, bad budgets.
+        NonFiniteLossError: a member's loss became NaN/Inf (names the member and the step).
+    """
+    # 1. Config: architecture, SAE config, members, step budgets.
+    arch = config.get_architecture(job_cfg.arch)
+    sae_cfg = resolve_sae_config(job_cfg, arch)
+    sweep_field = config.sweep_field(arch, sae_cfg)
+    members = config.sweep_members(job_cfg)
+    budget = config.resolve_budget(job_cfg)
+    d_in, width = int(source.d_in), int(job_cfg.width)
+    if job_cfg.get("d_in") is not None and int(job_cfg.d_in) != d_in:
+        raise ValueError(
+            f"the source's d_in is {d_in} but job_cfg.d_in is {job_cfg.d_in} (site "
+            f"{job_cfg.site!r}); give this job the activations of its own site"
+        )
+
+    # 2. Logging: the run directory; only process 0 writes files.
+    run_dir = Path(workdir) / "runs" / job_cfg.name
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    # 3. Mesh and sharding rules (declared once, in the config).
+    mesh = sharding.make_mesh(job_cfg.mesh)
+    rules = tuple((str(a), None if m is None else str(m)) for a, m in job_cfg.logical_axis_rules)
+    sharding.check_divisible(mesh, width, job_cfg.batch_size)
+
+    # 4. Model and optimizer: one compiled init and step per job shape (cached across jobs).
+    values = [value for value, _ in members]
+    sweep_dtype = np.int32 if all(isinstance(v, int) for v in values) else np.float32
+    fns = step.compiled_functions(
+        job_cfg.arch,
+        sae_cfg,
+        d_in=d_in,
+        width=width,
+        n_members=len(members),
+        batch_size=job_cfg.batch_size,
+        dead_window=budget.dead_window,
+        sweep_dtype=sweep_dtype,
+        mesh=mesh,
+        rules=rules,
+    )
+
+    # 5. Checkpoint / resume. Resume order:
+    #    (1) the newest checkpoint in run_dir/checkpoints (same job, e.g. after preemption);
+    #    (2) otherwise from scratch: state created already sharded from the members' seeds.
+    manager = checkpointing.make_manager(
+        (run_dir / "checkpoints").absolute(), job_cfg.keep_checkpoints, job_cfg.async_checkpointing
+    )
+    restored = checkpointing.restore_latest(manager, fns.abstract_state, source.state())
+    if restored is not None:
+        state, source_state = restored
+        source.restore(source_state)
+        saved_values = np.asarray(jax.device_get(state["sweep_value"]))
+        if not np.allclose(saved_values, np.asarray(values, sweep_dtype)):
+            raise ValueError(
+                f"the checkpoint in {manager.directory} trained {sweep_field}={saved_values.tolist()}"
+                f" but job_cfg.sweep_values gives {values}; use a new job name or workdir"
+            )
+        log.info("resumed %s from step %d", job_cfg.name, int(jax.device_get(state["step"])))
+    else:
+        seeds = np.asarray([seed for _, seed in members], np.int32)
+        state = fns.init(seeds, np.asarray(values, sweep_dtype))
+    start_step = int(jax.device_get(state["step"]))
+
+    # 6. The loop: one batch feeds every member; periodic logs, NaN checks and checkpoints.
+    writer = metrics_writer.MetricsWriter(
+        run_dir,
+        budget.total_steps,
+        start_step,
+        job_cfg.batch_size,
+        enabled=is_writer,
+        progress=job_cfg.progress_bar,
+    )
+    batches = source.iter_batches(job_cfg.batch_size, fns.batch_sharding)
+    current, preempted = start_step, False
+    try:
+        with checkpointing.SigtermFlag() as sigterm:
+            while current < budget.total_steps:
+                batch = next(batches)
+                # Batches and state are already on device; the step itself moves no data.
+                with jax.transfer_guard("disallow"):
+                    state, metrics = fns.train_step(state, batch)
+                current += 1
+                is_log = config.itstime(current, budget.log_every, budget.total_steps)
+                is_ckpt = config.itstime(current, budget.ckpt_every, budget.total_steps)
+                preempted = sigterm.requested()
+                if is_log or is_ckpt or preempted:
+                    _check_finite(state, members, sweep_field, manager)
+                if is_log:
+                    writer.write(current, _to_host(metrics))
+                else:
+                    writer.advance(current)
+                if is_ckpt or preempted:
+                    last = current == budget.total_steps
+                    checkpointing.save(
+                        manager, current, state, source.state(), wait=preempted or last
+                    )
+                if preempted:
+                    log.warning("preempted at step %d; rerun the same job to resume", current)
+                    break
+        manager.wait_until_finished()
+    finally:
+        writer.close()
+        manager.close()
+        if hasattr(batches, "close"):
+            batches.close()
+
+    # 7. Outputs: final params and job.json (written atomically, by process 0).
+    params = _to_host(state["params"])
+    history = metrics_writer.read_history(writer.path) if is_writer else []
+    if not preempted and is_writer:
+        buffer = io.BytesIO()
+        np.savez(buffer, **params)
+        _write_atomically(run_dir / "final_params.npz", buffer.getvalue())
+        job = job_cfg.to_dict()
+        job.update(
+            norm_scale=float(source.norm_scale),
+            d_in=d_in,
+            tokens_trained=current * job_cfg.batch_size,
+            steps=current,
+            sweep_field=sweep_field,
+            members=[{"sweep_value": v, "seed": s} for v, s in members],
+        )
+        job["sae"] = sae_cfg.to_dict()
+        _write_atomically(
+            run_dir / "job.json", json.dumps(job, indent=2, default=_json_default).encode()
+        )
+    return TrainResult(
+        params=params,
+        members=[{"sweep_field": sweep_field, "sweep_value": v, "seed": s} for v, s in members],
+        history=history,
+        tokens_trained=current * job_cfg.batch_size,
+        steps=current,
+        preempted=preempted,
+        run_dir=run_dir,
+    )
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"job config value {value!r} of type {type(value).__name__} is not JSON")

@@ -1,0 +1,129 @@
+"""Training metrics of a sweep job: metrics.jsonl, TensorBoard events and a progress bar.
+
+Only process 0 writes (STYLE practice 13); every other process gets a writer that does nothing.
+Each logged step is one JSON line holding every sweep member:
+
+    {"step": 100, "tokens": 409600, "tokens_per_sec": 5.1e5,
+     "l0": [s0, s1, ...], "fvu": [...], "recon_loss": [...], "sparsity_loss": [...], "loss": [...],
+     "frac_dead": [...], "lr": [...], "sparsity_coeff": [...]}
+
+(lists are indexed by sweep member, in the order of `config.sweep_members`). TensorBoard scalars
+are named `<metric>/member<i>`; the progress bar shows tokens/s and the L0 and FVU range across
+the sweep.
+
+Synopsis:
+    writer = MetricsWriter(run_dir, total_steps, start_step, batch_size, enabled=..., progress=...)
+    writer.write(step, metrics)     # metrics: name -> (S,) numpy array
+    writer.advance(step)            # per step, cheap
+    writer.close()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorboardX
+import tqdm
+
+
+def read_history(path: Path) -> list[dict]:
+    """Reads metrics.jsonl (missing file = empty history)."""
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_history(path: Path, last_step: int) -> None:
+    """Drops lines logged after `last_step`, atomically (a resumed run logs those steps again)."""
+    history = [h for h in read_history(path) if h["step"] <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    """Writes the metrics of one job (a no-op unless `enabled`)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        start_step: int,
+        batch_size: int,
+        enabled: bool,
+        progress: bool,
+    ):
+        self.enabled = enabled
+        self.batch_size = batch_size
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._last_time, self._last_step = time.perf_counter(), start_step
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        if self.path.exists():
+            truncate_history(self.path, start_step)
+        # TensorBoard's writer is created lazily: many tiny jobs never pay for it until they log.
+        self._tb_dir = Path(run_dir) / "tensorboard"
+        self._bar = tqdm.tqdm(
+            total=total_steps, initial=start_step, unit="step", disable=not progress, leave=False
+        )
+
+    def advance(self, step: int) -> None:
+        """Moves the progress bar to `step` completed steps."""
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def write(self, step: int, metrics: dict[str, np.ndarray]) -> dict:
+        """Logs one step's per-member metrics; returns the record that was written."""
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        tokens_per_sec = (step - self._last_step) * self.batch_size / elapsed
+        self._last_time, self._last_step = now, step
+        record = {
+            "step": int(step),
+            "tokens": int(step) * self.batch_size,
+            "tokens_per_sec": float(tokens_per_sec),
+        }
+        record.update({name: [float(v) for v in np.asarray(a)] for name, a in metrics.items()})
+        if not self.enabled:
+            return record
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            self._tb = tensorboardX.SummaryWriter(str(self._tb_dir))
+        for name, values in metrics.items():
+            for member, value in enumerate(np.asarray(values)):
+                self._tb.add_scalar(f"{name}/member{member}", float(value), step)
+        self._tb.add_scalar("z/tokens_per_sec", tokens_per_sec, step)
+        if self._bar is not None:
+            self._bar.set_postfix_str(_summary(record), refresh=False)
+            self.advance(step)
+        return record
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard writer and the progress bar."""
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _summary(record: dict) -> str:
+    """'tok/s=..., L0=a-b, FVU=c-d' for the progress bar."""
+
+    def span(values):
+        finite = [v for v in values if math.isfinite(v)]
+        return f"{min(finite):.3g}-{max(finite):.3g}" if finite else "nan"
+
+    return (
+        f"tok/s={record['tokens_per_sec']:.3g}, L0={span(record.get('l0', []))}, "
+        f"FVU={span(record.get('fvu', []))}"
+    )
