@@ -1,0 +1,60 @@
+"""Sparse autoencoders: JumpReLU and Gated (Gemma Scope), TopK, BatchTopK, ReLU-L1, Matryoshka.
+
+Pure JAX: params are flat dicts of arrays, every function is traceable, so a trainer can stack
+SAEs on a sweep axis, vmap the step and shard it. The math and the config fields are in
+docs/sae.md; the contract with the trainer is docs/internals.md ("sae").
+
+Synopsis::
+
+    from gemmascope import sae
+    arch = sae.ARCHITECTURES["jumprelu"]
+    cfg = arch.default_config()
+    params = arch.init(key, d_in, width, cfg)
+    f = arch.encode(params, x, cfg); x_hat = arch.decode(params, f, cfg)
+    loss, metrics = arch.loss(params, x, arch.coeffs(cfg, step_index), cfg)
+    tx = sae.optimizer(cfg); opt_state = tx.init(params)
+    step = sae.make_train_step("jumprelu", cfg)
+    params, opt_state, metrics = step(params, opt_state, x, step_index, sweep_value)
+    jr = sae.to_jumprelu(params, "jumprelu", cfg)
+"""
+
+# Inference form, optimisation, architectures.
+from gemmascope.sae.inference import decode as jumprelu_decode
+from gemmascope.sae.inference import encode as jumprelu_encode
+from gemmascope.sae.optim import BUFFER_KEYS, learning_rate, linear_warmup, optimizer
+from gemmascope.sae.registry import ARCHITECTURES, get
+from gemmascope.sae.train_step import make_train_step
+
+
+def to_jumprelu(params: dict, name: str, cfg) -> dict:
+    """Converts one SAE's training-form params to the JumpReLU inference form of SPEC §8.3.
+
+    Args:
+      params: training-form params of ONE SAE (no sweep axis).
+      name: architecture name.
+      cfg: the architecture config the SAE was trained with.
+
+    Returns:
+      dict W_enc (d, M), W_dec (M, d), b_enc (M,), b_dec (d,), threshold (M,), float32, in
+      training units with the pre-encoder bias:
+      f = relu(π)·1[π > θ], π = (x − b_dec) W_enc + b_enc.
+
+    Raises:
+      KeyError: unknown architecture.
+      ValueError: the architecture has no JumpReLU form (TopK's per-token k is not a threshold).
+    """
+    return get(name).to_jumprelu(params, cfg)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "BUFFER_KEYS",
+    "get",
+    "jumprelu_decode",
+    "jumprelu_encode",
+    "learning_rate",
+    "linear_warmup",
+    "make_train_step",
+    "optimizer",
+    "to_jumprelu",
+]

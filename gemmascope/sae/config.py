@@ -1,0 +1,80 @@
+"""Shared SAE configuration: the Gemma Scope optimiser defaults and input validation.
+
+Every architecture's ``default_config()`` starts from :func:`base_config` (the optimiser, schedule
+and decoder-constraint fields of SPEC §4.5, with the Gemma Scope numbers as defaults) and adds its
+own fields. The ``check_*`` helpers raise ``ValueError`` messages that name the offending field,
+its value and what would be valid.
+
+Synopsis::
+
+    cfg = base_config()            # lr 7e-5, Adam(0, 0.999, 1e-8), cosine warmup from 0.1x ...
+    check_in(cfg, "threshold_param", ("log", "raw"))
+    check_shape(d_in, width)
+"""
+
+from collections.abc import Iterable
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields shared by every architecture (SPEC §4.5 Gemma Scope values as defaults)."""
+    cfg = ml_collections.ConfigDict()
+    # Peak learning rate η (GS: 7e-5 for every SAE).
+    cfg.lr = 7e-5
+    # Steps of cosine warmup from lr_warmup_start·η to η; constant afterwards (GS: 1,000).
+    cfg.lr_warmup_steps = 1_000
+    # Fraction of η the warmup starts from (GS: 0.1).
+    cfg.lr_warmup_start = 0.1
+    # Adam moments (GS: β1 = 0, β2 = 0.999, ε = 1e-8).
+    cfg.adam_b1 = 0.0
+    cfg.adam_b2 = 0.999
+    cfg.adam_eps = 1e-8
+    # Global gradient-norm clip before Adam; 0 disables it (GS: none mentioned).
+    cfg.max_grad_norm = 0.0
+    # Steps of linear warmup of the sparsity coefficient from 0 (GS: 10,000).
+    cfg.sparsity_warmup_steps = 10_000
+    # Keep decoder rows at unit norm: project their gradients and renormalise after each update.
+    cfg.unit_norm_decoder = True
+    # Subtract b_dec from the input before encoding (the pre-encoder bias of SPEC §4.1).
+    cfg.pre_encoder_bias = True
+    return cfg
+
+
+def check_positive(cfg: ml_collections.ConfigDict, *fields: str, allow_zero: bool = False) -> None:
+    """Raises ValueError unless each named numeric field is > 0 (or >= 0 with allow_zero)."""
+    for field in fields:
+        value = cfg[field]
+        ok = value >= 0 if allow_zero else value > 0
+        if not ok:
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"SAE config field {field!r} must be {bound}, got {value!r}.")
+
+
+def check_in(cfg: ml_collections.ConfigDict, field: str, valid: Iterable[str]) -> None:
+    """Raises ValueError unless cfg[field] is one of `valid`."""
+    valid = tuple(valid)
+    if cfg[field] not in valid:
+        raise ValueError(f"SAE config field {field!r} must be one of {valid}, got {cfg[field]!r}.")
+
+
+def check_base(cfg: ml_collections.ConfigDict) -> None:
+    """Validates the shared optimiser / schedule fields of :func:`base_config`."""
+    check_positive(cfg, "lr", "adam_eps")
+    check_positive(
+        cfg, "lr_warmup_steps", "sparsity_warmup_steps", "max_grad_norm", allow_zero=True
+    )
+    if not 0.0 <= cfg.lr_warmup_start <= 1.0:
+        raise ValueError(
+            f"SAE config field 'lr_warmup_start' must be in [0, 1], got {cfg.lr_warmup_start!r}."
+        )
+    for field in ("adam_b1", "adam_b2"):
+        if not 0.0 <= cfg[field] < 1.0:
+            raise ValueError(f"SAE config field {field!r} must be in [0, 1), got {cfg[field]!r}.")
+
+
+def check_shape(d_in: int, width: int) -> None:
+    """Raises ValueError unless d_in and width are positive integers."""
+    for name, value in (("d_in", d_in), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"SAE {name} must be a positive integer, got {value!r}.")

@@ -1,0 +1,79 @@
+"""The shared dictionary: init, affine encoder/decoder maps and the unit-norm decoder constraint.
+
+Layout (npz layout throughout): ``W_enc`` (d_in, M), ``W_dec`` (M, d_in), so latent i's decoder
+vector is the row ``W_dec[i]``. SPEC §4.1 (maps), §4.4 (init), §4.5 (constraint).
+
+Synopsis::
+
+    w_enc, w_dec = init_dictionary(key, d_in, width)   # He-uniform, unit rows, W_enc = W_dec^T
+    pi = pre_activations(params, x, cfg)                # (x − b_dec) @ W_enc + b_enc
+    x_hat = decode(params, f)                           # f @ W_dec + b_dec
+    params = constrain(params, cfg)                     # unit rows when cfg.unit_norm_decoder
+    g = project_out_parallel(g_dec, w_dec)              # g_i <- g_i - (g_i . d^_i) d^_i
+    w_dec = unit_rows(w_dec)                            # d_i <- d_i / ||d_i||
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# Guards the division by a row norm; a decoder row never has a norm this small in practice.
+_TINY_NORM = 1e-12
+
+
+def row_norms(w_dec: jax.Array) -> jax.Array:
+    """Euclidean norm of each decoder row, (M, d) -> (M,)."""
+    return jnp.sqrt(jnp.sum(jnp.square(w_dec), axis=-1))
+
+
+def unit_rows(w_dec: jax.Array) -> jax.Array:
+    """Rescales every decoder row to unit norm."""
+    return w_dec / jnp.maximum(row_norms(w_dec), _TINY_NORM)[..., None]
+
+
+def project_out_parallel(grad_dec: jax.Array, w_dec: jax.Array) -> jax.Array:
+    """Removes from each row's gradient its component along that decoder row (SPEC §4.5)."""
+    direction = unit_rows(w_dec)
+    parallel = jnp.sum(grad_dec * direction, axis=-1, keepdims=True)
+    return grad_dec - parallel * direction
+
+
+def init_dictionary(key: jax.Array, d_in: int, width: int) -> tuple[jax.Array, jax.Array]:
+    """Gemma Scope initialisation of the encoder and decoder matrices (SPEC §4.4).
+
+    W_dec is He-uniform, then each row is rescaled to unit norm; W_enc = W_dec^T.
+
+    Args:
+      key: PRNG key.
+      d_in: input dimension d.
+      width: number of latents M.
+
+    Returns:
+      (W_enc (d_in, width), W_dec (width, d_in)), float32.
+    """
+    w_dec = jax.nn.initializers.he_uniform()(key, (width, d_in), jnp.float32)
+    w_dec = unit_rows(w_dec)
+    return w_dec.T, w_dec
+
+
+def pre_activations(
+    params: dict, x: jax.Array, cfg: ml_collections.ConfigDict, w_enc_key: str = "W_enc"
+) -> jax.Array:
+    """Encoder pre-activations ``(x − b_dec) @ W_enc + b_enc`` (no b_dec shift without
+    ``cfg.pre_encoder_bias``), computed in float32."""
+    x = x.astype(jnp.float32)
+    if cfg.pre_encoder_bias:
+        x = x - params["b_dec"]
+    return x @ params[w_enc_key] + params["b_enc"]
+
+
+def decode(params: dict, f: jax.Array) -> jax.Array:
+    """Reconstruction ``f @ W_dec + b_dec``."""
+    return f @ params["W_dec"] + params["b_dec"]
+
+
+def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
+    """Renormalises every decoder row to unit norm when ``cfg.unit_norm_decoder`` (SPEC §4.5)."""
+    if not cfg.unit_norm_decoder:
+        return params
+    return {**params, "W_dec": unit_rows(params["W_dec"])}

@@ -1,0 +1,76 @@
+"""One pure training step for one SAE, ready to be vmapped over a sweep axis and jitted.
+
+Synopsis::
+
+    step = make_train_step("jumprelu", cfg)
+    opt_state = optimizer(cfg).init(params)
+    params, opt_state, metrics = step(params, opt_state, x, step_index, sweep_value)
+
+The step (SPEC §4.5, §4.6): loss coefficients for this step (warmed-up λ, with ``sweep_value``
+overriding ``cfg[arch.sweep_field(cfg)]`` as a traced scalar) -> loss and gradient of the
+trainable params -> optimizer (decoder-gradient projection, Adam, lr schedule) -> ``constrain``
+(decoder renormalisation) -> buffer updates (BatchTopK running threshold, AuxK firing counters).
+It closes over ``cfg`` only, so ``jax.vmap(step, in_axes=(0, 0, None, None, 0))`` trains a stack of
+SAEs that share each batch.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gemmascope.sae import optim, registry
+
+
+def split_buffers(params: dict) -> tuple[dict, dict]:
+    """Splits a params dict into (trainable, buffers) by :data:`optim.BUFFER_KEYS`."""
+    trainable = {k: v for k, v in params.items() if k not in optim.BUFFER_KEYS}
+    buffers = {k: v for k, v in params.items() if k in optim.BUFFER_KEYS}
+    return trainable, buffers
+
+
+def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
+    """Builds ``step(params, opt_state, x, step_index, sweep_value)``.
+
+    The step returns ``(params, opt_state, metrics)``.
+
+    Args:
+      name: architecture name (a key of ``ARCHITECTURES``).
+      cfg: that architecture's config; validated here.
+
+    Returns:
+      A pure function for ONE SAE. ``metrics`` holds the scalars loss, recon_loss, sparsity_loss,
+      aux_loss, l0, fvu, lr, sparsity_coeff (plus architecture extras) and ``fired`` (M,) int32.
+
+    Raises:
+      KeyError: unknown architecture.
+      ValueError: invalid config.
+    """
+    arch = registry.get(name)
+    arch.validate(cfg)
+    tx = optim.optimizer(cfg)
+
+    def step(params, opt_state, x, step_index, sweep_value):
+        coeffs = arch.coeffs(cfg, step_index, sweep_value)
+        trainable, buffers = split_buffers(params)
+
+        def loss_of_trainable(trainable_params):
+            return arch.loss({**trainable_params, **buffers}, x, coeffs, cfg)
+
+        (_, metrics), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
+        grads = {**grads, **{k: jnp.zeros_like(v) for k, v in buffers.items()}}
+        updates, opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        new_params = {**new_params, **buffers}  # buffers change only in update_buffers
+        new_params = arch.constrain(new_params, cfg)
+        new_params = arch.update_buffers(new_params, metrics, step_index, cfg)
+        metrics = {
+            **metrics,
+            "lr": optim.learning_rate(cfg, step_index),
+            "sparsity_coeff": jnp.asarray(coeffs.get("sparsity_coeff", 0.0), jnp.float32),
+        }
+        return new_params, opt_state, metrics
+
+    return step

@@ -1,0 +1,108 @@
+"""The training step: decoder constraint, gradient projection, vmap over a sweep axis."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gemmascope import sae
+from gemmascope.sae import dictionary, optim
+
+D_IN, WIDTH, BATCH = 16, 48, 64
+
+
+def _batch(seed):
+    return jax.random.normal(jax.random.key(seed), (BATCH, D_IN)) / np.sqrt(D_IN)
+
+
+def _small_cfg(name):
+    cfg = sae.ARCHITECTURES[name].default_config()
+    cfg.lr = 1e-2  # large enough that the decoder visibly leaves the unit sphere without renorm
+    cfg.lr_warmup_steps = 3
+    cfg.sparsity_warmup_steps = 2
+    return cfg
+
+
+ALL = sorted(sae.ARCHITECTURES)
+UNIT_NORM = ALL
+
+
+@pytest.mark.parametrize("name", UNIT_NORM)
+def test_decoder_rows_unit_norm_after_every_update(name):
+    cfg = _small_cfg(name)
+    arch = sae.ARCHITECTURES[name]
+    params = arch.init(jax.random.key(0), D_IN, WIDTH, cfg)
+    opt_state = sae.optimizer(cfg).init(params)
+    step = jax.jit(sae.make_train_step(name, cfg))
+    for t in range(4):
+        before = params["W_dec"]
+        params, opt_state, metrics = step(params, opt_state, _batch(t), t, cfg[arch.SWEEP_FIELD])
+        assert not np.allclose(params["W_dec"], before), "the decoder did not move"
+        np.testing.assert_allclose(dictionary.row_norms(params["W_dec"]), 1.0, atol=1e-6)
+        assert np.isfinite(float(metrics["loss"]))
+
+
+def test_projected_gradient_is_orthogonal_to_each_row():
+    key_w, key_g = jax.random.split(jax.random.key(3))
+    w_dec = jax.random.normal(key_w, (WIDTH, D_IN)) * 3.0  # deliberately not unit norm
+    grad = jax.random.normal(key_g, (WIDTH, D_IN))
+    projected = dictionary.project_out_parallel(grad, w_dec)
+    cosines = jnp.sum(projected * w_dec, -1) / (
+        dictionary.row_norms(projected) * dictionary.row_norms(w_dec)
+    )
+    np.testing.assert_allclose(cosines, 0.0, atol=1e-5)
+    # Only the parallel part was removed: the difference is parallel to the row.
+    removed = grad - projected
+    cross = removed[:, :, None] * w_dec[:, None, :] - removed[:, None, :] * w_dec[:, :, None]
+    np.testing.assert_allclose(cross, 0.0, atol=1e-5)
+
+
+def test_optimizer_projects_before_adam():
+    cfg = _small_cfg("jumprelu")
+    params = sae.ARCHITECTURES["jumprelu"].init(jax.random.key(0), D_IN, WIDTH, cfg)
+    grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
+    tx = optim.project_decoder_gradient()
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(jnp.sum(updates["W_dec"] * params["W_dec"], -1), 0.0, atol=1e-5)
+    np.testing.assert_array_equal(updates["W_enc"], grads["W_enc"])
+
+
+def test_learning_rate_and_sparsity_warmup_schedules():
+    cfg = sae.ARCHITECTURES["jumprelu"].default_config()  # Gemma Scope numbers
+    lr = [float(optim.learning_rate(cfg, t)) for t in (0, 500, 1000, 5000)]
+    np.testing.assert_allclose(lr, [7e-6, 7e-5 * 0.55, 7e-5, 7e-5], rtol=1e-5)
+    lam = [
+        float(optim.linear_warmup(1e-3, t, cfg.sparsity_warmup_steps))
+        for t in (0, 2500, 10_000, 20_000)
+    ]
+    np.testing.assert_allclose(lam, [0.0, 2.5e-4, 1e-3, 1e-3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_vmap_over_sweep_axis_equals_separate_calls(name):
+    cfg = _small_cfg(name)
+    arch = sae.ARCHITECTURES[name]
+    base = cfg[arch.SWEEP_FIELD]
+    sweep = jnp.asarray([base * 0.5, base, base * 2, base * 4], jnp.float32)
+    if arch.SWEEP_FIELD == "k":
+        sweep = jnp.asarray([1, 2, 3, 4], jnp.int32)
+        cfg.k_max = 4
+    keys = jax.random.split(jax.random.key(1), 4)
+    members = [arch.init(k, D_IN, WIDTH, cfg) for k in keys]
+    tx = sae.optimizer(cfg)
+    opt_states = [tx.init(p) for p in members]
+    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+    step = sae.make_train_step(name, cfg)
+    x, t = _batch(7), 5
+    v_params, v_opt, v_metrics = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None, 0)))(
+        stack(members), stack(opt_states), x, t, sweep
+    )
+    for s in range(4):
+        params, _, metrics = jax.jit(step)(members[s], opt_states[s], x, t, sweep[s])
+        for key in params:
+            np.testing.assert_allclose(v_params[key][s], params[key], rtol=1e-5, atol=1e-6)
+        for key in metrics:
+            np.testing.assert_allclose(v_metrics[key][s], metrics[key], rtol=1e-5, atol=1e-6)
+    # The sweep value reached each member's loss.
+    reached = v_metrics["l0"] if arch.SWEEP_FIELD == "k" else v_metrics["sparsity_coeff"]
+    assert len({float(v) for v in reached}) == 4
