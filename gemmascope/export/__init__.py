@@ -1,0 +1,33 @@
+"""Gemma Scope ``params.npz`` export and import.
+
+Synopsis::
+
+    from gemmascope import export
+    export.save_npz(path, jumprelu_params)          # raw Gemma Scope format, atomic
+    params = export.load_npz(path, model_cfg=cfg, site="resid_post/12")
+    raw = export.fold(jr_params, norm_scale)        # SPEC §3 folding of C and b_dec
+    export.export_run(workdir, job_name)            # runs/<job> -> saes/<kind>/layer_<L>/...
+    export.import_released(npz_path, workdir, site, model_cfg=cfg)
+"""
+
+# The released format.
+from gemmascope.export.folding import fold
+from gemmascope.export.layout import list_saes, sae_dir, sweep_tag, width_label
+from gemmascope.export.npz_format import NPZ_KEYS, check_params, load_npz, save_npz
+
+# Workdir export and import.
+from gemmascope.export.release import export_run, import_released
+
+__all__ = [
+    "NPZ_KEYS",
+    "check_params",
+    "export_run",
+    "fold",
+    "import_released",
+    "list_saes",
+    "load_npz",
+    "sae_dir",
+    "save_npz",
+    "sweep_tag",
+    "width_label",
+]

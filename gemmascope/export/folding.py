@@ -1,0 +1,54 @@
+"""Fold the normalisation scalar C and the pre-encoder bias into JumpReLU weights (SPEC §3).
+
+During training an SAE sees ``x = x_raw / C`` and computes
+``f = JumpReLU_θ((x − b_dec) @ W_enc + b_enc)``, ``x̂ = C (f @ W_dec + b_dec)``. Released Gemma
+Scope SAEs take raw activations and have no pre-encoder bias, so before export we set
+
+- ``b_enc' = C·b_enc − C·(b_dec @ W_enc)``,
+- ``b_dec' = C·b_dec``, ``θ' = C·θ``, ``W_enc' = W_enc``, ``W_dec' = W_dec``.
+
+Then ``f' = JumpReLU_θ'(x_raw @ W_enc + b_enc') = C·f`` and ``f' @ W_dec + b_dec' = x̂_raw``.
+
+Synopsis::
+
+    raw = fold(sae.to_jumprelu(params, "jumprelu", cfg), norm_scale=C)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from gemmascope.export.npz_format import NPZ_KEYS, check_params
+
+
+def fold(jr_params: Mapping[str, np.ndarray], norm_scale: float) -> dict[str, np.ndarray]:
+    """Returns raw-unit Gemma Scope params from normalised-unit JumpReLU params.
+
+    Computed in float64 and returned as float32.
+
+    Args:
+      jr_params: ``W_enc`` (d, M), ``W_dec`` (M, d), ``b_enc`` (M), ``b_dec`` (d), ``threshold``
+        (M) in normalised units, as returned by ``gemmascope.sae.to_jumprelu``.
+      norm_scale: the scalar C the training activations were divided by (positive, finite).
+
+    Returns:
+      dict with the five keys of ``NPZ_KEYS``, float32, in raw units.
+
+    Raises:
+      ValueError: ``norm_scale`` is not a positive finite number, or the params are malformed.
+    """
+    scale = float(norm_scale)
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"fold: norm_scale must be a positive finite number, got {norm_scale!r}")
+    p = {k: np.asarray(jr_params[k], dtype=np.float64) for k in NPZ_KEYS if k in jr_params}
+    check_params(p, source="fold(jr_params)")
+    folded = {
+        "W_enc": p["W_enc"],
+        "W_dec": p["W_dec"],
+        "b_enc": scale * p["b_enc"] - scale * (p["b_dec"] @ p["W_enc"]),
+        "b_dec": scale * p["b_dec"],
+        "threshold": scale * p["threshold"],
+    }
+    return {k: v.astype(np.float32) for k, v in folded.items()}

@@ -1,0 +1,190 @@
+"""Gemma Scope's released ``params.npz`` format: write, read and check it.
+
+A released Gemma Scope SAE is one uncompressed ``.npz`` with five float32 arrays (SPEC §8.3):
+
+====================  ============  ===================================
+key                   shape         meaning (raw, unnormalised units)
+====================  ============  ===================================
+``W_enc``             (d_in, M)     encoder
+``W_dec``             (M, d_in)     decoder, one unit-norm row per latent
+``b_enc``             (M,)          encoder bias (b_dec already folded in)
+``b_dec``             (d_in,)       decoder bias
+``threshold``         (M,)          JumpReLU threshold
+====================  ============  ===================================
+
+Inference is ``f = relu(x @ W_enc + b_enc) * (x @ W_enc + b_enc > threshold)`` and
+``x_hat = f @ W_dec + b_dec`` (no normalisation, no pre-encoder bias).
+
+Synopsis::
+
+    save_npz("params.npz", {"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec,
+                            "threshold": threshold})
+    params = load_npz("params.npz", d_in=2304)   # every key and shape checked
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+#: The five arrays of a Gemma Scope ``params.npz``, in file order.
+NPZ_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+# SAELens tolerates these spellings in third-party files; we map them back (SPEC §8.3).
+_ALIASES = {"w_enc": "W_enc", "w_dec": "W_dec"}
+
+
+def check_params(
+    params: Mapping[str, np.ndarray],
+    *,
+    d_in: int | None = None,
+    width: int | None = None,
+    source: str = "params",
+) -> tuple[int, int]:
+    """Checks that ``params`` has the five Gemma Scope arrays with consistent shapes.
+
+    Args:
+      params: mapping with the keys of ``NPZ_KEYS`` (extra keys are an error).
+      d_in: expected input width (the site's dimension), or None to accept any.
+      width: expected number of latents M, or None to accept any.
+      source: what to call ``params`` in error messages (e.g. a file path).
+
+    Returns:
+      ``(d_in, width)`` read from the shapes.
+
+    Raises:
+      ValueError: a key is missing or unexpected, a shape is wrong, or a value is not finite.
+    """
+    missing = [k for k in NPZ_KEYS if k not in params]
+    if missing:
+        raise ValueError(
+            f"{source}: missing key(s) {missing}; a Gemma Scope params.npz holds exactly "
+            f"{list(NPZ_KEYS)} (got {sorted(params)})"
+        )
+    extra = sorted(set(params) - set(NPZ_KEYS))
+    if extra:
+        raise ValueError(f"{source}: unexpected key(s) {extra}; valid keys are {list(NPZ_KEYS)}")
+    w_enc = np.shape(params["W_enc"])
+    if len(w_enc) != 2:
+        raise ValueError(f"{source}: W_enc must be 2-D (d_in, M), got shape {w_enc}")
+    got_d, got_m = w_enc
+    expected = {
+        "W_enc": (got_d, got_m),
+        "W_dec": (got_m, got_d),
+        "b_enc": (got_m,),
+        "b_dec": (got_d,),
+        "threshold": (got_m,),
+    }
+    for key, shape in expected.items():
+        if tuple(np.shape(params[key])) != shape:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(np.shape(params[key]))}, expected {shape} "
+                f"(from W_enc {w_enc}: d_in={got_d}, M={got_m})"
+            )
+    if d_in is not None and got_d != d_in:
+        raise ValueError(f"{source}: d_in is {got_d} (W_enc {w_enc}) but the site needs {d_in}")
+    if width is not None and got_m != width:
+        raise ValueError(f"{source}: width is {got_m} (W_enc {w_enc}) but {width} was expected")
+    for key in NPZ_KEYS:
+        if not np.all(np.isfinite(params[key])):
+            raise ValueError(f"{source}: {key} contains NaN or inf values")
+    return int(got_d), int(got_m)
+
+
+def save_npz(path: str | os.PathLike, jumprelu_params: Mapping[str, np.ndarray]) -> None:
+    """Writes a Gemma Scope ``params.npz`` (float32, uncompressed) atomically.
+
+    The file is written to a temporary sibling and moved into place with ``os.replace``, so a
+    crash never leaves a truncated ``params.npz``.
+
+    Args:
+      path: destination file; its directory must exist.
+      jumprelu_params: the five arrays of ``NPZ_KEYS`` in raw (folded) units; any array type
+        convertible by ``np.asarray`` (jax arrays included).
+
+    Raises:
+      ValueError: a key is missing or extra, or a shape is inconsistent.
+    """
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in jumprelu_params.items()}
+    check_params(arrays, source=os.fspath(path))
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".params-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: arrays[k] for k in NPZ_KEYS})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_npz(
+    path: str | os.PathLike,
+    *,
+    d_in: int | None = None,
+    width: int | None = None,
+    model_cfg=None,
+    site: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Reads a Gemma Scope ``params.npz`` (ours or a released one) and checks it.
+
+    Args:
+      path: the ``.npz`` file.
+      d_in: expected input width; alternatively give ``model_cfg`` and ``site`` and it is
+        computed with ``gemmascope.model.sites.dim``.
+      width: expected number of latents, or None.
+      model_cfg: a ``model.Gemma2Config`` to check against (with ``site``).
+      site: a site name such as ``"resid_post/12"`` (with ``model_cfg``).
+
+    Returns:
+      dict of the five float32 arrays of ``NPZ_KEYS``. ``w_enc``/``w_dec`` spellings are
+      renamed; a ``scaling_factor`` of all ones (SAELens) is dropped.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: not an npz, a pickled object inside, a missing key or a wrong shape.
+    """
+    source = os.fspath(path)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"{source}: no such params.npz")
+    if model_cfg is not None or site is not None:
+        if model_cfg is None or site is None:
+            raise ValueError("load_npz: give both model_cfg and site, or neither")
+        from gemmascope.model import sites as model_sites
+
+        site_dim = int(model_sites.dim(model_cfg, site))
+        if d_in is not None and d_in != site_dim:
+            raise ValueError(f"load_npz: d_in={d_in} contradicts site {site} of width {site_dim}")
+        d_in = site_dim
+    try:
+        npz = np.load(source, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"{source}: not a readable .npz file ({err})") from err
+    params = {}
+    with npz:
+        for raw_key in npz.files:
+            key = _ALIASES.get(raw_key, raw_key)
+            try:
+                value = npz[raw_key]
+            except ValueError as err:  # numpy refuses object arrays when allow_pickle=False
+                raise ValueError(
+                    f"{source}: array {raw_key!r} is a pickled object, which is refused for "
+                    f"safety; params.npz must hold plain float arrays ({err})"
+                ) from err
+            if value.dtype.kind not in "fiu":
+                raise ValueError(
+                    f"{source}: array {raw_key!r} has dtype {value.dtype}; expected float32"
+                )
+            params[key] = value.astype(np.float32)
+    scaling = params.pop("scaling_factor", None)
+    if scaling is not None and not np.allclose(scaling, 1.0):
+        raise ValueError(
+            f"{source}: scaling_factor is not all ones; fold it into the weights before loading"
+        )
+    check_params(params, d_in=d_in, width=width, source=source)
+    return params

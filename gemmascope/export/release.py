@@ -1,0 +1,256 @@
+"""Turn a finished training run into Gemma Scope SAE folders, and import released SAEs.
+
+``export_run`` reads ``workdir/runs/<job>/job.json`` and ``final_params.npz`` (training-form
+params stacked on a leading sweep axis), converts each sweep member to JumpReLU form with
+``gemmascope.sae.to_jumprelu``, folds C and ``b_dec`` (SPEC §3) and writes one folder per member
+(layout in ``gemmascope.export.layout``). ``import_released`` places a released Gemma Scope
+``params.npz`` in the same layout, so the evaluation treats it as one more SAE.
+
+Synopsis::
+
+    folders = export_run(workdir, "resid_post-L3-w256-jumprelu")
+    folder = import_released("params.npz", workdir, "resid_post/12", model_cfg=cfg)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from gemmascope.export import layout
+from gemmascope.export.folding import fold
+from gemmascope.export.npz_format import check_params, load_npz, save_npz
+
+# Folder name of a released Gemma Scope SAE: .../average_l0_71/params.npz.
+_RELEASED_TAG = re.compile(r"average_l0_\d+")
+
+
+def _load_job(workdir: str, job_name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Reads one run's job.json and its stacked final params."""
+    runs_dir = os.path.join(workdir, "runs")
+    job_path = os.path.join(runs_dir, job_name, "job.json")
+    params_path = os.path.join(runs_dir, job_name, "final_params.npz")
+    for path in (job_path, params_path):
+        if not os.path.exists(path):
+            present = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
+            raise FileNotFoundError(
+                f"export_run: {path} not found; train job {job_name!r} to completion first "
+                f"(runs present: {present or 'none'})"
+            )
+    with open(job_path, encoding="utf-8") as f:
+        job = json.load(f)
+    required = ("site", "arch", "width", "norm_scale", "d_in")
+    missing = [k for k in required if k not in job]
+    if missing:
+        raise ValueError(f"{job_path}: missing field(s) {missing}; required: {list(required)}")
+    with np.load(params_path, allow_pickle=False) as npz:
+        stacked = {k: npz[k] for k in npz.files}
+    return job, stacked
+
+
+def _member_config(arch, job: dict, sweep_field: str | None, value):
+    """The architecture config of one member: defaults, the job's SAE config, the sweep value."""
+    cfg = arch.default_config()
+    cfg.update(job.get("sae") or job.get("arch_cfg") or {})
+    cfg[sweep_field or _sweep_field(arch, cfg)] = value
+    return cfg
+
+
+def _sweep_field(arch, cfg) -> str:
+    """The config field the sweep varies (some architectures pick it from their config)."""
+    pick = getattr(arch, "sweep_field", None)
+    return pick(cfg) if callable(pick) else arch.SWEEP_FIELD
+
+
+def _members(job: dict, job_name: str) -> list[dict]:
+    """The job's members in stacking order: ``{"sweep_value", "seed"}`` each.
+
+    The trainer records ``members`` (every sweep value x seed pair); older job files only have
+    ``sweep_values`` (one seed).
+    """
+    members = job.get("members") or [
+        {"sweep_value": v, "seed": 0} for v in job.get("sweep_values", [])
+    ]
+    if not members:
+        raise ValueError(f"job {job_name!r}: no sweep members (sweep_values is empty)")
+    return [dict(m) for m in members]
+
+
+def export_run(workdir: str, job_name: str) -> list[str]:
+    """Exports every member of one finished training job as a Gemma Scope SAE folder.
+
+    Members are the job's (sweep value, seed) pairs; the folder tag is the sweep setting
+    (``lambda_6e-04``), with ``_seed<s>`` appended when the job trained several seeds.
+
+    Args:
+      workdir: the study's workdir.
+      job_name: the job's name (folder under ``workdir/runs``).
+
+    Returns:
+      the written SAE folders, one per member, in stacking order.
+
+    Raises:
+      FileNotFoundError: the run has no ``job.json`` or ``final_params.npz``.
+      ValueError: the job metadata or the stacked params are inconsistent.
+    """
+    from gemmascope import sae
+
+    job, stacked = _load_job(workdir, job_name)
+    arch_name = job["arch"]
+    if arch_name not in sae.ARCHITECTURES:
+        raise ValueError(
+            f"job {job_name!r}: unknown architecture {arch_name!r}; "
+            f"valid: {sorted(sae.ARCHITECTURES)}"
+        )
+    arch = sae.ARCHITECTURES[arch_name]
+    members = _members(job, job_name)
+    for key, value in stacked.items():
+        if value.shape[:1] != (len(members),):
+            raise ValueError(
+                f"job {job_name!r}: final_params[{key!r}] has shape {value.shape}, expected a "
+                f"leading sweep axis of {len(members)} (one per member)"
+            )
+    sweep_field = job.get("sweep_field") or _sweep_field(
+        arch, _member_config(arch, job, None, members[0]["sweep_value"])
+    )
+    several_seeds = len({m.get("seed", 0) for m in members}) > 1
+    kind, layer = layout.split_site(job["site"])
+    d_in, width = int(job["d_in"]), int(job["width"])
+    folders = []
+    for index, member in enumerate(members):
+        value = member["sweep_value"]
+        member_params = {k: v[index] for k, v in stacked.items()}
+        member_cfg = _member_config(arch, job, sweep_field, value)
+        jr = sae.to_jumprelu(member_params, arch_name, member_cfg)
+        raw = fold({k: np.asarray(v) for k, v in jr.items()}, job["norm_scale"])
+        check_params(raw, d_in=d_in, width=width, source=f"job {job_name!r} member {index}")
+        tag = layout.sweep_tag(sweep_field, value)
+        if several_seeds:
+            tag += f"_seed{member.get('seed', 0)}"
+        folder = layout.sae_dir(workdir, job["site"], width, arch_name, tag)
+        _check_not_taken(folder, job_name, width)
+        os.makedirs(folder, exist_ok=True)
+        save_npz(os.path.join(folder, layout.PARAMS_FILE), raw)
+        config = {
+            "format": layout.CONFIG_FORMAT,
+            "source": "trained",
+            "job": job_name,
+            "member": index,
+            "seed": member.get("seed", 0),
+            "model": job.get("model") or None,
+            "site": job["site"],
+            "kind": kind,
+            "layer": layer,
+            "d_in": d_in,
+            "width": width,
+            "architecture": arch_name,
+            "sweep_field": sweep_field,
+            "sweep_value": value,
+            "tag": tag,
+            "tokens_trained": job.get("tokens_trained"),
+            "norm_scale": float(job["norm_scale"]),
+            "arch_cfg": _jsonable(member_cfg.to_dict()),
+        }
+        layout.write_json_atomic(os.path.join(folder, layout.CONFIG_FILE), config)
+        folders.append(folder)
+    return folders
+
+
+def _check_not_taken(folder: str, job_name: str, width: int) -> None:
+    """Refuses to overwrite an SAE folder that belongs to another job or width."""
+    path = os.path.join(folder, layout.CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        existing = json.load(f)
+    if existing.get("job") != job_name or existing.get("width") != width:
+        raise ValueError(
+            f"{folder} already holds an SAE of job {existing.get('job')!r} (width "
+            f"{existing.get('width')}); job {job_name!r} (width {width}) would overwrite it"
+        )
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    return str(value)
+
+
+def import_released(
+    npz_path: str,
+    workdir: str,
+    site: str,
+    *,
+    model_cfg=None,
+    d_in: int | None = None,
+    tag: str | None = None,
+    model: str | None = None,
+    tokens_trained: int | None = None,
+    arch: str = "gemmascope",
+) -> str:
+    """Copies a released Gemma Scope ``params.npz`` into the workdir's SAE layout.
+
+    The file is read with ``allow_pickle=False`` and every shape is checked against the site's
+    width (from ``model_cfg`` or ``d_in``) before anything is written.
+
+    Args:
+      npz_path: the released file, e.g. ``.../layer_12/width_16k/average_l0_82/params.npz``.
+      workdir: the study's workdir.
+      site: the site it was trained on, e.g. ``"resid_post/12"``.
+      model_cfg: model config used to check d_in (``model.sites.dim``); or give ``d_in``.
+      d_in: expected input width when no ``model_cfg`` is given.
+      tag: folder tag; default: the ``average_l0_<N>`` part of ``npz_path``, else ``"released"``.
+      model: model identity to record (e.g. ``"google/gemma-2-2b"``).
+      tokens_trained: training tokens to record (Gemma Scope: 4e9 for 16k, 8e9, 16e9 for 1m).
+      arch: architecture label in the folder name and table.
+
+    Returns:
+      the SAE folder written.
+
+    Raises:
+      ValueError: the npz is malformed or does not fit the site; neither model_cfg nor d_in given.
+    """
+    if model_cfg is None and d_in is None:
+        raise ValueError("import_released: give model_cfg (preferred) or d_in to check shapes")
+    if model_cfg is not None:
+        params = load_npz(npz_path, model_cfg=model_cfg, site=site, d_in=d_in)
+    else:
+        params = load_npz(npz_path, d_in=d_in)
+    got_d, width = params["W_enc"].shape
+    if tag is None:
+        match = _RELEASED_TAG.search(os.fspath(npz_path))
+        tag = match.group(0) if match else "released"
+    kind, layer = layout.split_site(site)
+    folder = layout.sae_dir(workdir, site, width, arch, tag)
+    os.makedirs(folder, exist_ok=True)
+    save_npz(os.path.join(folder, layout.PARAMS_FILE), params)
+    config = {
+        "format": layout.CONFIG_FORMAT,
+        "source": "released",
+        "origin": os.path.abspath(os.fspath(npz_path)),
+        "model": model,
+        "site": site,
+        "kind": kind,
+        "layer": layer,
+        "d_in": int(got_d),
+        "width": int(width),
+        "architecture": arch,
+        "sweep_field": None,
+        "sweep_value": None,
+        "tag": tag,
+        "tokens_trained": tokens_trained,
+        "norm_scale": None,
+    }
+    layout.write_json_atomic(os.path.join(folder, layout.CONFIG_FILE), config)
+    return folder
