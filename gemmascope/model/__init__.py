@@ -1,0 +1,72 @@
+"""Gemma 2 in JAX with named capture points, presets and HF checkpoint loading.
+
+Synopsis:
+    from gemmascope import model
+    cfg = model.presets.gemma2_2b()                      # or model.presets.tiny()
+    params = model.init_params(cfg, jax.random.key(0))
+    cfg, params = model.load_hf(path, dtype=jnp.bfloat16, mesh=mesh)
+    logits, acts = model.forward(cfg, params, tokens, capture=["resid_post/3", "attn_z/0"])
+    logits, _ = model.forward(cfg, params, tokens, replace={"mlp_out/1": fn})
+    model.sites.resolve(cfg, ["resid_post/*"]); model.special_mask(cfg, tokens)
+
+See docs/model.md for presets, sites, loading, precision and how capture/replace work.
+"""
+
+from gemmascope.model import presets, sites
+
+# HF checkpoints
+from gemmascope.model.checkpoint import (
+    load_from_config,
+    load_hf,
+    load_tokenizer,
+    read_config,
+    resolve_path,
+    save_hf,
+)
+
+# Configuration
+from gemmascope.model.config import Gemma2Config
+
+# Parameters and sharding
+from gemmascope.model.params import (
+    DEFAULT_RULES,
+    ParamSpec,
+    init_params,
+    param_shardings,
+    param_specs,
+)
+
+# Forward pass
+from gemmascope.model.transformer import (
+    check_tokens,
+    collect_sites,
+    embed,
+    forward,
+    forward_from,
+    special_mask,
+    unembed,
+)
+
+__all__ = [
+    "DEFAULT_RULES",
+    "Gemma2Config",
+    "ParamSpec",
+    "check_tokens",
+    "collect_sites",
+    "embed",
+    "forward",
+    "forward_from",
+    "init_params",
+    "load_from_config",
+    "load_hf",
+    "load_tokenizer",
+    "param_shardings",
+    "param_specs",
+    "presets",
+    "read_config",
+    "resolve_path",
+    "save_hf",
+    "sites",
+    "special_mask",
+    "unembed",
+]

@@ -1,0 +1,292 @@
+"""Gemma 2 parameters: the pytree layout, its mapping to HF tensors, init and sharding.
+
+Synopsis:
+    params = init_params(cfg, key, dtype=jnp.float32)            # random, HF's init scheme
+    params = init_params(cfg, key, mesh=mesh)                     # materialised already sharded
+    shardings = param_shardings(cfg, mesh, rules=DEFAULT_RULES)   # pytree of NamedSharding
+    for spec in param_specs(cfg): spec.path, spec.hf_name, spec.shape, spec.axes
+
+The params are a plain pytree of arrays (axis letters as in ``transformer.py``)::
+
+    {"embed": (V, D), "final_norm": (D,),
+     "layers": [{"input_norm": (D,), "q": (D, N, H), "k": (D, K, H), "v": (D, K, H),
+                 "o": (N, H, D), "post_attn_norm": (D,), "pre_ffw_norm": (D,),
+                 "gate": (D, M), "up": (D, M), "down": (M, D), "post_ffw_norm": (D,)}, ...]}
+
+Norm weights are stored as HF stores them: the *offset* w of the gain (1 + w). Every parameter has
+one ``ParamSpec`` saying where it lives in the pytree and in an HF checkpoint, how to convert
+between the two layouts, and its logical axes; loading, saving, init and sharding all read the same
+table, so they cannot disagree.
+
+Sharding: logical axes map to mesh axes through ``rules`` (pairs ``(logical, mesh_axis)``, the
+flax ``logical_axis_rules`` convention). The default is Megatron-style: heads, KV heads, the MLP
+hidden axis and the vocabulary split over ``model``; everything else replicated. A dimension that
+the mesh axis does not divide is replicated rather than padded (e.g. one KV head on 4 devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gemmascope.model.config import Gemma2Config
+
+Params = dict[str, Any]
+Rules = Sequence[tuple[str, str | None]] | Mapping[str, str | None]
+
+DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("mlp", "model"),
+    ("embed", None),
+    ("head_dim", None),
+)
+
+_NORMS = ("input_norm", "post_attn_norm", "pre_ffw_norm", "post_ffw_norm")
+_HF_NORM_NAMES = {
+    "input_norm": "input_layernorm",
+    "post_attn_norm": "post_attention_layernorm",
+    "pre_ffw_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """Where one parameter lives, in our pytree and in an HF checkpoint.
+
+    Attributes:
+        path: Keys into the params pytree, e.g. ``("layers", 3, "q")``.
+        hf_name: The tensor name in HF safetensors, e.g. ``model.layers.3.self_attn.q_proj.weight``.
+        shape: Our shape.
+        hf_shape: The checkpoint's shape (torch ``nn.Linear`` stores (out, in)).
+        axes: Logical axis names of our shape, for sharding.
+        from_hf: Converts a checkpoint array (numpy) to our layout.
+        to_hf: Converts our array (numpy) to the checkpoint layout.
+        is_norm: True for RMSNorm gain offsets (initialised to zero).
+    """
+
+    path: tuple[str | int, ...]
+    hf_name: str
+    shape: tuple[int, ...]
+    hf_shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    from_hf: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    is_norm: bool = False
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.T)
+
+
+def _in_proj_specs(
+    cfg: Gemma2Config, layer: int, key: str, hf: str, heads: int, head_axis: str
+) -> ParamSpec:
+    """q/k/v: HF (heads*H, D) with head-major rows <-> ours (D, heads, H)."""
+    d, h = cfg.hidden_size, cfg.head_dim
+    return ParamSpec(
+        path=("layers", layer, key),
+        hf_name=f"model.layers.{layer}.self_attn.{hf}.weight",
+        shape=(d, heads, h),
+        hf_shape=(heads * h, d),
+        axes=("embed", head_axis, "head_dim"),
+        from_hf=lambda x: np.ascontiguousarray(x.reshape(heads, h, d).transpose(2, 0, 1)),
+        to_hf=lambda x: np.ascontiguousarray(x.transpose(1, 2, 0).reshape(heads * h, d)),
+    )
+
+
+def _layer_specs(cfg: Gemma2Config, layer: int) -> Iterator[ParamSpec]:
+    d, m, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    n, k = cfg.num_attention_heads, cfg.num_key_value_heads
+    prefix = f"model.layers.{layer}"
+    yield _in_proj_specs(cfg, layer, "q", "q_proj", n, "heads")
+    yield _in_proj_specs(cfg, layer, "k", "k_proj", k, "kv_heads")
+    yield _in_proj_specs(cfg, layer, "v", "v_proj", k, "kv_heads")
+    yield ParamSpec(
+        path=("layers", layer, "o"),
+        hf_name=f"{prefix}.self_attn.o_proj.weight",
+        shape=(n, h, d),
+        hf_shape=(d, n * h),
+        axes=("heads", "head_dim", "embed"),
+        from_hf=lambda x: np.ascontiguousarray(x.T.reshape(n, h, d)),
+        to_hf=lambda x: np.ascontiguousarray(x.reshape(n * h, d).T),
+    )
+    for key, axes in (("gate", ("embed", "mlp")), ("up", ("embed", "mlp"))):
+        yield ParamSpec(
+            path=("layers", layer, key),
+            hf_name=f"{prefix}.mlp.{key}_proj.weight",
+            shape=(d, m),
+            hf_shape=(m, d),
+            axes=axes,
+            from_hf=_transpose,
+            to_hf=_transpose,
+        )
+    yield ParamSpec(
+        path=("layers", layer, "down"),
+        hf_name=f"{prefix}.mlp.down_proj.weight",
+        shape=(m, d),
+        hf_shape=(d, m),
+        axes=("mlp", "embed"),
+        from_hf=_transpose,
+        to_hf=_transpose,
+    )
+    for key in _NORMS:
+        yield ParamSpec(
+            path=("layers", layer, key),
+            hf_name=f"{prefix}.{_HF_NORM_NAMES[key]}.weight",
+            shape=(d,),
+            hf_shape=(d,),
+            axes=("embed",),
+            from_hf=_identity,
+            to_hf=_identity,
+            is_norm=True,
+        )
+
+
+def param_specs(cfg: Gemma2Config) -> list[ParamSpec]:
+    """Every parameter of the model, in checkpoint-friendly order (embedding first)."""
+    d = cfg.hidden_size
+    specs = [
+        ParamSpec(
+            path=("embed",),
+            hf_name="model.embed_tokens.weight",
+            shape=(cfg.vocab_size, d),
+            hf_shape=(cfg.vocab_size, d),
+            axes=("vocab", "embed"),
+            from_hf=_identity,
+            to_hf=_identity,
+        )
+    ]
+    for layer in range(cfg.num_hidden_layers):
+        specs.extend(_layer_specs(cfg, layer))
+    specs.append(
+        ParamSpec(
+            path=("final_norm",),
+            hf_name="model.norm.weight",
+            shape=(d,),
+            hf_shape=(d,),
+            axes=("embed",),
+            from_hf=_identity,
+            to_hf=_identity,
+            is_norm=True,
+        )
+    )
+    return specs
+
+
+def build_tree(cfg: Gemma2Config, leaf: Callable[[ParamSpec], Any]) -> Params:
+    """Builds the params pytree structure with ``leaf(spec)`` at every parameter."""
+    tree: Params = {"layers": [{} for _ in range(cfg.num_hidden_layers)]}
+    for spec in param_specs(cfg):
+        if spec.path[0] == "layers":
+            _, layer, key = spec.path
+            tree["layers"][layer][key] = leaf(spec)
+        else:
+            tree[spec.path[0]] = leaf(spec)
+    return tree
+
+
+def get_leaf(params: Params, path: tuple[str | int, ...]) -> Any:
+    """The array at ``path`` in a params pytree."""
+    node = params
+    for key in path:
+        node = node[key]
+    return node
+
+
+# ---------------------------------------------------------------------------- sharding
+
+
+def _rules_dict(rules: Rules | None) -> dict[str, str | None]:
+    if rules is None:
+        rules = DEFAULT_RULES
+    return dict(rules.items()) if isinstance(rules, Mapping) else dict(rules)
+
+
+def partition_spec(
+    shape: Sequence[int], axes: Sequence[str], mesh: Mesh, rules: Rules | None = None
+) -> PartitionSpec:
+    """The PartitionSpec for an array with logical ``axes``, replicating undivisible dims.
+
+    Raises:
+        ValueError: If a rule names a mesh axis the mesh does not have.
+    """
+    mapping = _rules_dict(rules)
+    entries = []
+    used: set[str] = set()
+    for size, axis in zip(shape, axes, strict=True):
+        mesh_axis = mapping.get(axis)
+        if mesh_axis is not None and mesh_axis not in mesh.shape:
+            raise ValueError(
+                f"Sharding rule maps logical axis {axis!r} to mesh axis {mesh_axis!r}, but the "
+                f"mesh axes are {list(mesh.shape)}."
+            )
+        if mesh_axis is None or mesh_axis in used or size % mesh.shape[mesh_axis]:
+            entries.append(None)
+        else:
+            entries.append(mesh_axis)
+            used.add(mesh_axis)
+    return PartitionSpec(*entries)
+
+
+def param_shardings(cfg: Gemma2Config, mesh: Mesh, rules: Rules | None = None) -> Params:
+    """A pytree of ``NamedSharding`` matching the params, from logical-axis ``rules``."""
+    return build_tree(
+        cfg,
+        lambda spec: NamedSharding(mesh, partition_spec(spec.shape, spec.axes, mesh, rules)),
+    )
+
+
+# ---------------------------------------------------------------------------- init
+
+
+def _init_leaf(spec: ParamSpec, key: jax.Array, dtype: Any, std: float) -> jax.Array:
+    if spec.is_norm:
+        # The stored weight is the offset w of the gain (1 + w): zero means unit gain.
+        return jnp.zeros(spec.shape, dtype)
+    return (std * jax.random.normal(key, spec.shape, jnp.float32)).astype(dtype)
+
+
+def init_params(
+    cfg: Gemma2Config,
+    key: jax.Array,
+    dtype: Any = jnp.float32,
+    *,
+    std: float = 0.02,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+) -> Params:
+    """Random parameters with HF's scheme: N(0, std^2) matrices, zero norm offsets.
+
+    Args:
+        cfg: The model config.
+        key: PRNG key.
+        dtype: Parameter dtype (jnp.float32 or jnp.bfloat16).
+        std: Standard deviation of the matrices (HF's ``initializer_range``).
+        mesh: If given, the params are created directly sharded (``param_shardings``).
+        rules: Logical-axis rules for ``mesh``.
+
+    Returns:
+        The params pytree.
+    """
+    specs = param_specs(cfg)
+    keys = dict(zip((spec.path for spec in specs), jax.random.split(key, len(specs)), strict=True))
+
+    def init() -> Params:
+        return build_tree(cfg, lambda spec: _init_leaf(spec, keys[spec.path], dtype, std))
+
+    if mesh is None:
+        return jax.jit(init)()
+    return jax.jit(init, out_shardings=param_shardings(cfg, mesh, rules))()

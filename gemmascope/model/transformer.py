@@ -1,0 +1,331 @@
+"""The Gemma 2 forward pass (SPEC §1.3) as pure functions, with named capture and replace sites.
+
+Synopsis:
+    logits, acts = forward(cfg, params, tokens, capture=["resid_post/3", "attn_z/0"])
+    logits, _ = forward(cfg, params, tokens, replace={"mlp_out/1": fn})     # acts -> fn(acts)
+    acts = collect_sites(cfg, params, tokens, ["resid_post/*"])            # stops early, no logits
+    logits, acts = forward_from(cfg, params, "resid_post/5", resid, replace={"mlp_out/6": fn})
+    mask = special_mask(cfg, tokens)                                        # bos / eos / pad
+
+Axis letters used in the einsum strings:
+    B batch, T query position, S key position, D d_model, V vocabulary,
+    N query heads, K key/value heads, G query heads per KV head (N = K * G), H head_dim,
+    M MLP hidden units (``intermediate_size``).
+
+Why pure functions over a params pytree rather than Flax linen or nnx modules: the forward pass
+has no state beyond its weights, the capture/replace points are plain Python control flow over
+static site names (no ``sow`` collections or module surgery needed), and the params pytree maps one
+to one onto HF checkpoint tensors and onto ``NamedSharding`` pytrees (``params.py``). Everything
+here is traceable: callers ``jax.jit`` it with ``cfg``, ``capture`` and ``replace`` closed over.
+
+Numerics follow HF's ``Gemma2ForCausalLM`` eager path: the embedding scale sqrt(d_model) is cast
+to the compute dtype before multiplying; RMSNorm runs in fp32 with gain (1 + w) and casts back;
+RoPE cos/sin are computed in fp32 and cast; attention logits are softcapped before masking and
+the softmax runs in fp32. Two deliberate choices: the tanh-gelu is evaluated in fp32 and cast
+(what torch's CPU/GPU kernels do internally for bf16), and the unembedding accumulates into fp32
+and the final softcap runs in fp32, so logits are always fp32 (in bf16 compute HF rounds logits to
+bf16, which costs ~0.06 absolute at logit 10 and would blur delta-loss and KL measurements).
+Matmuls request ``Precision.HIGHEST`` so fp32 compute really is fp32 on TPU and GPU as well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemmascope.model import sites as sites_lib
+from gemmascope.model.config import Gemma2Config
+from gemmascope.model.params import Params
+
+Array = jax.Array
+ReplaceFn = Callable[[Array], Array]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _einsum(spec: str, a: Array, b: Array, **kwargs) -> Array:
+    return jnp.einsum(spec, a, b, precision=_HIGHEST, **kwargs)
+
+
+def _softcap(x: Array, cap: float | None) -> Array:
+    if cap is None:
+        return x
+    return jnp.tanh(x / cap) * cap
+
+
+def rms_norm(x: Array, offset: Array, eps: float) -> Array:
+    """``x * rsqrt(mean(x^2) + eps) * (1 + offset)`` computed in fp32, cast back to x's dtype."""
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (normed * (1.0 + offset.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x: Array, theta: float) -> Array:
+    """Rotary embedding, split-half convention (HF ``rotate_half``), positions 0..T-1.
+
+    Args:
+        x: (B, T, heads, H) queries or keys.
+        theta: RoPE base frequency.
+    """
+    _, t, _, h = x.shape
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    angles = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # (T, H/2)
+    angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]  # (1, T, 1, H)
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    x1, x2 = x[..., : h // 2], x[..., h // 2 :]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+def attention_mask(t: int, sliding_window: int | None) -> Array:
+    """(T, S) bool: query q may see key k iff k <= q and, for a window w, k > q - w."""
+    q = jnp.arange(t)[:, None]
+    k = jnp.arange(t)[None, :]
+    mask = k <= q
+    if sliding_window is not None:
+        mask &= k > q - sliding_window
+    return mask
+
+
+def _attention_z(cfg: Gemma2Config, layer: int, p: Params, x: Array) -> Array:
+    """Self-attention up to (not including) o_proj: the ``attn_z`` site, (B, T, N*H)."""
+    b, t, _ = x.shape
+    k_heads, h = cfg.num_key_value_heads, cfg.head_dim
+    groups = cfg.num_attention_heads // k_heads
+    dtype = x.dtype
+    q = _einsum("BTD,DNH->BTNH", x, p["q"].astype(dtype))
+    k = _einsum("BSD,DKH->BSKH", x, p["k"].astype(dtype))
+    v = _einsum("BSD,DKH->BSKH", x, p["v"].astype(dtype))
+    q, k = apply_rope(q, cfg.rope_theta), apply_rope(k, cfg.rope_theta)
+    # Query head n uses KV head n // G (HF repeat_kv), so N splits as (K, G).
+    q = q.reshape(b, t, k_heads, groups, h)
+    logits = _einsum("BTKGH,BSKH->BKGTS", q, k) * cfg.query_pre_attn_scalar**-0.5
+    logits = _softcap(logits, cfg.attn_logit_softcapping)
+    window = cfg.sliding_window if cfg.is_sliding(layer) else None
+    logits = jnp.where(attention_mask(t, window), logits, jnp.finfo(dtype).min)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    z = _einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return z.reshape(b, t, cfg.attn_z_width)
+
+
+def _mlp(p: Params, x: Array) -> Array:
+    """GeGLU with the tanh gelu: down(gelu(gate(x)) * up(x))."""
+    dtype = x.dtype
+    gate = _einsum("BTD,DM->BTM", x, p["gate"].astype(dtype))
+    up = _einsum("BTD,DM->BTM", x, p["up"].astype(dtype))
+    act = jax.nn.gelu(gate.astype(jnp.float32), approximate=True).astype(dtype)
+    return _einsum("BTM,MD->BTD", act * up, p["down"].astype(dtype))
+
+
+class _SiteHooks:
+    """Captures and replaces activations at named sites during one forward pass."""
+
+    def __init__(
+        self,
+        cfg: Gemma2Config,
+        capture: str | Iterable[str],
+        replace: Mapping[str, ReplaceFn] | None,
+    ):
+        capture = () if capture is None else capture
+        self.capture = set(sites_lib.resolve(cfg, capture)) if capture else set()
+        self.replace = dict(replace or {})
+        for site in self.replace:
+            sites_lib.check(cfg, site)
+            if not callable(self.replace[site]):
+                raise TypeError(f"replace[{site!r}] must be a function acts -> acts.")
+        self.acts: dict[str, Array] = {}
+
+    def sites(self) -> set[str]:
+        return self.capture | set(self.replace)
+
+    def __call__(self, kind: str, layer: int, x: Array) -> Array:
+        site = sites_lib.name(kind, layer)
+        if site in self.capture:
+            self.acts[site] = x
+        if site in self.replace:
+            new = self.replace[site](x)
+            if new.shape != x.shape:
+                raise ValueError(
+                    f"replace[{site!r}] returned shape {new.shape}; it must keep the site's shape "
+                    f"{x.shape}."
+                )
+            x = new.astype(x.dtype)
+        return x
+
+
+def _block(cfg: Gemma2Config, layer: int, p: Params, h: Array, hooks: _SiteHooks) -> Array:
+    """One decoder block; returns the residual stream after it (the ``resid_post`` site)."""
+    eps = cfg.rms_norm_eps
+    z = hooks(
+        sites_lib.ATTN_Z, layer, _attention_z(cfg, layer, p, rms_norm(h, p["input_norm"], eps))
+    )
+    n, hd = cfg.num_attention_heads, cfg.head_dim
+    attn_out = _einsum("BTNH,NHD->BTD", z.reshape(*z.shape[:2], n, hd), p["o"].astype(h.dtype))
+    h = h + rms_norm(attn_out, p["post_attn_norm"], eps)
+    m = _mlp(p, rms_norm(h, p["pre_ffw_norm"], eps))
+    m = hooks(sites_lib.MLP_OUT, layer, rms_norm(m, p["post_ffw_norm"], eps))
+    return hooks(sites_lib.RESID_POST, layer, h + m)
+
+
+def _run_layers(
+    cfg: Gemma2Config, params: Params, h: Array, first: int, last: int, hooks: _SiteHooks
+) -> Array:
+    for layer in range(first, last):
+        h = _block(cfg, layer, params["layers"][layer], h, hooks)
+    return h
+
+
+def check_tokens(cfg: Gemma2Config, tokens: Any) -> None:
+    """Checks tokens are an integer (B, T) array and, when concrete, within the vocabulary.
+
+    Under ``jax.jit`` the values are abstract and only shape and dtype are checked; an
+    out-of-range token there gives NaN embeddings (and so NaN logits) rather than wrong numbers.
+
+    Raises:
+        ValueError: On a wrong rank or dtype, or a token outside [0, vocab_size).
+    """
+    shape, dtype = jnp.shape(tokens), jnp.result_type(tokens)
+    if len(shape) != 2:
+        raise ValueError(f"tokens must have shape (batch, seq), got shape {shape}.")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"tokens must be integers (int32), got dtype {dtype}.")
+    if isinstance(tokens, jax.core.Tracer) or 0 in shape:
+        return
+    values = np.asarray(tokens)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= cfg.vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"token id {bad} is out of the vocabulary range [0, {cfg.vocab_size}) of this model."
+        )
+
+
+def embed(cfg: Gemma2Config, params: Params, tokens: Array, dtype: Any = None) -> Array:
+    """Scaled token embeddings ``E[tokens] * sqrt(d_model)``, the input of layer 0.
+
+    The scale is rounded to the compute dtype first, as Gemma does (bf16: 48.0 / 59.75 / 68.0 for
+    2B / 9B / 27B).
+    """
+    check_tokens(cfg, tokens)
+    dtype = jnp.dtype(dtype or params["embed"].dtype)
+    table = params["embed"].astype(dtype)
+    scale = jnp.asarray(np.float32(math.sqrt(cfg.hidden_size)), dtype)
+    # mode="fill": an out-of-range id under jit becomes NaN instead of a silently clamped row.
+    return jnp.take(table, tokens, axis=0, mode="fill", fill_value=jnp.nan) * scale
+
+
+def unembed(cfg: Gemma2Config, params: Params, h: Array) -> Array:
+    """Final RMSNorm, tied unembedding (fp32 accumulation) and final softcap; fp32 logits."""
+    h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
+    logits = _einsum(
+        "BTD,VD->BTV", h, params["embed"].astype(h.dtype), preferred_element_type=jnp.float32
+    )
+    return _softcap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
+
+
+def forward(
+    cfg: Gemma2Config,
+    params: Params,
+    tokens: Array,
+    capture: str | Iterable[str] = (),
+    replace: Mapping[str, ReplaceFn] | None = None,
+    dtype: Any = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Runs Gemma 2 on ``tokens``, capturing and/or replacing activations at named sites.
+
+    Args:
+        cfg: Model config (static under jit).
+        params: The params pytree (``init_params`` / ``load_hf``).
+        tokens: int (B, T) token ids, BOS first as Gemma expects; all positions attend causally.
+        capture: Site names or globs (``"resid_post/*"``, ``"*/3"``) whose activations to return.
+        replace: ``{site: fn}``; the site's activation ``x`` is replaced by ``fn(x)`` (same shape)
+            before the pass continues. Captured values are taken *before* replacement.
+        dtype: Compute dtype; None = the dtype of ``params["embed"]``. Weights are cast to it.
+
+    Returns:
+        (logits, acts): logits fp32 (B, T, V) after the final softcap; ``acts[site]`` is
+        (B, T, d_site) in the compute dtype.
+
+    Raises:
+        ValueError: For an unknown site (the message lists valid sites) or bad tokens.
+    """
+    hooks = _SiteHooks(cfg, capture, replace)
+    h = embed(cfg, params, tokens, dtype)
+    h = _run_layers(cfg, params, h, 0, cfg.num_hidden_layers, hooks)
+    return unembed(cfg, params, h), hooks.acts
+
+
+def collect_sites(
+    cfg: Gemma2Config,
+    params: Params,
+    tokens: Array,
+    capture: str | Iterable[str],
+    replace: Mapping[str, ReplaceFn] | None = None,
+    dtype: Any = None,
+) -> dict[str, Array]:
+    """Like ``forward`` but returns only ``acts``, stopping after the deepest captured layer.
+
+    This is what activation caching wants: no later layers and no (vocab-sized) unembedding.
+    """
+    hooks = _SiteHooks(cfg, capture, replace)
+    if not hooks.capture:
+        raise ValueError("collect_sites needs at least one site to capture.")
+    last = max(sites_lib.parse(site)[1] for site in hooks.capture)
+    h = embed(cfg, params, tokens, dtype)
+    _run_layers(cfg, params, h, 0, last + 1, hooks)
+    return hooks.acts
+
+
+def forward_from(
+    cfg: Gemma2Config,
+    params: Params,
+    site: str,
+    resid: Array,
+    capture: str | Iterable[str] = (),
+    replace: Mapping[str, ReplaceFn] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Continues a forward pass from a captured ``resid_post/L`` activation.
+
+    Lets an evaluation share one clean prefix: capture ``resid_post/L-1`` once, then run layers
+    L.. with a different SAE spliced in each time. Positions are 0..T-1, as in ``forward``.
+
+    Args:
+        cfg: Model config.
+        params: The params pytree.
+        site: A ``resid_post/<L>`` site; the pass continues at layer L + 1.
+        resid: (B, T, d_model) activation at ``site``, in the compute dtype.
+        capture: Sites to capture; all must be after ``site``.
+        replace: ``{site: fn}`` as in ``forward``; all must be after ``site``.
+
+    Returns:
+        (logits, acts) as in ``forward``.
+
+    Raises:
+        ValueError: If ``site`` is not a resid_post site of the model or a capture/replace site
+            is not after it.
+    """
+    kind, start = sites_lib.check(cfg, site)
+    if kind != sites_lib.RESID_POST:
+        raise ValueError(f"forward_from starts from a resid_post site, got {site!r}.")
+    if jnp.shape(resid)[-1:] != (cfg.hidden_size,) or len(jnp.shape(resid)) != 3:
+        raise ValueError(
+            f"resid must have shape (batch, seq, {cfg.hidden_size}), got {jnp.shape(resid)}."
+        )
+    hooks = _SiteHooks(cfg, capture, replace)
+    early = sorted(s for s in hooks.sites() if sites_lib.parse(s)[1] <= start)
+    if early:
+        raise ValueError(
+            f"Sites {early} come before or at {site!r}; forward_from cannot reach them."
+        )
+    h = _run_layers(cfg, params, resid, start + 1, cfg.num_hidden_layers, hooks)
+    return unembed(cfg, params, h), hooks.acts
+
+
+def special_mask(cfg: Gemma2Config, tokens: Array) -> Array:
+    """bool (B, T): True where the token is bos, any eos, or pad (the ids in ``cfg``)."""
+    return jnp.isin(tokens, jnp.asarray(cfg.special_token_ids, dtype=jnp.int32))
