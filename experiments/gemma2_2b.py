@@ -1,0 +1,64 @@
+r"""Gemma Scope's Gemma 2 2B study (SPEC §2.2, GS Table 1): every SAE of the 2B PT release.
+
+Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
+
+    python -m gemmascope.main --config=experiments/gemma2_2b.py --mode=plan
+
+Run it (Gemma 2 2B in Hugging Face format in ./gemma-2-2b, see docs/faq.md):
+
+    python -m gemmascope.main --config=experiments/gemma2_2b.py:model_dir=gemma-2-2b \
+        --workdir=gs://bucket/gemma2_2b --mode=all
+
+What it trains (PT, 26 layers; widths in latents, tokens per SAE):
+    2^14                attention, MLP and residual SAEs at every layer     4B tokens
+    2^15                residual, layer 12                                  8B
+    2^16                attention, MLP and residual SAEs at every layer     8B
+    2^17, 2^18, 2^19    residual, layer 12                                  8B
+    2^20                residual, layers 5, 12, 19                          16B
+(The 2B transcoders of the release are not an SAE of one site and are not part of this study.)
+Each job stacks a λ sweep of 6 JumpReLU SAEs (recipe of SPEC §4); `arch=gated`, `arch=topk`,
+`arch=batchtopk`, `arch=relu`, `arch=matryoshka` or `arch=jumprelu+gated` swap or add
+architectures. 16k SAEs train data-parallel, wider ones shard latents (SPEC §7).
+
+Arguments: model_dir, arch, runlocal (the same file on the shipped tiny model, a few thousand
+tokens: CI and laptops).
+"""
+
+from gemmascope import study
+
+
+def get_config(arg=None):
+    arg = study.parse_arg(arg, model_dir="gemma-2-2b", arch="jumprelu", runlocal=False)
+    config = study.base_config()
+    config.name = "gemma2_2b_pt"
+    # Hugging Face folder of google/gemma-2-2b; the preset gives shapes for plan mode.
+    config.model.path = arg.model_dir
+    config.model.preset = "gemma2_2b"
+    # Gemma 1's pretraining mix is not public (SPEC §3): any large English web corpus stands in.
+    config.data.corpus = "monology/pile-uncopyrighted"
+    config.data.text_field = "text"
+    # Sequence length of Gemma Scope (SPEC §3).
+    config.data.seq_len = 1024
+
+    config.sites = ("*/*",)
+    config.jobs.groups.all_16k = study.gemma_scope_group(["*/*"], [2**14])
+    config.jobs.groups.res_L12_8b = study.gemma_scope_group(
+        ["resid_post/12"], [2**15, 2**17, 2**18, 2**19]
+    )
+    config.jobs.groups.all_65k = study.gemma_scope_group(["*/*"], [2**16])
+    config.jobs.groups.res_1m = study.gemma_scope_group(
+        ["resid_post/5", "resid_post/12", "resid_post/19"], [2**20]
+    )
+    config.jobs.archs = study.gemma_scope_archs(arg.arch)
+
+    # Activations per step (SPEC §4.5).
+    config.train.batch_size = 4096
+    # Gemma Scope: 16k SAEs maximally data-parallel, every wider SAE latent-sharded (SPEC §7).
+    config.mesh.shard_latents_from = 2**15
+    config.plan.accelerator = "tpu_v3"
+    config.plan.n_chips = 8
+    config.plan.mfu = 0.508
+
+    if arg.runlocal:
+        study.shrink_for_local(config)
+    return config

@@ -1,0 +1,76 @@
+r"""Gemma Scope's Gemma 2 9B study (SPEC §2.2, GS Table 1): every SAE of the 9B PT release.
+
+Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
+
+    python -m gemmascope.main --config=experiments/gemma2_9b.py --mode=plan
+
+Run it (Gemma 2 9B in Hugging Face format in ./gemma-2-9b, see docs/faq.md; about 17 PiB of
+activations with every site cached, so see docs/scaling.md for streaming and launchers):
+
+    python -m gemmascope.main --config=experiments/gemma2_9b.py:model_dir=gemma-2-9b \
+        --workdir=gs://bucket/gemma2_9b --mode=all
+
+What it trains (PT, 42 layers; widths in latents, tokens per SAE):
+    2^14        attention, MLP and residual SAEs at every layer     4B tokens
+    2^15, 2^16  residual, layer 20                                  8B
+    2^17        attention, MLP and residual SAEs at every layer     8B
+    2^18, 2^19  residual, layer 20                                  8B
+    2^20        residual, layers 9, 20, 31                          16B
+and with `variant=it` the 9B IT suite: residual layers 9, 20, 31 at 2^14 (4B) and 2^17 (8B)
+(GS §4.5 trains these on chat-wrapped pretraining text; point config.data at such a corpus).
+Each job stacks a λ sweep of 6 JumpReLU SAEs (recipe of SPEC §4); `arch=gated`, `arch=topk`,
+`arch=batchtopk`, `arch=relu`, `arch=matryoshka` or `arch=jumprelu+gated` swap or add
+architectures. 16k SAEs train data-parallel, wider ones shard latents (SPEC §7).
+
+Arguments: model_dir, variant (pt | it), arch, runlocal (the same file on the shipped tiny model,
+a few thousand tokens: CI and laptops).
+"""
+
+from gemmascope import study
+
+
+def get_config(arg=None):
+    arg = study.parse_arg(
+        arg, model_dir="gemma-2-9b", variant="pt", arch="jumprelu", runlocal=False
+    )
+    config = study.base_config()
+    config.name = f"gemma2_9b_{arg.variant}"
+    # Hugging Face folder of google/gemma-2-9b (or -it); the preset gives shapes for plan mode.
+    config.model.path = arg.model_dir
+    config.model.preset = "gemma2_9b"
+    # Gemma 1's pretraining mix is not public (SPEC §3): any large English web corpus stands in.
+    config.data.corpus = "monology/pile-uncopyrighted"
+    config.data.text_field = "text"
+    # Sequence length of Gemma Scope (SPEC §3).
+    config.data.seq_len = 1024
+
+    layers_1m = ("resid_post/9", "resid_post/20", "resid_post/31")
+    if arg.variant == "pt":
+        config.sites = ("*/*",)
+        config.jobs.groups.all_16k = study.gemma_scope_group(["*/*"], [2**14])
+        config.jobs.groups.res_L20_8b = study.gemma_scope_group(
+            ["resid_post/20"], [2**15, 2**16, 2**18, 2**19]
+        )
+        config.jobs.groups.all_131k = study.gemma_scope_group(["*/*"], [2**17])
+        config.jobs.groups.res_1m = study.gemma_scope_group(layers_1m, [2**20])
+    elif arg.variant == "it":
+        config.name = "gemma2_9b_it"
+        config.sites = layers_1m
+        config.jobs.groups.res_16k = study.gemma_scope_group(layers_1m, [2**14])
+        config.jobs.groups.res_131k = study.gemma_scope_group(layers_1m, [2**17])
+    else:
+        raise ValueError(f"variant must be 'pt' or 'it', got {arg.variant!r}.")
+    config.jobs.archs = study.gemma_scope_archs(arg.arch)
+
+    # Activations per step (SPEC §4.5).
+    config.train.batch_size = 4096
+    # Gemma Scope: 16k SAEs maximally data-parallel, every wider SAE latent-sharded (SPEC §7).
+    config.mesh.shard_latents_from = 2**15
+    # The throughput example of SPEC §7: 8 TPU v3 chips at 50.8% MFU.
+    config.plan.accelerator = "tpu_v3"
+    config.plan.n_chips = 8
+    config.plan.mfu = 0.508
+
+    if arg.runlocal:
+        study.shrink_for_local(config)
+    return config

@@ -1,0 +1,77 @@
+"""Command line of gemmascope: plan, cache, train, export and evaluate a study.
+
+Synopsis:
+    python -m gemmascope.main --config=experiments/tiny_demo.py --workdir=workdir/demo --mode=all
+    python -m gemmascope.main --config=experiments/gemma2_9b.py --mode=plan
+    python -m gemmascope.main --config=experiments/tiny_demo.py:runlocal --workdir=/tmp/d \
+        --mode=train --jobs='resid_post-*' --config.train.batch_size=256
+
+Flags:
+    --config    an experiment file `experiments/<study>.py[:arg]`, with `--config.a.b=v`
+                overrides of existing fields (the config is locked: a typo is an error)
+    --workdir   the study's folder, local or gs:// (DESIGN.md workdir layout)
+    --mode      plan | cache | train | eval | export | all
+    --jobs      job names or globs to restrict cache/train/export to (comma-separated or repeated)
+    --multihost, --coordinator_address, --num_processes, --process_id: multi-process runs;
+                `--multihost` alone suits Cloud TPU and Slurm, where JAX finds its peers.
+
+The entry point stays thin (STYLE.md practice 1); the stages live in gemmascope.stages.
+"""
+
+from __future__ import annotations
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gemmascope import stages
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment file `path.py[:arg]`.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study folder (local path or gs:// URL).")
+_MODE = flags.DEFINE_enum("mode", "all", list(stages.MODES), "Which stage(s) to run.")
+_JOBS = flags.DEFINE_multi_string("jobs", [], "Job names or globs (default: all jobs).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() (Cloud TPU, Slurm: no arguments)."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for explicit multi-process runs."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+flags.mark_flags_as_required(["config"])
+
+
+def initialize_distributed(config) -> None:
+    """Starts JAX's multi-controller runtime when the flags or the config ask for it."""
+    if _COORDINATOR.value is not None:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif _MULTIHOST.value or config.distributed.initialize:
+        jax.distributed.initialize()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    initialize_distributed(config)
+    logging.info(
+        "Process %d of %d; %d local / %d global devices (%s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.default_backend(),
+    )
+    stages.run(config, _WORKDIR.value, _MODE.value, _JOBS.value)
+
+
+if __name__ == "__main__":
+    jax.config.config_with_absl()
+    app.run(main)

@@ -1,0 +1,307 @@
+"""Plan mode: what a study will cost, before anything runs.
+
+Synopsis:
+    from gemmascope import plan
+    study_plan = plan.make_plan(config, model_cfg)   # plan.StudyPlan
+    print(plan.format_plan(study_plan))
+    plan.sae_step_seconds(d_in=3584, width=2**17, batch_size=4096, n_saes=1,
+                          accelerator="tpu_v3", n_chips=8, mfu=0.508)   # ~0.046 s
+
+For each job (one site x width x architecture, S stacked SAEs): training FLOPs, the step time and
+wall time on `config.plan.accelerator` x `config.plan.n_chips` at `config.plan.mfu`, and parameter,
+optimizer and activation memory per chip for the job's mesh. For each site: the activation cache
+bytes. The estimates follow SPEC §7:
+
+- training FLOPs = 6 x (SAE parameters) x tokens per SAE (forward 2, backward 4 FLOPs per
+  parameter per token; the standard estimate SPEC §7 uses for the 45 ms / 50.8% MFU example),
+  x 1.5 for Gated SAEs (their decoder runs twice, SPEC §5);
+- step time = FLOPs per step / (chips x peak x MFU);
+- cache bytes = cached tokens x d_in x bytes per element (fp32 = 4: 8B tokens of one 9B site is
+  ~104 TiB, the "about 100 TiB" of SPEC §7);
+- memory per chip = S x params x 4 bytes x 3 (params + Adam's two moments), divided by the model
+  axis for latent-sharded SAEs, plus the step's (batch, latent) activations, about 4 fp32 arrays
+  of (batch / data shards) x (width / model shards) x S.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from gemmascope import hardware, jobs
+from gemmascope.model import sites as model_sites
+
+# Gated SAEs run the decoder twice per step (SPEC §5: ~1.5x compute).
+ARCH_FLOP_FACTOR = {"gated": 1.5}
+# fp32 arrays of shape (batch, latents) alive in one step: pre-activations, codes, and their
+# cotangents (an estimate; XLA may fuse some away).
+BATCH_LATENT_ARRAYS = 4
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def sae_param_count(d_in: int, width: int) -> int:
+    """Parameters of one SAE: W_enc, W_dec (d_in x width each), b_enc, threshold, b_dec."""
+    return 2 * d_in * width + 2 * width + d_in
+
+
+def sae_flops_per_token(d_in: int, width: int, arch: str = "jumprelu") -> float:
+    """Training FLOPs per token for one SAE (6 x parameters, x1.5 for Gated)."""
+    return 6.0 * 2 * d_in * width * ARCH_FLOP_FACTOR.get(arch, 1.0)
+
+
+def sae_step_seconds(
+    *,
+    d_in: int,
+    width: int,
+    batch_size: int,
+    n_saes: int,
+    accelerator: str,
+    n_chips: int,
+    mfu: float,
+    arch: str = "jumprelu",
+) -> float:
+    """Estimated seconds per training step of `n_saes` stacked SAEs on `n_chips` chips."""
+    chip = hardware.get(accelerator)
+    flops = sae_flops_per_token(d_in, width, arch) * batch_size * n_saes
+    return flops / (n_chips * chip.peak_flops * mfu)
+
+
+def activation_storage_bytes(n_tokens: float, d_in: int, dtype: str = "float32") -> float:
+    """Bytes of an activation cache of `n_tokens` rows of `d_in` values."""
+    if dtype not in BYTES:
+        raise ValueError(f"Unknown storage dtype {dtype!r}; valid: {', '.join(BYTES)}.")
+    return float(n_tokens) * d_in * BYTES[dtype]
+
+
+@dataclasses.dataclass
+class JobPlan:
+    """The estimate for one job (all its stacked SAEs)."""
+
+    name: str
+    site: str
+    arch: str
+    width: int
+    d_in: int
+    n_saes: int
+    total_tokens: float
+    steps: int
+    mesh: tuple[int, int]
+    flops: float
+    step_seconds: float
+    wall_seconds: float
+    params_bytes_per_chip: float
+    optimizer_bytes_per_chip: float
+    activation_bytes_per_chip: float
+
+    @property
+    def memory_bytes_per_chip(self) -> float:
+        """Parameters + optimizer state + step activations, per chip."""
+        return (
+            self.params_bytes_per_chip
+            + self.optimizer_bytes_per_chip
+            + self.activation_bytes_per_chip
+        )
+
+
+@dataclasses.dataclass
+class StudyPlan:
+    """The estimate for a whole study."""
+
+    study: str
+    accelerator: hardware.Accelerator
+    n_chips: int
+    mfu: float
+    storage_dtype: str
+    jobs: list[JobPlan]
+    cache_tokens: dict[str, float]
+    storage_bytes: dict[str, float]
+
+    @property
+    def n_saes(self) -> int:
+        """Number of SAEs over all jobs."""
+        return sum(job.n_saes for job in self.jobs)
+
+    @property
+    def total_storage_bytes(self) -> float:
+        """Bytes of the activation cache over all sites."""
+        return sum(self.storage_bytes.values())
+
+    @property
+    def total_flops(self) -> float:
+        """Training FLOPs over all jobs."""
+        return sum(job.flops for job in self.jobs)
+
+    @property
+    def total_wall_seconds(self) -> float:
+        """Wall time if the jobs run one after another on `n_chips` chips."""
+        return sum(job.wall_seconds for job in self.jobs)
+
+
+def resolve_mesh(shape: tuple[int, int], n_chips: int) -> tuple[int, int]:
+    """Resolves -1 in a (data, model) mesh shape against `n_chips`.
+
+    Raises:
+        ValueError: The shape does not multiply to `n_chips`.
+    """
+    data, model = shape
+    if data == -1 and model == -1:
+        raise ValueError("Only one mesh axis may be -1.")
+    if data == -1:
+        data = n_chips // model
+    if model == -1:
+        model = n_chips // data
+    if data * model != n_chips:
+        raise ValueError(f"Mesh (data={data}, model={model}) does not use {n_chips} chips.")
+    return data, model
+
+
+def plan_job(
+    job: ml_collections.ConfigDict,
+    d_in: int,
+    accelerator: hardware.Accelerator,
+    n_chips: int,
+    mfu: float,
+) -> JobPlan:
+    """Estimates one job on `n_chips` chips of `accelerator`."""
+    n_saes = len(job.sweep_values)
+    mesh = dict(job.mesh)
+    data_shards, model_shards = resolve_mesh((mesh["data"], mesh["model"]), n_chips)
+    steps = int(-(-float(job.total_tokens) // job.batch_size))
+    flops_per_step = sae_flops_per_token(d_in, job.width, job.arch) * job.batch_size * n_saes
+    step_seconds = flops_per_step / (n_chips * accelerator.peak_flops * mfu)
+    params_bytes = n_saes * sae_param_count(d_in, job.width) * 4 / model_shards
+    batch_latents = (job.batch_size / data_shards) * (job.width / model_shards) * n_saes
+    return JobPlan(
+        name=job.name,
+        site=job.site,
+        arch=job.arch,
+        width=job.width,
+        d_in=d_in,
+        n_saes=n_saes,
+        total_tokens=float(job.total_tokens),
+        steps=steps,
+        mesh=(data_shards, model_shards),
+        flops=flops_per_step * steps,
+        step_seconds=step_seconds,
+        wall_seconds=step_seconds * steps,
+        params_bytes_per_chip=params_bytes,
+        optimizer_bytes_per_chip=2 * params_bytes,
+        activation_bytes_per_chip=BATCH_LATENT_ARRAYS * 4 * batch_latents,
+    )
+
+
+def make_plan(
+    config: ml_collections.ConfigDict,
+    model_cfg,
+    selected: list[ml_collections.ConfigDict] | None = None,
+) -> StudyPlan:
+    """Plans a study (or the `selected` subset of its jobs).
+
+    Args:
+        config: A study config.
+        model_cfg: The model's Gemma2Config (gemmascope.study.model_config).
+        selected: Jobs to plan (default: every job of the study).
+
+    Returns:
+        The StudyPlan. The cache of a site holds as many tokens as its largest job trains on
+        (Gemma Scope trains one pass over stored activations), capped by
+        `config.data.max_sequences` x `config.data.seq_len` when the corpus is limited.
+    """
+    accelerator = hardware.get(config.plan.accelerator)
+    n_chips = int(config.plan.n_chips)
+    if n_chips <= 0:
+        raise ValueError(f"config.plan.n_chips must be positive, got {n_chips}.")
+    if selected is None:
+        selected = jobs.expand(config, model_cfg)
+    storage_dtype = str(config.cache.get("dtype", "float32"))
+    corpus_tokens = _corpus_token_cap(config.data)
+    job_plans, cache_tokens, storage = [], {}, {}
+    for job in selected:
+        d_in = model_sites.dim(model_cfg, job.site)
+        job_plans.append(plan_job(job, d_in, accelerator, n_chips, float(config.plan.mfu)))
+        tokens = max(cache_tokens.get(job.site, 0.0), float(job.total_tokens))
+        cache_tokens[job.site] = min(tokens, corpus_tokens) if corpus_tokens else tokens
+        storage[job.site] = activation_storage_bytes(cache_tokens[job.site], d_in, storage_dtype)
+    return StudyPlan(
+        study=config.name,
+        accelerator=accelerator,
+        n_chips=n_chips,
+        mfu=float(config.plan.mfu),
+        storage_dtype=storage_dtype,
+        jobs=job_plans,
+        cache_tokens=cache_tokens,
+        storage_bytes=storage,
+    )
+
+
+def _corpus_token_cap(data_section: ml_collections.ConfigDict) -> float:
+    """Upper bound on cacheable tokens when the corpus is limited (0 = unlimited)."""
+    max_sequences = data_section.get("max_sequences", None)
+    seq_len = data_section.get("seq_len", None)
+    if max_sequences and seq_len:
+        return float(max_sequences) * float(seq_len)
+    return 0.0
+
+
+def human_bytes(n: float) -> str:
+    """Formats bytes in binary units (KiB ... PiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_seconds(s: float) -> str:
+    """Formats a duration as ms, s, min, h or days."""
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def format_plan(study_plan: StudyPlan, max_rows: int = 40) -> str:
+    """Renders a plan as the text `--mode=plan` prints."""
+    p = study_plan
+    lines = [
+        f"Plan for study {p.study!r}: {len(p.jobs)} jobs, {p.n_saes} SAEs, on {p.n_chips} x "
+        f"{p.accelerator.description} at {p.mfu:.1%} MFU "
+        f"(peak {p.accelerator.peak_flops / 1e12:.0f} TFLOP/s per chip).",
+        "",
+        f"{'job':<34} {'S':>3} {'tokens':>8} {'steps':>10} {'mesh':>7} {'FLOPs':>9} "
+        f"{'step':>9} {'wall':>10} {'mem/chip':>10}",
+    ]
+    for job in p.jobs[:max_rows]:
+        lines.append(
+            f"{job.name:<34} {job.n_saes:>3} {job.total_tokens:>8.3g} {job.steps:>10,} "
+            f"{job.mesh[0]:>3}x{job.mesh[1]:<3} {job.flops:>9.2e} "
+            f"{human_seconds(job.step_seconds):>9} {human_seconds(job.wall_seconds):>10} "
+            f"{human_bytes(job.memory_bytes_per_chip):>10}"
+        )
+        if job.memory_bytes_per_chip > p.accelerator.memory_bytes:
+            lines.append(
+                f"  ! needs more than the {human_bytes(p.accelerator.memory_bytes)} of one chip: "
+                "shard latents (config.mesh) or use fewer sweep values per job"
+            )
+    if len(p.jobs) > max_rows:
+        lines.append(f"... and {len(p.jobs) - max_rows} more jobs")
+    lines += ["", f"Activation cache ({p.storage_dtype}):"]
+    for site, n_bytes in sorted(p.storage_bytes.items())[:max_rows]:
+        lines.append(f"  {site:<16} {p.cache_tokens[site]:>10.3g} tokens  {human_bytes(n_bytes)}")
+    if len(p.storage_bytes) > max_rows:
+        lines.append(f"  ... and {len(p.storage_bytes) - max_rows} more sites")
+    lines += [
+        f"  total            {human_bytes(p.total_storage_bytes)} over {len(p.storage_bytes)} "
+        "sites",
+        "",
+        f"Training: {p.total_flops:.3g} FLOPs; {human_seconds(p.total_wall_seconds)} on "
+        f"{p.n_chips} chips if jobs run one after another "
+        f"({p.total_wall_seconds * p.n_chips / 3600:,.0f} chip-hours).",
+    ]
+    return "\n".join(lines)

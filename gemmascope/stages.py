@@ -1,0 +1,179 @@
+"""The pipeline stages behind `gemmascope.main`: cache -> train -> export -> eval, each resumable.
+
+Synopsis:
+    from gemmascope import stages
+    stages.run(config, workdir, mode="all", job_selectors=["resid_post-*"])
+    stages.check_workdir_config(config, workdir)     # writes or checks workdir/config.json
+
+Every stage skips or resumes finished work, so the same command rerun after a kill finishes the
+study: the cache writer resumes from its atomic progress record, a job whose
+`runs/<job>/final_params.npz` exists is skipped and an unfinished job resumes from its last orbax
+checkpoint, export rewrites its (atomic) files, and evaluation rewrites the table atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+
+from gemmascope import jobs, plan, study
+
+MODES = ("plan", "cache", "train", "eval", "export", "all")
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | None,
+    mode: str,
+    job_selectors: list[str] | None = None,
+) -> None:
+    """Runs `mode` for the study `config` in `workdir`.
+
+    Args:
+        config: A study config.
+        workdir: The study's folder (local path or gs:// URL); unused by plan mode.
+        mode: One of MODES. "all" runs cache, train, export and eval in that order.
+        job_selectors: Job names or globs (default: every job).
+
+    Raises:
+        ValueError: Unknown mode, missing workdir, a selector matching nothing, or a workdir
+            holding a different study.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}.")
+    model_cfg = study.model_config(config.model)
+    selected = jobs.select(jobs.expand(config, model_cfg), job_selectors)
+    if mode == "plan":
+        if is_main_process():
+            print(plan.format_plan(plan.make_plan(config, model_cfg, selected)))
+        return
+    if not workdir:
+        raise ValueError(f"--workdir is required for --mode={mode}.")
+    check_workdir_config(config, workdir)
+    if mode in ("cache", "all"):
+        run_cache(config, workdir, jobs.sites_of(selected) if job_selectors else None)
+    if mode in ("train", "all"):
+        run_train(config, workdir, selected)
+    if mode in ("export", "all"):
+        run_export(workdir, selected)
+    if mode in ("eval", "all"):
+        run_eval(config, workdir)
+        if is_main_process():
+            print(summary(workdir))
+
+
+def is_main_process() -> bool:
+    """True on the process that writes shared files and prints."""
+    return jax.process_index() == 0
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes workdir/config.json, or checks that the workdir holds this same study.
+
+    Sections in study.NON_STUDY_SECTIONS (plan, eval, distributed) may differ: they do not change
+    what is cached or trained.
+
+    Raises:
+        ValueError: The workdir's config.json differs; the message names each differing field
+            with both values.
+    """
+    path = epath.Path(workdir) / "config.json"
+    resolved = study.to_json_dict(config)
+    if path.exists():
+        stored = json.loads(path.read_text())
+        differences = [
+            f"  {key}: workdir has {old!r}, this run has {new!r}"
+            for key, old, new in _diff(stored, resolved)
+            if key.split(".")[0] not in study.NON_STUDY_SECTIONS
+        ]
+        if differences:
+            raise ValueError(
+                f"{workdir} holds a different study ({path}):\n"
+                + "\n".join(differences[:20])
+                + "\nUse a new --workdir, or the same config and overrides as before."
+            )
+        return
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".config.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        tmp.rename(path)  # atomic on local disks; a single-object write on GCS
+
+
+def _diff(old, new, prefix=""):
+    """Yields (dotted key, old value, new value) for every leaf that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key not in old or key not in new:
+                yield dotted, old.get(key, "<absent>"), new.get(key, "<absent>")
+            else:
+                yield from _diff(old[key], new[key], dotted)
+    elif old != new:
+        yield prefix, old, new
+
+
+def run_cache(config: ml_collections.ConfigDict, workdir: str, sites: list[str] | None) -> None:
+    """Builds (or finishes) the activation cache for `sites` (default: config.sites)."""
+    from gemmascope import activations
+
+    if sites is not None:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.sites = tuple(sites)
+    logging.info("Cache: %s", list(config.sites))
+    activations.build_cache(config, workdir)
+
+
+def run_train(
+    config: ml_collections.ConfigDict, workdir: str, selected: list[ml_collections.ConfigDict]
+) -> None:
+    """Trains every selected job that has no final_params.npz yet (resuming unfinished ones)."""
+    from gemmascope import activations, train
+
+    for index, job in enumerate(selected):
+        done = epath.Path(workdir) / "runs" / job.name / "final_params.npz"
+        if done.exists():
+            logging.info("Train %d/%d: %s already done", index + 1, len(selected), job.name)
+            continue
+        logging.info("Train %d/%d: %s", index + 1, len(selected), job.name)
+        source = activations.open_source(workdir, job.site, seed=int(job.get("seed", 0)))
+        train.train_sweep(job, source, workdir)
+
+
+def run_export(workdir: str, selected: list[ml_collections.ConfigDict]) -> None:
+    """Exports every trained selected job to Gemma Scope params.npz files."""
+    from gemmascope import export
+
+    if not is_main_process():
+        return
+    for job in selected:
+        if (epath.Path(workdir) / "runs" / job.name / "final_params.npz").exists():
+            export.export_run(workdir, job.name)
+        else:
+            logging.warning("Export: %s is not trained yet; skipped", job.name)
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Evaluates every SAE under workdir/saes into the metric table and plots."""
+    from gemmascope import eval as evaluation
+
+    evaluation.evaluate(config, workdir)
+
+
+def summary(workdir: str, n_best: int = 10) -> str:
+    """Returns where the table and plots are, and the table's best rows."""
+    import pandas as pd
+
+    eval_dir = epath.Path(workdir) / "eval"
+    with (eval_dir / "saes.csv").open() as f:
+        table = pd.read_csv(f)
+    lines = [
+        f"Metric table ({len(table)} SAEs): {eval_dir / 'saes.md'} (also .csv, .parquet)",
+        f"Plots: {eval_dir / 'plots'}",
+    ]
+    return "\n".join(lines)
