@@ -1,0 +1,43 @@
+"""Evaluation settings: ``config.eval`` of a study, with Gemma Scope's defaults.
+
+Synopsis::
+
+    cfg = default_config()
+    cfg.n_sequences = 64        # held-out sequences (Gemma Scope: 2,048 x 1,024 tokens)
+    validate(cfg)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``eval`` section of a study config."""
+    cfg = ml_collections.ConfigDict()
+    # Held-out sequences of the data's "eval" split to evaluate on (GS §4.1: 2,048 of 1,024 tokens).
+    cfg.n_sequences = 2048
+    # Sequences per forward pass; the clean pass of a batch is shared by every SAE.
+    cfg.batch_size = 4
+    # SAEs of one group spliced in one vmapped forward pass (memory grows with it).
+    cfg.splice_batch = 4
+    # A latent firing on more than this fraction of evaluated tokens counts as dense.
+    cfg.dense_threshold = 0.1
+    # Bins of the log10 firing-frequency histogram, from log10(1 / tokens) to 0.
+    cfg.histogram_bins = 50
+    # Delta LM loss, KL and zero-ablation loss (each costs forward passes); False skips them.
+    cfg.lm_metrics = True
+    # Write the Figure-2-style plots and the firing-frequency histograms.
+    cfg.plots = True
+    return cfg
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid field of an ``eval`` config."""
+    for field in ("n_sequences", "batch_size", "splice_batch", "histogram_bins"):
+        value = cfg.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"eval.{field} must be a positive integer, got {value!r}")
+    threshold = cfg.get("dense_threshold")
+    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"eval.dense_threshold must be in (0, 1), got {threshold!r}")

@@ -1,0 +1,281 @@
+"""Evaluate many SAEs at once: one clean forward pass per batch, batched splicing per group.
+
+For each batch of held-out token sequences:
+
+1. one jitted clean forward pass captures every site that has an SAE and gives the clean
+   log-probabilities, shared by all SAEs of all sites;
+2. per site, the total-variance sums (FVU's denominator) and one forward pass with the site
+   zero-ablated (for ``zero_ablation_loss`` and ``loss_recovered``);
+3. per group of SAEs with the same (site, width, architecture), stacked on a leading axis, one
+   jitted program encodes the captured activations and splices each reconstruction into the model
+   (``jax.lax.map`` with ``batch_size=splice_batch``: ``vmap`` over chunks of the group).
+
+Only sums leave the device; the host accumulates them in float64 (``metrics.finalize``).
+
+Synopsis::
+
+    saes = [SaeEntry.load(folder) for folder, _ in export.list_saes(workdir)]
+    results = evaluate_saes(model_cfg, model_params, tokens, saes, eval_cfg)
+    # results[i] = (metrics dict, details dict) for saes[i]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemmascope.eval import metrics
+from gemmascope.export import layout
+from gemmascope.export.npz_format import NPZ_KEYS, load_npz
+
+
+@dataclasses.dataclass
+class SaeEntry:
+    """One SAE to evaluate: its folder, its config.json and its raw-unit Gemma Scope params."""
+
+    folder: str
+    config: dict
+    params: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, folder: str) -> SaeEntry:
+        """Reads ``folder/config.json`` and ``folder/params.npz`` (shapes checked)."""
+        config = layout.read_config(folder)
+        params = load_npz(
+            f"{folder}/{layout.PARAMS_FILE}", d_in=int(config["d_in"]), width=int(config["width"])
+        )
+        return cls(folder=folder, config=config, params=params)
+
+    @property
+    def group_key(self) -> tuple[str, int, str]:
+        return (self.config["site"], int(self.config["width"]), self.config["architecture"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted passes. `cfg` (a frozen, hashable model config) and site names are static.
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sites"))
+def _clean_pass(model_params, tokens, row_valid, *, cfg, sites):
+    """The clean forward pass: captured activations, log-probs, masks and the clean CE sum."""
+    from gemmascope import model
+
+    logits, acts = model.forward(cfg, model_params, tokens, capture=list(sites))
+    keep = ~model.special_mask(cfg, tokens) & row_valid[:, None]
+    logp = metrics.next_token_logp(logits)
+    keep_lm = metrics.lm_keep(keep)
+    w = keep_lm.astype(jnp.float32)
+    clean_ce = jnp.sum(metrics.token_cross_entropy(logp, tokens) * w)
+    return {s: acts[s] for s in sites}, logp, keep, clean_ce, jnp.sum(w)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "site"))
+def _site_pass(model_params, tokens, keep, acts, clean_logp, reference, *, cfg, site):
+    """Variance sums of one site and the LM sums with the site zero-ablated."""
+    from gemmascope import model
+
+    def zero_ablate(a):
+        return jnp.where(keep[..., None], jnp.zeros_like(a), a)
+
+    logits, _ = model.forward(cfg, model_params, tokens, capture=[], replace={site: zero_ablate})
+    zero_lm = metrics.lm_sums(clean_logp, logits, tokens, metrics.lm_keep(keep))
+    return metrics.site_sums(acts, keep, reference), zero_lm
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "splice_batch", "with_lm"))
+def _group_pass(
+    model_params, tokens, keep, acts, clean_logp, stacked, *, cfg, site, splice_batch, with_lm
+):
+    """Reconstruction and LM sums of every SAE of one group (params stacked on axis 0)."""
+    from gemmascope import model
+
+    keep_lm = metrics.lm_keep(keep)
+
+    def one_sae(sae):
+        f = metrics.jumprelu_encode(sae, acts)
+        recon = metrics.reconstruction_sums(acts, metrics.decode(sae, f), f, keep)
+        if not with_lm:
+            return recon, {}
+
+        def splice(a):
+            # Special tokens (and padding rows) keep their original activation.
+            x_hat = metrics.decode(sae, metrics.jumprelu_encode(sae, a)).astype(a.dtype)
+            return jnp.where(keep[..., None], x_hat, a)
+
+        logits, _ = model.forward(cfg, model_params, tokens, capture=[], replace={site: splice})
+        return recon, metrics.lm_sums(clean_logp, logits, tokens, keep_lm)
+
+    return jax.lax.map(one_sae, stacked, batch_size=splice_batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side accumulation.
+
+
+def _add(total: dict, batch: dict) -> None:
+    """Adds a pytree of device sums into float64/int64 numpy totals (in place)."""
+    for key, value in batch.items():
+        value = np.asarray(value)
+        value = value.astype(np.int64 if value.dtype.kind in "iu" else np.float64)
+        total[key] = total[key] + value if key in total else value
+
+
+def _batches(tokens: np.ndarray, batch_size: int):
+    """Yields (tokens, row_valid) with every batch padded to ``batch_size`` rows.
+
+    Padding rows repeat the first row and are masked out by ``row_valid``, so one compiled
+    program serves every batch.
+    """
+    for start in range(0, len(tokens), batch_size):
+        chunk = tokens[start : start + batch_size]
+        valid = np.ones(len(chunk), dtype=bool)
+        if len(chunk) < batch_size:
+            pad = batch_size - len(chunk)
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
+            valid = np.concatenate([valid, np.zeros(pad, dtype=bool)])
+        yield jnp.asarray(chunk, jnp.int32), jnp.asarray(valid)
+
+
+def evaluate_saes(
+    model_cfg, model_params, tokens: np.ndarray, saes: Sequence[SaeEntry], eval_cfg
+) -> list[tuple[dict, dict]]:
+    """Evaluates every SAE on ``tokens`` with one clean pass per batch.
+
+    Args:
+      model_cfg: ``model.Gemma2Config``.
+      model_params: the model's params pytree.
+      tokens: int (N, T) held-out sequences, BOS first.
+      saes: the SAEs; each one's ``config["site"]`` must be a site of the model.
+      eval_cfg: ``eval.default_config()``-like: ``batch_size``, ``splice_batch``,
+        ``dense_threshold``, ``histogram_bins``, ``lm_metrics``.
+
+    Returns:
+      per SAE, in order, ``(metrics, details)``: ``metrics`` maps table columns to floats
+      (see ``metrics.finalize`` plus ``eval_tokens``); ``details`` holds the firing-frequency
+      histogram and the reconstruction loss by position.
+
+    Raises:
+      ValueError: no SAEs, no tokens, or an SAE whose d_in does not match its site.
+    """
+    from gemmascope import model
+
+    if not saes:
+        raise ValueError("evaluate_saes: no SAEs to evaluate")
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or len(tokens) == 0 or tokens.shape[1] < 2:
+        raise ValueError(f"evaluate_saes: tokens must be (N >= 1, T >= 2), got {tokens.shape}")
+    groups: dict[tuple, list[int]] = {}
+    for index, entry in enumerate(saes):
+        site = entry.config["site"]
+        model.sites.check(model_cfg, site)
+        if model.sites.dim(model_cfg, site) != entry.params["W_enc"].shape[0]:
+            raise ValueError(
+                f"{entry.folder}: d_in {entry.params['W_enc'].shape[0]} does not match site "
+                f"{site} of width {model.sites.dim(model_cfg, site)}"
+            )
+        groups.setdefault(entry.group_key, []).append(index)
+    sites = tuple(sorted({key[0] for key in groups}))
+    stacked = {
+        key: {k: jnp.asarray(np.stack([saes[i].params[k] for i in members])) for k in NPZ_KEYS}
+        for key, members in groups.items()
+    }
+    with_lm = bool(eval_cfg.lm_metrics)
+    splice_batch = max(1, int(eval_cfg.splice_batch))
+
+    clean_totals: dict = {}
+    site_totals = {site: {} for site in sites}
+    zero_totals = {site: {} for site in sites}
+    group_totals = {key: [{}, {}] for key in groups}
+    references: dict[str, jax.Array] = {}
+    for batch, row_valid in _batches(tokens, int(eval_cfg.batch_size)):
+        acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
+            model_params, batch, row_valid, cfg=model_cfg, sites=sites
+        )
+        _add(clean_totals, {"ce": clean_ce, "n": n_lm})
+        for site in sites:
+            if site not in references:  # a fixed shift: the first batch's mean (site_sums)
+                w = keep.astype(jnp.float32)[..., None]
+                references[site] = jnp.sum(acts[site] * w, (0, 1)) / jnp.maximum(w.sum(), 1.0)
+            variance, zero_lm = _site_pass(
+                model_params,
+                batch,
+                keep,
+                acts[site],
+                clean_logp,
+                references[site],
+                cfg=model_cfg,
+                site=site,
+            )
+            _add(site_totals[site], variance)
+            _add(zero_totals[site], zero_lm)
+        for key in groups:
+            recon, lm = _group_pass(
+                model_params,
+                batch,
+                keep,
+                acts[key[0]],
+                clean_logp,
+                stacked[key],
+                cfg=model_cfg,
+                site=key[0],
+                splice_batch=splice_batch,
+                with_lm=with_lm,
+            )
+            _add(group_totals[key][0], recon)
+            _add(group_totals[key][1], lm)
+
+    results: list = [None] * len(saes)
+    for key, members in groups.items():
+        site = key[0]
+        recon_all, lm_all = group_totals[key]
+        for position, index in enumerate(members):
+            recon = {k: v[position] for k, v in recon_all.items()}
+            lm = {k: v[position] for k, v in lm_all.items()} if with_lm else None
+            results[index] = _finish(
+                recon,
+                site_totals[site],
+                lm,
+                clean_totals,
+                zero_totals[site],
+                saes[index],
+                eval_cfg,
+            )
+    return results
+
+
+def _finish(recon, site, lm, clean, zero, entry: SaeEntry, eval_cfg) -> tuple[dict, dict]:
+    """Metrics and details of one SAE from its accumulated sums."""
+    nan = float("nan")
+    lm_sums = lm if lm is not None else {"ce": nan, "delta_ce": nan, "kl": nan}
+    zero_ce = float(zero["ce"]) if lm is not None else nan
+    values = metrics.finalize(
+        recon,
+        site,
+        lm_sums,
+        float(clean["ce"]),
+        zero_ce,
+        int(entry.params["W_enc"].shape[0]),
+        float(clean["n"]),
+        float(eval_cfg.dense_threshold),
+    )
+    n_tokens = float(site["count"])
+    values["eval_tokens"] = int(n_tokens)
+    min_log10 = float(np.floor(np.log10(1.0 / n_tokens)))
+    by_position = np.asarray(recon["sq_err_by_position"]) / np.maximum(
+        np.asarray(site["count_by_position"]), 1.0
+    )
+    details = {
+        "firing_histogram": metrics.firing_histogram(
+            recon["fired"], n_tokens, int(eval_cfg.histogram_bins), min_log10
+        ),
+        "recon_loss_by_position": [
+            float(v) if c > 0 else None
+            for v, c in zip(by_position, np.asarray(site["count_by_position"]), strict=True)
+        ],
+    }
+    return values, details
