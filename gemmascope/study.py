@@ -92,8 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
     An experiment file starts from this and sets what its study needs: model, sites, jobs.
     """
     from gemmascope import activations, data, train
-    from gemmascope import jobs as jobs_module
     from gemmascope import eval as evaluation
+    from gemmascope import jobs as jobs_module
 
     config = ml_collections.ConfigDict()
     # A short name for the study (recorded in config.json).
@@ -165,7 +165,10 @@ def load_config_file(spec: str) -> tuple[types.ModuleType, ml_collections.Config
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Config file {path!r} does not exist.")
     name = "gemmascope_config_" + os.path.splitext(os.path.basename(path))[0]
-    module = importlib.machinery.SourceFileLoader(name, path).load_module()
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module = types.ModuleType(name)
+    module.__file__ = path
+    loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"Config file {path!r} has no get_config(arg) function.")
     config = module.get_config(arg) if arg else module.get_config()
