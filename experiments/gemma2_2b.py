@@ -24,7 +24,7 @@ Arguments: model_dir, arch, runlocal (the same file on the shipped tiny model, a
 tokens: CI and laptops).
 """
 
-from gemmascope import study
+from gemmascope import jobs, study
 
 
 def get_config(arg=None):
@@ -62,3 +62,10 @@ def get_config(arg=None):
     if arg.runlocal:
         study.shrink_for_local(config)
     return config
+
+
+def sweep(add, arg=None):
+    """Launcher tasks (launch/): one per job, i.e. one Slurm array element or TPU VM run each."""
+    config = get_config(arg)
+    for job in jobs.expand(config, study.model_config(config.model)):
+        add(jobs=job.name)

@@ -85,3 +85,16 @@ def get_config(arg=None):
         config.eval.n_sequences = 8
         config.eval.batch_size = 8
     return config
+
+
+def sweep(add, arg=None):
+    """Launcher tasks (launch/): one per site kind x architecture, each running its jobs in turn.
+
+    `python -m gemmascope.main --mode=all` does not need this; `python -m launch.local
+    --config=experiments/tiny_demo.py --workdir=workdir/demo --parallel=2` runs these tasks two at
+    a time.
+    """
+    del arg  # Every variant of this file has the same tasks.
+    for kind in ("resid_post", "mlp_out", "attn_z"):
+        for arch in ("jumprelu", "gated", "topk"):
+            add(jobs=f"{kind}-*-{arch}")

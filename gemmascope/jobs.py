@@ -76,13 +76,7 @@ def expand(config: ml_collections.ConfigDict, model_cfg) -> list[ml_collections.
     cached = set(model_sites.resolve(model_cfg, list(config.sites)))
     by_name: dict[str, ml_collections.ConfigDict] = {}
     for group_name, group in sorted(config.jobs.groups.items()):
-        group_sites = model_sites.resolve(model_cfg, list(group.sites))
-        missing = sorted(set(group_sites) - cached)
-        if missing:
-            raise ValueError(
-                f"config.jobs.groups.{group_name} trains on {missing}, which config.sites "
-                f"({list(config.sites)}) does not cache."
-            )
+        group_sites = _group_sites(config, model_cfg, group_name, group, cached)
         for site in group_sites:
             for width in group.widths:
                 if int(width) <= 0:
@@ -113,6 +107,25 @@ PER_JOB_FIELDS = (
     "total_tokens",
     "mesh",
 )
+
+
+def _group_sites(config, model_cfg, group_name, group, cached) -> list[str]:
+    """A group's sites: its globs match among the cached sites; plain names must be cached."""
+    group_sites = set()
+    for pattern in group.sites:
+        matched = model_sites.resolve(model_cfg, [pattern])
+        if any(c in pattern for c in "*?["):
+            matched = [site for site in matched if site in cached]
+        missing = sorted(set(matched) - cached)
+        if missing:
+            raise ValueError(
+                f"config.jobs.groups.{group_name} trains on {missing}, which config.sites "
+                f"({list(config.sites)}) does not cache."
+            )
+        group_sites.update(matched)
+    if not group_sites:
+        raise ValueError(f"config.jobs.groups.{group_name}: {list(group.sites)} match no site.")
+    return sorted(group_sites, key=model_sites.sort_key)
 
 
 def _make_job(config, model_cfg, site, width, arch_name, arch_section):

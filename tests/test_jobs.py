@@ -1,0 +1,100 @@
+"""Job expansion: stable names, budgets, overrides, selection and bad input."""
+
+import pytest
+
+from gemmascope import jobs, study
+
+
+def tiny_study():
+    config = study.base_config()
+    config.model.preset = "tiny"  # 4 layers, d_model 64, 4 heads x 16
+    config.sites = ("resid_post/*", "attn_z/1")
+    config.jobs.groups.small = dict(sites=("*/*",), widths=(32,), total_tokens=1000)
+    config.jobs.groups.wide = dict(sites=("resid_post/2",), widths=(64, 128), total_tokens=5000)
+    config.jobs.archs.jumprelu = dict(sweep_values=(1e-3, 2e-3), sae=dict(lr=1e-3))
+    config.jobs.archs.topk = dict(sweep_values=(4, 8), sae=dict())
+    config.train.batch_size = 100
+    config.mesh.shard_latents_from = 128
+    return config
+
+
+def expand(config):
+    return jobs.expand(config, study.model_config(config.model))
+
+
+def test_expansion_names_budgets_and_overrides():
+    all_jobs = expand(tiny_study())
+    names = [job.name for job in all_jobs]
+    # "*/*" in a group means every *cached* site: 4 resid_post + attn_z/1.
+    assert len(names) == (5 * 1 + 1 * 2) * 2 and names == sorted(names)
+    assert "attn_z-L1-w32-topk" in names and "resid_post-L2-w128-jumprelu" in names
+    job = next(j for j in all_jobs if j.name == "resid_post-L2-w128-jumprelu")
+    assert (job.site, job.arch, job.width, job.total_tokens) == (
+        "resid_post/2",
+        "jumprelu",
+        128,
+        5000,
+    )
+    assert job.sweep_values == [1e-3, 2e-3] and job.sae.lr == 1e-3 and job.batch_size == 100
+    assert job.d_in == 64 and job.model == "tiny"
+    assert dict(job.mesh) == {"data": 1, "model": -1}  # width >= shard_latents_from
+    topk = next(j for j in all_jobs if j.name == "attn_z-L1-w32-topk")
+    assert topk.d_in == 64 and topk.sae.lr != 1e-3 and dict(topk.mesh) == {"data": -1, "model": 1}
+    assert jobs.job_name("mlp_out/12", 16384, "gated") == "mlp_out-L12-w16384-gated"
+
+
+def test_select():
+    all_jobs = expand(tiny_study())
+    chosen = jobs.select(all_jobs, ["resid_post-L2-*-jumprelu", "attn_z-L1-w32-topk,attn_z-*"])
+    assert [j.name for j in chosen] == [
+        "attn_z-L1-w32-jumprelu",
+        "attn_z-L1-w32-topk",
+        "resid_post-L2-w128-jumprelu",
+        "resid_post-L2-w32-jumprelu",
+        "resid_post-L2-w64-jumprelu",
+    ]
+    assert jobs.sites_of(chosen) == ["attn_z/1", "resid_post/2"]
+    assert jobs.select(all_jobs, None) == all_jobs
+    with pytest.raises(ValueError, match="--jobs 'mlp_out-\\*' matches no job; valid jobs: attn_z"):
+        jobs.select(all_jobs, ["mlp_out-*"])
+
+
+def test_token_budget_rule():
+    assert [jobs.gemma_scope_token_budget(2**p) for p in (14, 15, 17, 19, 20)] == [
+        4e9, 8e9, 8e9, 8e9, 16e9,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="different Gemma Scope budgets"):
+        study.gemma_scope_group(["*/*"], [2**14, 2**16])
+
+
+def test_bad_job_configs():
+    config = tiny_study()
+    config.jobs.groups.small.sites = ("resid_post/*", "mlp_out/0")
+    with pytest.raises(ValueError, match=r"groups.small trains on \['mlp_out/0'\], which config"):
+        expand(config)
+    config = tiny_study()
+    config.jobs.archs.nope = dict(sweep_values=(1.0,))
+    with pytest.raises(ValueError, match="archs.nope: unknown architecture; valid: .*jumprelu"):
+        expand(config)
+    config = tiny_study()
+    config.jobs.groups.other = dict(sites=("resid_post/2",), widths=(64,), total_tokens=7)
+    with pytest.raises(ValueError, match="resid_post-L2-w64-jumprelu appears in two groups"):
+        expand(config)
+    config = tiny_study()
+    config.jobs.archs.topk.sweep_values = ()
+    with pytest.raises(ValueError, match="archs.topk.sweep_values is empty"):
+        expand(config)
+    config = tiny_study()
+    config.jobs.groups.small.widths = (0,)
+    with pytest.raises(ValueError, match="width 0 <= 0"):
+        expand(config)
+
+
+def test_parse_arg():
+    arg = study.parse_arg("runlocal,layer=3,arch=gated", runlocal=False, layer=12, arch="jumprelu")
+    assert (arg.runlocal, arg.layer, arg.arch) == (True, 3, "gated")
+    assert study.parse_arg(None, layer=12).layer == 12
+    with pytest.raises(ValueError, match="Unknown config argument 'lyer'.*valid arguments: layer"):
+        study.parse_arg("lyer=3", layer=12)
+    with pytest.raises(ValueError, match="layer='x' is not a int"):
+        study.parse_arg("layer=x", layer=12)

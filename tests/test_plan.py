@@ -1,0 +1,94 @@
+"""Plan mode: the SPEC §7 figures, and plans of the Gemma Scope studies."""
+
+import pytest
+
+from gemmascope import hardware, jobs, plan, study
+
+TiB = 2**40
+
+
+def test_spec7_step_time_example():
+    # SPEC §7: one 4,096-token step of a 9B (d = 3584) 131k SAE takes 45 ms on 8 TPU v3 chips at
+    # 50.8% MFU. 6 x 2 x 3584 x 131072 x 4096 FLOPs / (8 x 123e12 x 0.508) = 46.2 ms.
+    seconds = plan.sae_step_seconds(
+        d_in=3584, width=2**17, batch_size=4096, n_saes=1, accelerator="tpu_v3", n_chips=8,
+        mfu=0.508,
+    )  # fmt: skip
+    assert seconds == pytest.approx(0.045, rel=0.05)
+    assert seconds == pytest.approx(6 * 2 * 3584 * 2**17 * 4096 / (8 * 123e12 * 0.508))
+
+
+def test_spec7_storage_example():
+    # SPEC §7: 8B tokens of one 9B site in fp32 is "about 100 TiB" (3584 x 4 B x 8e9 = 104 TiB).
+    n_bytes = plan.activation_storage_bytes(8e9, 3584, "float32")
+    assert n_bytes == 3584 * 4 * 8e9
+    assert 95 < n_bytes / TiB < 110
+    assert plan.activation_storage_bytes(8e9, 3584, "bfloat16") == n_bytes / 2
+    with pytest.raises(ValueError, match="Unknown storage dtype 'int4'; valid: float32"):
+        plan.activation_storage_bytes(1, 1, "int4")
+
+
+def test_gemma2_9b_study_plan():
+    _, config = study.load_config_file("experiments/gemma2_9b.py")
+    model_cfg = study.model_config(config.model)
+    study_plan = plan.make_plan(config, model_cfg)
+    # 42 layers x 3 kinds at 16k and 131k, + 4 ladder widths at L20, + 3 1m residual SAEs.
+    assert len(study_plan.jobs) == 42 * 3 * 2 + 4 + 3
+    assert study_plan.n_saes == 6 * len(study_plan.jobs)
+    by_name = {job.name: job for job in study_plan.jobs}
+    job = by_name["resid_post-L20-w131072-jumprelu"]
+    # The SPEC §7 example, for each of the 6 stacked SAEs, latent-sharded over 8 chips.
+    assert job.step_seconds / job.n_saes == pytest.approx(0.045, rel=0.05)
+    assert job.mesh == (1, 8) and job.total_tokens == 8e9 and job.steps == 1_953_125
+    assert by_name["attn_z-L3-w16384-jumprelu"].mesh == (8, 1)
+    assert by_name["attn_z-L3-w16384-jumprelu"].d_in == 4096
+    assert by_name["mlp_out-L3-w16384-jumprelu"].total_tokens == 4e9
+    assert by_name["resid_post-L31-w1048576-jumprelu"].total_tokens == 16e9
+    # The cache of resid_post/20 holds the 16B tokens of its largest job; resid_post/3 holds 8B.
+    assert study_plan.storage_bytes["resid_post/3"] / TiB == pytest.approx(104.3, rel=0.01)
+    assert study_plan.cache_tokens["resid_post/20"] == 16e9
+    # GS: all sites of 2B + 9B ~ 17 PiB; the 9B part alone is most of it.
+    assert 10 < study_plan.total_storage_bytes / 2**50 < 17
+    # Memory: params + Adam moments of 6 SAEs of 9B 16k, replicated on each chip.
+    mlp16k = by_name["mlp_out-L3-w16384-jumprelu"]
+    assert mlp16k.params_bytes_per_chip == 6 * plan.sae_param_count(3584, 2**14) * 4
+    assert mlp16k.optimizer_bytes_per_chip == 2 * mlp16k.params_bytes_per_chip
+    text = plan.format_plan(study_plan)
+    assert "259 jobs, 1554 SAEs" in text and "Cloud TPU v3" in text and "PiB over 126 sites" in text
+
+
+def test_plan_other_studies_and_accelerators():
+    _, config = study.load_config_file("experiments/gemma2_2b.py")
+    model_cfg = study.model_config(config.model)
+    assert len(jobs.expand(config, model_cfg)) == 26 * 3 * 2 + 4 + 3
+    _, config = study.load_config_file("experiments/gemma2_27b.py:arch=jumprelu+gated")
+    config.unlock()
+    config.plan.accelerator = "h100"
+    study_plan = plan.make_plan(config, study.model_config(config.model))
+    assert [j.name for j in study_plan.jobs][:2] == [
+        "resid_post-L10-w131072-gated",
+        "resid_post-L10-w131072-jumprelu",
+    ]
+    gated, jumprelu = study_plan.jobs[:2]
+    assert gated.flops == pytest.approx(1.5 * jumprelu.flops)  # the decoder runs twice (SPEC §5)
+    assert jumprelu.d_in == 4608
+    h100 = hardware.get("h100")
+    assert jumprelu.step_seconds == pytest.approx(
+        6 * 2 * 4608 * 2**17 * 4096 * 6 / (8 * h100.peak_flops * 0.508)
+    )
+    config.plan.accelerator = "tpu_v9"
+    with pytest.raises(ValueError, match="Unknown accelerator 'tpu_v9'; valid accelerators: a100"):
+        plan.make_plan(config, study.model_config(config.model))
+
+
+def test_every_accelerator_has_a_source():
+    assert set(hardware.ACCELERATORS) >= {"tpu_v3", "tpu_v4", "tpu_v5p", "a100", "h100"}
+    for chip in hardware.ACCELERATORS.values():
+        assert chip.peak_flops > 1e14 and chip.memory_bytes > 1e10 and chip.source
+
+
+def test_resolve_mesh():
+    assert plan.resolve_mesh((-1, 1), 8) == (8, 1)
+    assert plan.resolve_mesh((2, -1), 8) == (2, 4)
+    with pytest.raises(ValueError, match="does not use 8 chips"):
+        plan.resolve_mesh((3, 1), 8)
