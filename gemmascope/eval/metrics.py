@@ -147,8 +147,8 @@ def lm_sums(
       keep_lm: bool (B, T − 1) from ``lm_keep``.
 
     Returns:
-      ``ce`` (Σ spliced CE), ``delta_ce`` (Σ (spliced − clean) CE, summed per position so an
-      identical model gives exactly 0) and ``kl`` (Σ KL(p_clean || p_spliced)), float32 scalars.
+      ``delta_ce`` (Σ (spliced − clean) CE, differenced per position so an identical model
+      gives exactly 0) and ``kl`` (Σ KL(p_clean || p_spliced)), float32 scalars.
     """
     logp = next_token_logp(spliced_logits)
     w = keep_lm.astype(jnp.float32)
@@ -157,7 +157,6 @@ def lm_sums(
     p_clean = jnp.exp(clean_logp[:, :-1])
     kl = jnp.sum(p_clean * (clean_logp[:, :-1] - logp[:, :-1]), axis=-1)
     return {
-        "ce": jnp.sum(ce * w),
         "delta_ce": jnp.sum((ce - clean_ce) * w),
         "kl": jnp.sum(kl * w),
     }
@@ -189,7 +188,7 @@ def finalize(
     site: Mapping[str, np.ndarray],
     lm: Mapping[str, np.ndarray],
     clean_ce: float,
-    zero_ce: float,
+    zero_delta_ce: float,
     d_in: int,
     n_lm: float,
     dense_threshold: float,
@@ -201,7 +200,7 @@ def finalize(
       site: totals of ``site_sums`` for the SAE's site.
       lm: totals of ``lm_sums``.
       clean_ce: Σ clean CE over the counted LM positions.
-      zero_ce: Σ CE with the site zero-ablated over the same positions.
+      zero_delta_ce: Σ (zero-ablated − clean) CE over the same positions.
       d_in: activation width.
       n_lm: number of counted LM positions.
       dense_threshold: a latent firing on more than this fraction of tokens is dense.
@@ -220,8 +219,7 @@ def finalize(
     sq_err = float(recon["sq_err"])
     fired = np.asarray(recon["fired"])
     frequency = fired / n
-    spliced_ce = float(lm["ce"])
-    recovered_denominator = zero_ce - clean_ce
+    delta_ce = float(lm["delta_ce"])
     return {
         "l0": float(recon["l0"]) / n,
         "fvu": sq_err / total_var if total_var > 0 else float("nan"),
@@ -234,14 +232,12 @@ def finalize(
             else float("nan")
         ),
         "clean_loss": clean_ce / n_lm,
-        "spliced_loss": spliced_ce / n_lm,
-        "delta_loss": float(lm["delta_ce"]) / n_lm,
+        "spliced_loss": (clean_ce + delta_ce) / n_lm,
+        "delta_loss": delta_ce / n_lm,
         "kl_div": float(lm["kl"]) / n_lm,
-        "zero_ablation_loss": zero_ce / n_lm,
+        "zero_ablation_loss": (clean_ce + zero_delta_ce) / n_lm,
         "loss_recovered": (
-            (zero_ce - spliced_ce) / recovered_denominator
-            if recovered_denominator != 0
-            else float("nan")
+            (zero_delta_ce - delta_ce) / zero_delta_ce if zero_delta_ce != 0 else float("nan")
         ),
         "frac_dead": float(np.mean(fired == 0)),
         "frac_dense": float(np.mean(frequency > dense_threshold)),

@@ -60,9 +60,30 @@ class SaeEntry:
 # Jitted passes. `cfg` (a frozen, hashable model config) and site names are static.
 
 
+def prefix_site(site: str) -> str | None:
+    """The ``resid_post`` site a spliced pass at ``site`` can resume from (None: from the start).
+
+    A site of layer L only depends on the residual stream after layer L − 1, so the spliced pass
+    reuses the clean pass's ``resid_post/{L-1}`` and runs layers L.. only.
+    """
+    kind, layer = layout.split_site(site)
+    del kind
+    return f"resid_post/{layer - 1}" if layer > 0 else None
+
+
+def _spliced_logits(cfg, model_params, tokens, prefix, site, fn):
+    """Logits with ``fn`` replacing ``site``; resumes from ``prefix`` (a resid) when given."""
+    from gemmascope import model
+
+    if prefix is None:
+        return model.forward(cfg, model_params, tokens, replace={site: fn})[0]
+    return model.forward_from(cfg, model_params, prefix_site(site), prefix, replace={site: fn})[0]
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "sites"))
 def _clean_pass(model_params, tokens, row_valid, *, cfg, sites):
-    """The clean forward pass: captured activations, log-probs, masks and the clean CE sum."""
+    """The clean forward pass: activations of ``sites`` (and of their prefixes), log-probs,
+    the kept-token mask and the clean CE sum."""
     from gemmascope import model
 
     logits, acts = model.forward(cfg, model_params, tokens, capture=list(sites))
@@ -71,29 +92,41 @@ def _clean_pass(model_params, tokens, row_valid, *, cfg, sites):
     keep_lm = metrics.lm_keep(keep)
     w = keep_lm.astype(jnp.float32)
     clean_ce = jnp.sum(metrics.token_cross_entropy(logp, tokens) * w)
-    return {s: acts[s] for s in sites}, logp, keep, clean_ce, jnp.sum(w)
+    return acts, logp, keep, clean_ce, jnp.sum(w)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site"))
-def _site_pass(model_params, tokens, keep, acts, clean_logp, reference, *, cfg, site):
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "with_lm"))
+def _site_pass(
+    model_params, tokens, keep, acts, prefix, clean_logp, reference, *, cfg, site, with_lm
+):
     """Variance sums of one site and the LM sums with the site zero-ablated."""
-    from gemmascope import model
+    if not with_lm:
+        return metrics.site_sums(acts, keep, reference), {}
 
     def zero_ablate(a):
         return jnp.where(keep[..., None], jnp.zeros_like(a), a)
 
-    logits, _ = model.forward(cfg, model_params, tokens, capture=[], replace={site: zero_ablate})
+    logits = _spliced_logits(cfg, model_params, tokens, prefix, site, zero_ablate)
     zero_lm = metrics.lm_sums(clean_logp, logits, tokens, metrics.lm_keep(keep))
     return metrics.site_sums(acts, keep, reference), zero_lm
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "site", "splice_batch", "with_lm"))
 def _group_pass(
-    model_params, tokens, keep, acts, clean_logp, stacked, *, cfg, site, splice_batch, with_lm
+    model_params,
+    tokens,
+    keep,
+    acts,
+    prefix,
+    clean_logp,
+    stacked,
+    *,
+    cfg,
+    site,
+    splice_batch,
+    with_lm,
 ):
     """Reconstruction and LM sums of every SAE of one group (params stacked on axis 0)."""
-    from gemmascope import model
-
     keep_lm = metrics.lm_keep(keep)
 
     def one_sae(sae):
@@ -107,7 +140,7 @@ def _group_pass(
             x_hat = metrics.decode(sae, metrics.jumprelu_encode(sae, a)).astype(a.dtype)
             return jnp.where(keep[..., None], x_hat, a)
 
-        logits, _ = model.forward(cfg, model_params, tokens, capture=[], replace={site: splice})
+        logits = _spliced_logits(cfg, model_params, tokens, prefix, site, splice)
         return recon, metrics.lm_sums(clean_logp, logits, tokens, keep_lm)
 
     return jax.lax.map(one_sae, stacked, batch_size=splice_batch)
@@ -180,6 +213,8 @@ def evaluate_saes(
             )
         groups.setdefault(entry.group_key, []).append(index)
     sites = tuple(sorted({key[0] for key in groups}))
+    prefixes = {site: prefix_site(site) for site in sites}
+    captured = tuple(sorted(set(sites) | {p for p in prefixes.values() if p is not None}))
     stacked = {
         key: {k: jnp.asarray(np.stack([saes[i].params[k] for i in members])) for k in NPZ_KEYS}
         for key, members in groups.items()
@@ -194,35 +229,29 @@ def evaluate_saes(
     references: dict[str, jax.Array] = {}
     for batch, row_valid in _batches(tokens, int(eval_cfg.batch_size)):
         acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
-            model_params, batch, row_valid, cfg=model_cfg, sites=sites
+            model_params, batch, row_valid, cfg=model_cfg, sites=captured
         )
         _add(clean_totals, {"ce": clean_ce, "n": n_lm})
         for site in sites:
             if site not in references:  # a fixed shift: the first batch's mean (site_sums)
                 w = keep.astype(jnp.float32)[..., None]
                 references[site] = jnp.sum(acts[site] * w, (0, 1)) / jnp.maximum(w.sum(), 1.0)
+            prefix = acts[prefixes[site]] if prefixes[site] else None
+            shared = (model_params, batch, keep, acts[site], prefix, clean_logp)
             variance, zero_lm = _site_pass(
-                model_params,
-                batch,
-                keep,
-                acts[site],
-                clean_logp,
-                references[site],
-                cfg=model_cfg,
-                site=site,
+                *shared, references[site], cfg=model_cfg, site=site, with_lm=with_lm
             )
             _add(site_totals[site], variance)
             _add(zero_totals[site], zero_lm)
         for key in groups:
+            site = key[0]
+            prefix = acts[prefixes[site]] if prefixes[site] else None
+            shared = (model_params, batch, keep, acts[site], prefix, clean_logp)
             recon, lm = _group_pass(
-                model_params,
-                batch,
-                keep,
-                acts[key[0]],
-                clean_logp,
+                *shared,
                 stacked[key],
                 cfg=model_cfg,
-                site=key[0],
+                site=site,
                 splice_batch=splice_batch,
                 with_lm=with_lm,
             )
@@ -251,14 +280,14 @@ def evaluate_saes(
 def _finish(recon, site, lm, clean, zero, entry: SaeEntry, eval_cfg) -> tuple[dict, dict]:
     """Metrics and details of one SAE from its accumulated sums."""
     nan = float("nan")
-    lm_sums = lm if lm is not None else {"ce": nan, "delta_ce": nan, "kl": nan}
-    zero_ce = float(zero["ce"]) if lm is not None else nan
+    lm_sums = lm if lm is not None else {"delta_ce": nan, "kl": nan}
+    zero_delta_ce = float(zero["delta_ce"]) if lm is not None else nan
     values = metrics.finalize(
         recon,
         site,
         lm_sums,
         float(clean["ce"]),
-        zero_ce,
+        zero_delta_ce,
         int(entry.params["W_enc"].shape[0]),
         float(clean["n"]),
         float(eval_cfg.dense_threshold),

@@ -1,0 +1,178 @@
+"""The sweep evaluator on a tiny random Gemma 2: splicing oracles and shared-pass consistency.
+
+Oracles: an identity "SAE" (W_enc = [I, −I], W_dec = [I; −I], so x̂ = relu(x) − relu(−x) = x)
+must give delta LM loss and KL exactly 0; an all-zero SAE must give the zero-ablation loss; a
+random SAE's delta loss and KL must match a direct ``model.forward(..., replace=...)`` with the
+cross-entropy computed in numpy.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gemmascope import eval as gs_eval
+from gemmascope import model
+from gemmascope.eval.sweep_eval import SaeEntry, evaluate_saes
+
+CFG = model.presets.tiny(num_hidden_layers=2)
+SITE = "resid_post/1"
+D = CFG.hidden_size
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params = model.init_params(CFG, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, CFG.vocab_size, size=(3, 10)).astype(np.int32)
+    tokens[:, 0] = CFG.bos_token_id
+    tokens[1, 5] = 1  # an EOS inside a sequence
+    tokens[2, -2:] = CFG.pad_token_id
+    return params, tokens
+
+
+def _entry(name, params, site=SITE):
+    width = params["W_enc"].shape[1]
+    config = {
+        "site": site,
+        "kind": site.split("/")[0],
+        "layer": int(site.split("/")[1]),
+        "d_in": D,
+        "width": width,
+        "architecture": "test",
+    }
+    return SaeEntry(
+        folder=f"/fake/{name}",
+        config=config,
+        params={k: np.asarray(v, np.float32) for k, v in params.items()},
+    )
+
+
+def _identity(d=D):
+    eye = np.eye(d)
+    return {
+        "W_enc": np.concatenate([eye, -eye], 1),
+        "W_dec": np.concatenate([eye, -eye], 0),
+        "b_enc": np.zeros(2 * d),
+        "b_dec": np.zeros(d),
+        "threshold": np.zeros(2 * d),
+    }
+
+
+def _zeros(d=D):
+    return {k: np.zeros_like(v) for k, v in _identity(d).items()}
+
+
+def _random(seed, d=D):
+    rng = np.random.default_rng(seed)
+    return {
+        "W_enc": rng.normal(size=(d, 2 * d)) / np.sqrt(d),
+        "W_dec": rng.normal(size=(2 * d, d)) / np.sqrt(2 * d),
+        "b_enc": rng.normal(size=2 * d) * 0.1,
+        "b_dec": rng.normal(size=d) * 0.1,
+        "threshold": np.full(2 * d, 0.5),
+    }
+
+
+def _oracle(params, tokens, sae, site=SITE):
+    """Delta loss and KL by a direct spliced forward and numpy cross-entropy."""
+    keep = ~np.asarray(model.special_mask(CFG, jnp.asarray(tokens)))
+
+    def splice(a):
+        pre = a @ sae["W_enc"] + sae["b_enc"]
+        f = jnp.where(pre > sae["threshold"], jax.nn.relu(pre), 0.0)
+        return jnp.where(jnp.asarray(keep)[..., None], f @ sae["W_dec"] + sae["b_dec"], a)
+
+    clean, acts = jax.jit(lambda p, t: model.forward(CFG, p, t, capture=[site]))(params, tokens)
+    spliced = jax.jit(lambda p, t: model.forward(CFG, p, t, replace={site: splice})[0])(
+        params, tokens
+    )
+
+    def logp(z):
+        z = np.asarray(z, np.float64)
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    lp, lq = logp(clean), logp(spliced)
+    counted = keep[:, :-1] & keep[:, 1:]
+    targets = tokens[:, 1:]
+    ce_p = -np.take_along_axis(lp[:, :-1], targets[..., None], -1)[..., 0]
+    ce_q = -np.take_along_axis(lq[:, :-1], targets[..., None], -1)[..., 0]
+    kl = np.sum(np.exp(lp[:, :-1]) * (lp[:, :-1] - lq[:, :-1]), -1)
+    x = np.asarray(acts[site], np.float64)[keep]
+    return {
+        "delta_loss": ce_q[counted].mean() - ce_p[counted].mean(),
+        "kl_div": kl[counted].mean(),
+        "clean_loss": ce_p[counted].mean(),
+        "spliced_loss": ce_q[counted].mean(),
+        "x": x,
+    }
+
+
+def _eval_cfg(**overrides):
+    cfg = gs_eval.default_config()
+    cfg.batch_size = 2  # 3 sequences: the second batch has a masked padding row
+    cfg.splice_batch = 2  # 3 SAEs in the group: a chunk of 2 and a remainder
+    cfg.update(overrides)
+    return cfg
+
+
+def test_identity_zero_and_random_saes_against_direct_splicing(setup):
+    params, tokens = setup
+    saes = [
+        _entry("identity", _identity()),
+        _entry("zeros", _zeros()),
+        _entry("random", _random(1)),
+        _entry("identity0", _identity(), site="mlp_out/0"),
+    ]
+    results = evaluate_saes(CFG, params, tokens, saes, _eval_cfg())
+    identity, zeros, random, identity0 = (r[0] for r in results)
+
+    for exact in (identity, identity0):
+        assert exact["delta_loss"] == 0.0 and exact["kl_div"] == 0.0
+        assert exact["fvu"] == 0.0 and exact["cosine_similarity"] == pytest.approx(1.0)
+        assert exact["l0"] == pytest.approx(D, rel=0.05)  # one of relu(x), relu(-x) fires
+    # Zero SAE = zero ablation (special positions keep their activation in both).
+    assert zeros["spliced_loss"] == pytest.approx(zeros["zero_ablation_loss"], rel=1e-6)
+    assert zeros["loss_recovered"] == pytest.approx(0.0, abs=1e-3)
+    assert identity["loss_recovered"] == pytest.approx(1.0, abs=1e-6)
+    assert zeros["l0"] == 0.0 and zeros["frac_dead"] == 1.0
+    oracle_zero = _oracle(
+        params, tokens, {k: jnp.asarray(v, jnp.float32) for k, v in _zeros().items()}
+    )
+    assert zeros["spliced_loss"] == pytest.approx(oracle_zero["spliced_loss"], rel=1e-5)
+    assert zeros["clean_loss"] == pytest.approx(oracle_zero["clean_loss"], rel=1e-5)
+    # A random SAE against the direct oracle.
+    rnd = {k: jnp.asarray(v, jnp.float32) for k, v in _random(1).items()}
+    oracle = _oracle(params, tokens, rnd)
+    assert random["delta_loss"] > 0.01
+    assert random["delta_loss"] == pytest.approx(oracle["delta_loss"], rel=1e-4)
+    assert random["kl_div"] == pytest.approx(oracle["kl_div"], rel=1e-4)
+    x = oracle["x"]
+    pre = x @ np.asarray(rnd["W_enc"], np.float64) + np.asarray(rnd["b_enc"], np.float64)
+    f = np.where(pre > 0.5, pre, 0.0)
+    x_hat = f @ np.asarray(rnd["W_dec"], np.float64) + np.asarray(rnd["b_dec"], np.float64)
+    assert random["eval_tokens"] == len(x)
+    assert random["l0"] == pytest.approx(np.mean(np.sum(f > 0, -1)), rel=1e-6)
+    assert random["fvu"] == pytest.approx(
+        np.sum((x - x_hat) ** 2) / np.sum((x - x.mean(0)) ** 2), rel=1e-4
+    )
+
+
+def test_batched_sweep_equals_one_by_one(setup):
+    params, tokens = setup
+    saes = [_entry(f"r{i}", _random(10 + i)) for i in range(3)]
+    together = evaluate_saes(CFG, params, tokens, saes, _eval_cfg())
+    for entry, (metrics_together, details_together) in zip(saes, together, strict=True):
+        alone, details_alone = evaluate_saes(CFG, params, tokens, [entry], _eval_cfg())[0]
+        for key, value in alone.items():
+            assert metrics_together[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        assert details_together["firing_histogram"] == details_alone["firing_histogram"]
+
+
+def test_bad_inputs_are_clear_errors(setup):
+    params, tokens = setup
+    with pytest.raises(ValueError, match="no SAEs"):
+        evaluate_saes(CFG, params, tokens, [], _eval_cfg())
+    with pytest.raises(ValueError, match="does not match site"):
+        evaluate_saes(CFG, params, tokens, [_entry("x", _identity(8))], _eval_cfg())
