@@ -1,0 +1,75 @@
+"""The command line: plan through the CLI, bad flags and a workdir holding another study."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gemmascope import stages, study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*flags):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "gemmascope.main", *flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_plan_through_the_cli():
+    result = run_cli("--config=experiments/gemma2_27b.py:arch=jumprelu+gated", "--mode=plan")
+    assert result.returncode == 0, result.stderr
+    assert "Plan for study 'gemma2_27b_pt': 6 jobs, 36 SAEs" in result.stdout
+    assert (
+        "resid_post-L22-w131072-gated" in result.stdout
+        and "402.3 TiB over 3 sites" in result.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (
+            "--mode=fly",
+            "flag --mode=fly: value should be one of <plan|cache|train|eval|export|all>",
+        ),
+        ("--config.train.batch_sz=3", 'Did you mean "batch_size" instead of "batch_sz"?'),
+        ("--jobs=nope-*", "--jobs 'nope-*' matches no job; valid jobs: resid_post-L10-w131072"),
+    ],
+)
+def test_bad_flags(flag, message):
+    result = run_cli("--config=experiments/gemma2_27b.py", "--mode=plan", flag)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_workdir_holding_another_study(tmp_path):
+    _, config = study.load_config_file("experiments/gemma2_27b.py")
+    stages.check_workdir_config(config, str(tmp_path))
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["name"] == "gemma2_27b_pt" and stored["train"]["batch_size"] == 4096
+    stages.check_workdir_config(config, str(tmp_path))  # the same study: accepted
+    config.unlock()
+    config.eval.n_sequences = 7  # evaluation settings may change
+    stages.check_workdir_config(config, str(tmp_path))
+
+    result = run_cli(
+        "--config=experiments/gemma2_27b.py", f"--workdir={tmp_path}", "--mode=cache",
+        "--config.train.batch_size=8", "--config.model.dtype=float32",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"{tmp_path} holds a different study" in result.stderr
+    assert "model.dtype: workdir has 'bfloat16', this run has 'float32'" in result.stderr
+    assert "train.batch_size: workdir has 4096, this run has 8" in result.stderr
+
+
+def test_run_rejects_bad_mode_and_missing_workdir():
+    _, config = study.load_config_file("experiments/gemma2_27b.py")
+    with pytest.raises(ValueError, match="Unknown mode 'fly'; valid modes: plan, cache"):
+        stages.run(config, "/tmp/x", "fly")
+    with pytest.raises(ValueError, match="--workdir is required for --mode=train"):
+        stages.run(config, None, "train")
