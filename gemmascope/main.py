@@ -20,6 +20,8 @@ The entry point stays thin (STYLE.md practice 1); the stages live in gemmascope.
 
 from __future__ import annotations
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -56,6 +58,21 @@ def initialize_distributed(config) -> None:
         jax.distributed.initialize()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags; a bad flag or config override exits with a one-paragraph message."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort to see help on flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        message = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        sys.exit(
+            f"FATAL Bad --config or override ({' '.join(overrides) or argv[1:]}): {message}\n"
+            "Overrides may only set fields the config file defines (the config is locked)."
+        )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -74,4 +91,4 @@ def main(argv):
 
 if __name__ == "__main__":
     jax.config.config_with_absl()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
