@@ -52,7 +52,9 @@ def _source_from_json(saved: dict, template):
             f"the checkpoint's data-source state has {len(saved_leaves)} entries but this source "
             f"has {len(leaves)}; was the job restarted with a different source?"
         )
-    rebuilt = [np.asarray(s, dtype=np.asarray(t).dtype) for s, t in zip(saved_leaves, leaves)]
+    rebuilt = [
+        np.asarray(s, dtype=np.asarray(t).dtype) for s, t in zip(saved_leaves, leaves, strict=True)
+    ]
     return jax.tree.unflatten(treedef, rebuilt)
 
 

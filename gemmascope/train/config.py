@@ -79,6 +79,8 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     # Write periodic checkpoints in a background thread (final and SIGTERM saves always wait).
     c.async_checkpointing = True
+    # Write TensorBoard event files (importing tensorboardX costs a few seconds once per process).
+    c.tensorboard = True
     # Show a tqdm progress bar on process 0.
     c.progress_bar = True
     # Device mesh as (axis name, size) pairs; one size may be -1 (all remaining devices).

@@ -128,7 +128,9 @@ def _check_finite(state, members, sweep_field, manager) -> None:
     )
 
 
-def train_sweep(job_cfg: ml_collections.ConfigDict, source, workdir) -> TrainResult:
+def train_sweep(
+    job_cfg: ml_collections.ConfigDict, source, workdir, devices: list | None = None
+) -> TrainResult:
     """Trains every sweep member of `job_cfg` on batches of `source`; resumes if checkpointed.
 
     Args:
@@ -136,6 +138,7 @@ def train_sweep(job_cfg: ml_collections.ConfigDict, source, workdir) -> TrainRes
         source: an activation source (docs/internals.md): d_in, norm_scale, iter_batches(batch
             size, sharding), state(), restore(state).
         workdir: the study's workdir; this job writes workdir/runs/<job_cfg.name>/.
+        devices: the devices job_cfg.mesh lays out (default: every device of every process).
 
     Returns:
         TrainResult. When SIGTERM arrived, `preempted` is True and a checkpoint of the last
@@ -166,7 +169,7 @@ def train_sweep(job_cfg: ml_collections.ConfigDict, source, workdir) -> TrainRes
         run_dir.mkdir(parents=True, exist_ok=True)
 
     # 3. Mesh and sharding rules (declared once, in the config).
-    mesh = sharding.make_mesh(job_cfg.mesh)
+    mesh = sharding.make_mesh(job_cfg.mesh, devices)
     rules = tuple((str(a), None if m is None else str(m)) for a, m in job_cfg.logical_axis_rules)
     sharding.check_divisible(mesh, width, job_cfg.batch_size)
 
@@ -199,8 +202,9 @@ def train_sweep(job_cfg: ml_collections.ConfigDict, source, workdir) -> TrainRes
         saved_values = np.asarray(jax.device_get(state["sweep_value"]))
         if not np.allclose(saved_values, np.asarray(values, sweep_dtype)):
             raise ValueError(
-                f"the checkpoint in {manager.directory} trained {sweep_field}={saved_values.tolist()}"
-                f" but job_cfg.sweep_values gives {values}; use a new job name or workdir"
+                f"the checkpoint in {manager.directory} trained {sweep_field}="
+                f"{saved_values.tolist()} but job_cfg.sweep_values gives {values}; use a new job "
+                "name or workdir"
             )
         log.info("resumed %s from step %d", job_cfg.name, int(jax.device_get(state["step"])))
     else:
@@ -216,6 +220,7 @@ def train_sweep(job_cfg: ml_collections.ConfigDict, source, workdir) -> TrainRes
         job_cfg.batch_size,
         enabled=is_writer,
         progress=job_cfg.progress_bar,
+        tensorboard=job_cfg.tensorboard,
     )
     batches = source.iter_batches(job_cfg.batch_size, fns.batch_sharding)
     current, preempted = start_step, False

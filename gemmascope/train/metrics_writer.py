@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorboardX
 import tqdm
 
 
@@ -59,8 +58,10 @@ class MetricsWriter:
         batch_size: int,
         enabled: bool,
         progress: bool,
+        tensorboard: bool = True,
     ):
         self.enabled = enabled
+        self.tensorboard = tensorboard
         self.batch_size = batch_size
         self.path = Path(run_dir) / "metrics.jsonl"
         self._last_time, self._last_step = time.perf_counter(), start_step
@@ -97,16 +98,23 @@ class MetricsWriter:
             return record
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard:
+            self._write_tensorboard(step, metrics, tokens_per_sec)
+        if self._bar is not None:
+            self._bar.set_postfix_str(_summary(record), refresh=False)
+            self.advance(step)
+        return record
+
+    def _write_tensorboard(self, step, metrics, tokens_per_sec) -> None:
         if self._tb is None:
+            # Imported here: tensorboardX pulls in torch (seconds), paid only by jobs that log.
+            import tensorboardX
+
             self._tb = tensorboardX.SummaryWriter(str(self._tb_dir))
         for name, values in metrics.items():
             for member, value in enumerate(np.asarray(values)):
                 self._tb.add_scalar(f"{name}/member{member}", float(value), step)
         self._tb.add_scalar("z/tokens_per_sec", tokens_per_sec, step)
-        if self._bar is not None:
-            self._bar.set_postfix_str(_summary(record), refresh=False)
-            self.advance(step)
-        return record
 
     def close(self) -> None:
         """Flushes and closes the TensorBoard writer and the progress bar."""

@@ -1,0 +1,92 @@
+"""Unit tests of the job config, the token->step budget and the sharding rules."""
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec
+
+from gemmascope import train
+from gemmascope.train import config, sharding
+
+RULES = config.DEFAULT_AXIS_RULES
+
+
+def test_default_config_documents_gemma_scope_defaults():
+    cfg = train.default_config("jumprelu")
+    assert cfg.batch_size == 4096
+    assert cfg.sae.lr == 7e-5
+    assert cfg.sweep_values == [cfg.sae.sparsity_coeff]
+    assert cfg.mesh == [("data", -1), ("model", 1)]
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown SAE architecture 'nope'.*jumprelu"):
+        train.default_config("nope")
+
+
+def test_budget_rounds_tokens_up_to_whole_steps():
+    cfg = train.default_config()
+    cfg.update(batch_size=100, total_tokens=1001, log_every_tokens=250, ckpt_every_tokens=100)
+    budget = train.resolve_budget(cfg)
+    assert (budget.total_steps, budget.log_every, budget.ckpt_every) == (11, 3, 1)
+    cfg.total_tokens = 0
+    with pytest.raises(ValueError, match="total_tokens must be a positive"):
+        train.resolve_budget(cfg)
+
+
+def test_itstime_fires_on_multiples_and_at_the_end():
+    assert [s for s in range(1, 11) if train.itstime(s, 4, 10)] == [4, 8, 10]
+
+
+def test_members_are_values_times_seeds_values_major():
+    cfg = train.default_config()
+    cfg.update(sweep_values=[1.0, 2.0], seeds=[0, 7])
+    assert train.sweep_members(cfg) == [(1.0, 0), (1.0, 7), (2.0, 0), (2.0, 7)]
+    cfg.sweep_values = []
+    with pytest.raises(ValueError, match="sweep_values is empty"):
+        train.sweep_members(cfg)
+
+
+def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
+    mesh = train.make_mesh([("data", -1), ("model", 4)])
+    assert dict(mesh.shape) == {"data": 2, "model": 4}
+    with pytest.raises(ValueError, match="does not divide the 8 available devices"):
+        train.make_mesh([("data", -1), ("model", 3)])
+    with pytest.raises(ValueError, match="has 4 devices but 8 are available"):
+        train.make_mesh([("data", 2), ("model", 2)])
+    with pytest.raises(ValueError, match="'data' and 'model'"):
+        train.make_mesh([("batch", -1), ("model", 1)])
+    one = train.make_mesh([("data", 1), ("model", 1)], devices=jax.devices()[:1])
+    assert one.devices.size == 1
+
+
+def test_logical_rules_map_latents_to_model_and_rows_to_data():
+    assert train.logical_to_spec(("batch", "d_in"), RULES) == PartitionSpec("data", None)
+    assert train.logical_to_spec(("sweep", "d_in", "d_sae"), RULES) == PartitionSpec(
+        None, None, "model"
+    )
+    # A mesh axis is used once per array: the second d_sae is replicated.
+    assert train.logical_to_spec(("d_sae", "d_sae"), RULES) == PartitionSpec("model", None)
+
+
+@pytest.mark.parametrize(
+    "name, shape, axes",
+    [
+        ("W_enc", (3, 8, 8), ("sweep", "d_in", "d_sae")),  # d_in == width: the name decides
+        ("W_dec", (3, 8, 8), ("sweep", "d_sae", "d_in")),
+        ("b_dec", (3, 8), ("sweep", "d_in")),
+        ("tokens_since_fired", (3, 32), ("sweep", "d_sae")),  # unknown name: by shape
+        ("running_threshold", (3,), ("sweep",)),
+        (None, (), ()),
+    ],
+)
+def test_param_axes_by_name_then_shape(name, shape, axes):
+    width = 32 if name == "tokens_since_fired" else 8
+    assert sharding.param_logical_axes(name, shape, width=width, d_in=8) == axes
+
+
+def test_divisibility_errors_name_the_field_and_the_axis():
+    mesh = train.make_mesh([("data", 2), ("model", 4)])
+    with pytest.raises(ValueError, match=r"width=30 is not divisible by the mesh's model axis \(4"):
+        sharding.check_divisible(mesh, 30, 64)
+    with pytest.raises(ValueError, match=r"batch_size=63 is not divisible .* data axis"):
+        sharding.check_divisible(mesh, 32, 63)

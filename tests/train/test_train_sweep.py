@@ -1,0 +1,267 @@
+"""End-to-end tests of `train.train_sweep` against independent oracles.
+
+Oracles: the same job on one device (sharding must not change the numbers), S separate
+single-SAE runs (stacking must not either), an uninterrupted run (preemption + resume), one
+process with 8 devices (two processes with 4 each), and hand-built inputs for the error paths.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from job_runner import tiny_activations, tiny_job
+
+from gemmascope import activations, train
+from gemmascope.train import step as step_lib
+
+RUNNER = Path(__file__).with_name("job_runner.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _source():
+    return activations.ArraySource(tiny_activations(), seed=1)
+
+
+def _load_npz(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The tiny job, uninterrupted, in this process on a (2, 4) mesh of the 8 CPU devices."""
+    workdir = tmp_path_factory.mktemp("reference")
+    return train.train_sweep(tiny_job(), _source(), workdir)
+
+
+def _run_child(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, str(RUNNER), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{err[-4000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_reference_run_writes_the_exporter_contract(reference):
+    run_dir = reference.run_dir
+    assert reference.steps == 24 and reference.tokens_trained == 24 * 64
+    assert not reference.preempted
+    params = _load_npz(run_dir / "final_params.npz")
+    assert set(params) == set(reference.params)
+    assert params["W_enc"].shape == (2, 16, 32) and params["W_dec"].shape == (2, 32, 16)
+    for name, value in params.items():
+        np.testing.assert_array_equal(value, reference.params[name])
+    job = json.loads((run_dir / "job.json").read_text())
+    assert job["d_in"] == 16 and job["tokens_trained"] == 24 * 64
+    assert job["norm_scale"] == pytest.approx(_source().norm_scale)
+    assert (job["site"], job["model"], job["arch"]) == ("resid_post/0", "synthetic", "jumprelu")
+    assert job["sweep_field"] == "sparsity_coeff" and job["sweep_values"] == [1e-4, 3e-3]
+    # Decoder rows stay unit norm, and the two members really trained differently.
+    np.testing.assert_allclose(np.linalg.norm(params["W_dec"], axis=-1), 1.0, rtol=1e-5)
+    assert not np.allclose(params["threshold"][0], params["threshold"][1])
+    # One metrics line per logged step, every member in each.
+    history = reference.history
+    assert [h["step"] for h in history] == [4, 8, 12, 16, 20, 24]
+    for key in ("recon_loss", "sparsity_loss", "l0", "fvu", "frac_dead", "lr", "sparsity_coeff"):
+        assert all(len(h[key]) == 2 for h in history), key
+    assert history[-1]["sparsity_coeff"] == pytest.approx([1e-4, 3e-3])
+    assert history[-1]["lr"] == pytest.approx([1e-2, 1e-2])
+    assert list((run_dir / "tensorboard").iterdir())
+
+
+def test_one_device_matches_the_sharded_mesh(reference, tmp_path):
+    cfg = tiny_job(mesh=(("data", 1), ("model", 1)))
+    single = train.train_sweep(cfg, _source(), tmp_path, devices=jax.devices()[:1])
+    for name, value in reference.params.items():
+        np.testing.assert_allclose(single.params[name], value, rtol=2e-5, atol=2e-6, err_msg=name)
+
+
+def test_latent_axis_is_sharded_on_model(tmp_path):
+    cfg = tiny_job()
+    sae_cfg = train.loop.resolve_sae_config(cfg, train.config.get_architecture("jumprelu"))
+    mesh = train.make_mesh(cfg.mesh)
+    fns = step_lib.compiled_functions(
+        "jumprelu",
+        sae_cfg,
+        d_in=16,
+        width=32,
+        n_members=2,
+        batch_size=64,
+        dead_window=4,
+        sweep_dtype=np.float32,
+        mesh=mesh,
+        rules=train.config.DEFAULT_AXIS_RULES,
+    )
+    state = fns.init(np.array([0, 1], np.int32), np.array([1e-4, 1e-3], np.float32))
+    batch = next(_source().iter_batches(64, fns.batch_sharding))
+    state, _ = fns.train_step(state, batch)
+    expected = {
+        "W_enc": (2, 16, 8),
+        "W_dec": (2, 8, 16),
+        "b_enc": (2, 8),
+        "threshold": (2, 8),
+        "b_dec": (2, 16),
+    }
+    for name, shape in expected.items():
+        shards = state["params"][name].addressable_shards
+        assert len(shards) == 8 and {s.data.shape for s in shards} == {shape}, name
+    adam = [leaf for leaf in jax.tree.leaves(state["opt"]) if leaf.shape == (2, 16, 32)]
+    assert adam and all(s.data.shape == (2, 16, 8) for a in adam for s in a.addressable_shards)
+    assert {s.data.shape for s in state["last_fired"].addressable_shards} == {(2, 8)}
+    assert {s.data.shape for s in batch.addressable_shards} == {(32, 16)}
+
+
+def test_stacked_sweep_equals_separate_runs(tmp_path):
+    values = [1e-4, 1e-3, 3e-3, 1e-2]
+    stacked = train.train_sweep(tiny_job("stacked", 12, values, ckpt_steps=12), _source(), tmp_path)
+    for member, value in enumerate(values):
+        alone_cfg = tiny_job(f"alone{member}", 12, [value], ckpt_steps=12)
+        alone = train.train_sweep(alone_cfg, _source(), tmp_path)
+        for name, stacked_value in stacked.params.items():
+            np.testing.assert_allclose(
+                alone.params[name][0],
+                stacked_value[member],
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"member {member} {name}",
+            )
+
+
+def test_jobs_of_one_shape_share_one_compilation(tmp_path):
+    before = len(step_lib._CACHE)
+    train.train_sweep(tiny_job("a", 4, [1e-3, 2e-3], ckpt_steps=4), _source(), tmp_path)
+    after_first = len(step_lib._CACHE)
+    train.train_sweep(tiny_job("b", 4, [5e-3, 7e-3], ckpt_steps=4), _source(), tmp_path)
+    assert len(step_lib._CACHE) == after_first <= before + 1
+
+
+def test_sigterm_then_rerun_equals_uninterrupted(reference, tmp_path):
+    marker = tmp_path / "reached"
+    child = _run_child([str(tmp_path), "--slow-after", "6", str(marker)])
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        assert child.poll() is None, child.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "child never reached batch 6"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    first = _finish(child)
+    assert first["preempted"] and 6 <= first["steps"] < 24
+    run_dir = tmp_path / "runs" / "tiny"
+    assert not (run_dir / "final_params.npz").exists()
+    saved = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == first["steps"]
+
+    # The same call again (here in-process: same devices, same compiled program as `reference`).
+    second = train.train_sweep(tiny_job(), _source(), tmp_path)
+    assert not second.preempted and second.steps == 24
+    resumed = _load_npz(run_dir / "final_params.npz")
+    for name, value in reference.params.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)  # bitwise on CPU
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [h["step"] for h in reference.history]
+    assert [h["loss"] for h in history] == [h["loss"] for h in reference.history]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_equal_one_of_eight(reference, tmp_path):
+    port = _free_port()
+    children = [
+        _run_child([str(tmp_path), "--process", str(i), "--port", str(port)]) for i in (0, 1)
+    ]
+    outputs = [_finish(child) for child in children]
+    assert sorted(o["process"] for o in outputs) == [0, 1]
+    assert all(o["steps"] == 24 for o in outputs)
+    distributed = _load_npz(tmp_path / "runs" / "tiny" / "final_params.npz")
+    for name, value in reference.params.items():
+        np.testing.assert_allclose(distributed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_nonfinite_loss_names_member_and_step_and_keeps_last_good_checkpoint(tmp_path):
+    # Member 1's λ·L0 overflows float32 once λ warms up (step index 1); member 0 stays finite.
+    cfg = tiny_job("nan", 40, [1e-3, 3e38])
+    cfg.ckpt_every_tokens = cfg.log_every_tokens = 64
+    with pytest.raises(train.NonFiniteLossError, match=r"sweep member 1 \(sparsity_coeff=3e\+38"):
+        train.train_sweep(cfg, _source(), tmp_path)
+    checkpoints = tmp_path / "runs" / "nan" / "checkpoints"
+    saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert saved, "no good checkpoint was kept"
+    with pytest.raises(train.NonFiniteLossError, match=r"at step (\d+)") as error:
+        train.train_sweep(cfg, _source(), tmp_path)  # resumes from the last good one, fails again
+    bad_step = int(error.value.args[0].split("at step ")[1].split(";")[0])
+    assert saved == [1] and bad_step == 1
+    assert not (tmp_path / "runs" / "nan" / "final_params.npz").exists()
+
+
+def test_dead_fraction_counts_latents_silent_for_the_window(tmp_path):
+    cfg = tiny_job("dead", 8, [1e-3], ckpt_steps=8)
+    cfg.update(log_every_tokens=64, dead_window_tokens=64 * 3)
+    cfg.sae.update(threshold_init=1e3, lr=1e-6)  # nothing can fire
+    history = train.train_sweep(cfg, _source(), tmp_path).history
+    assert [h["l0"][0] for h in history] == [0.0] * 8
+    assert [h["frac_dead"][0] for h in history] == [0, 0, 1, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (dict(width=30), r"width=30 is not divisible by the mesh's model axis \(4 devices\)"),
+        (dict(d_in=17), r"source's d_in is 16 but job_cfg.d_in is 17"),
+        (dict(arch="nope"), r"unknown SAE architecture 'nope'; valid architectures: \["),
+        (dict(batch_size=63), r"batch_size=63 is not divisible"),
+        (dict(total_tokens=-5), r"total_tokens must be a positive number of tokens"),
+    ],
+)
+def test_bad_job_configs_are_clear_errors(tmp_path, change, error):
+    cfg = tiny_job()
+    cfg.update(change)
+    with pytest.raises(ValueError, match=error):
+        train.train_sweep(cfg, _source(), tmp_path)
+
+
+def test_unknown_schedule_field_and_value_are_clear_errors(tmp_path):
+    cfg = tiny_job()
+    cfg.sae.lr_schedule = "linear"
+    with pytest.raises(ValueError, match=r"\['lr_schedule'\] that the 'jumprelu' architecture"):
+        train.train_sweep(cfg, _source(), tmp_path)
+    cfg = tiny_job()
+    cfg.sparsity_warmup_tokens = -1
+    with pytest.raises(ValueError, match="sparsity_warmup_tokens must be >= 0"):
+        train.train_sweep(cfg, _source(), tmp_path)
+
+
+def test_resume_with_other_sweep_values_is_refused(tmp_path):
+    train.train_sweep(tiny_job("r", 2, [1e-3]), _source(), tmp_path)
+    with pytest.raises(ValueError, match=r"trained sparsity_coeff=\[0.001.*gives \[0.5\]"):
+        train.train_sweep(tiny_job("r", 4, [0.5]), _source(), tmp_path)
+
+
+def test_token_warmups_override_the_sae_step_schedules(tmp_path):
+    cfg = tiny_job("warm", 4, [1e-3], ckpt_steps=4)
+    cfg.update(log_every_tokens=64, sparsity_warmup_tokens=64 * 4, lr_warmup_tokens=0)
+    history = train.train_sweep(cfg, _source(), tmp_path).history
+    # λ_t = λ·t/4 at step index t = 0..3 (SPEC §4.5); lr constant without warmup.
+    assert [h["sparsity_coeff"][0] for h in history] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
+    assert [h["lr"][0] for h in history] == pytest.approx([1e-2] * 4)
