@@ -46,6 +46,20 @@ def jumprelu_encode(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
     return jnp.where(pre > params["threshold"], jax.nn.relu(pre), 0.0)
 
 
+def topk_encode(
+    params: Mapping[str, jax.Array], x: jax.Array, k: jax.Array, k_max: int
+) -> jax.Array:
+    """TopK encoder on raw activations: each token keeps its ``k`` largest pre-activations.
+
+    ``f = relu(π) * (π >= kth_largest(π))`` with ``π = x @ W_enc + b_enc``; ``k`` may be traced
+    (members of one group differ in k) as long as ``k <= k_max`` (static).
+    """
+    pre = jnp.asarray(x, jnp.float32) @ params["W_enc"] + params["b_enc"]
+    top = jax.lax.top_k(pre, k_max)[0]
+    kth = jnp.take(top, jnp.asarray(k, jnp.int32) - 1, axis=-1)[..., None]
+    return jnp.where(pre >= kth, jax.nn.relu(pre), 0.0)
+
+
 def decode(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
     """``x̂ = f @ W_dec + b_dec`` in float32."""
     return f @ params["W_dec"] + params["b_dec"]

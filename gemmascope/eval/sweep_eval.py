@@ -49,11 +49,35 @@ class SaeEntry:
         params = load_npz(
             f"{folder}/{layout.PARAMS_FILE}", d_in=int(config["d_in"]), width=int(config["width"])
         )
-        return cls(folder=folder, config=config, params=params)
+        entry = cls(folder=folder, config=config, params=params)
+        encoder = entry.encoder
+        if encoder.get("type") not in ("jumprelu", "topk"):
+            raise ValueError(
+                f"{folder}/config.json: encoder type {encoder.get('type')!r} is unknown; "
+                "valid: 'jumprelu', 'topk'"
+            )
+        k = encoder.get("k")
+        if encoder["type"] == "topk" and not (isinstance(k, int) and 1 <= k <= config["width"]):
+            raise ValueError(
+                f"{folder}/config.json: topk encoder needs an integer k in 1..{config['width']}, "
+                f"got {k!r}"
+            )
+        return entry
 
     @property
-    def group_key(self) -> tuple[str, int, str]:
-        return (self.config["site"], int(self.config["width"]), self.config["architecture"])
+    def encoder(self) -> dict:
+        """The encoder rule: ``{"type": "jumprelu"}`` (default) or ``{"type": "topk", "k": k}``."""
+        return self.config.get("encoder") or {"type": "jumprelu"}
+
+    @property
+    def group_key(self) -> tuple[str, int, str, str]:
+        """SAEs with equal keys are stacked and spliced in one program."""
+        return (
+            self.config["site"],
+            int(self.config["width"]),
+            self.config["architecture"],
+            self.encoder["type"],
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +135,14 @@ def _site_pass(
     return metrics.site_sums(acts, keep, reference), zero_lm
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site", "splice_batch", "with_lm"))
+def _encode(sae, x, k_max):
+    """The group's encoder: JumpReLU, or TopK when ``k_max`` (static) is set."""
+    if k_max is None:
+        return metrics.jumprelu_encode(sae, x)
+    return metrics.topk_encode(sae, x, sae["k"], k_max)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "splice_batch", "with_lm", "k_max"))
 def _group_pass(
     model_params,
     tokens,
@@ -125,19 +156,20 @@ def _group_pass(
     site,
     splice_batch,
     with_lm,
+    k_max,
 ):
     """Reconstruction and LM sums of every SAE of one group (params stacked on axis 0)."""
     keep_lm = metrics.lm_keep(keep)
 
     def one_sae(sae):
-        f = metrics.jumprelu_encode(sae, acts)
+        f = _encode(sae, acts, k_max)
         recon = metrics.reconstruction_sums(acts, metrics.decode(sae, f), f, keep)
         if not with_lm:
             return recon, {}
 
         def splice(a):
             # Special tokens (and padding rows) keep their original activation.
-            x_hat = metrics.decode(sae, metrics.jumprelu_encode(sae, a)).astype(a.dtype)
+            x_hat = metrics.decode(sae, _encode(sae, a, k_max)).astype(a.dtype)
             return jnp.where(keep[..., None], x_hat, a)
 
         logits = _spliced_logits(cfg, model_params, tokens, prefix, site, splice)
@@ -215,10 +247,16 @@ def evaluate_saes(
     sites = tuple(sorted({key[0] for key in groups}))
     prefixes = {site: prefix_site(site) for site in sites}
     captured = tuple(sorted(set(sites) | {p for p in prefixes.values() if p is not None}))
-    stacked = {
-        key: {k: jnp.asarray(np.stack([saes[i].params[k] for i in members])) for k in NPZ_KEYS}
-        for key, members in groups.items()
-    }
+    stacked, k_maxes = {}, {}
+    for key, members in groups.items():
+        stacked[key] = {
+            k: jnp.asarray(np.stack([saes[i].params[k] for i in members])) for k in NPZ_KEYS
+        }
+        k_maxes[key] = None
+        if key[3] == "topk":
+            ks = [int(saes[i].encoder["k"]) for i in members]
+            stacked[key]["k"] = jnp.asarray(ks, jnp.int32)
+            k_maxes[key] = max(ks)
     with_lm = bool(eval_cfg.lm_metrics)
     splice_batch = max(1, int(eval_cfg.splice_batch))
 
@@ -252,6 +290,7 @@ def evaluate_saes(
                 stacked[key],
                 cfg=model_cfg,
                 site=site,
+                k_max=k_maxes[key],
                 splice_batch=splice_batch,
                 with_lm=with_lm,
             )

@@ -79,6 +79,26 @@ def _members(job: dict, job_name: str) -> list[dict]:
     return [dict(m) for m in members]
 
 
+# Architectures without a JumpReLU form: exported with threshold 0 plus a per-token top-k rule.
+_TOPK_ARCHITECTURES = ("topk",)
+
+
+def _inference_form(sae, params: dict, arch_name: str, cfg) -> tuple[dict, dict]:
+    """The JumpReLU-form arrays (training units) and the encoder rule recorded in config.json.
+
+    JumpReLU-form architectures use ``sae.to_jumprelu``. TopK has no threshold form; its arrays
+    are written with ``threshold = 0`` and config.json says ``{"type": "topk", "k": k}``, which
+    the evaluation applies (top-k of raw pre-activations = top-k of normalised ones, as C > 0).
+    """
+    if arch_name in _TOPK_ARCHITECTURES:
+        from gemmascope.sae import inference
+
+        jr = inference.jumprelu_form(params, params["W_enc"], params["b_enc"], 0.0, cfg)
+        return {k: np.asarray(v) for k, v in jr.items()}, {"type": "topk", "k": int(cfg.k)}
+    jr = sae.to_jumprelu(params, arch_name, cfg)
+    return {k: np.asarray(v) for k, v in jr.items()}, {"type": "jumprelu"}
+
+
 def export_run(workdir: str, job_name: str) -> list[str]:
     """Exports every member of one finished training job as a Gemma Scope SAE folder.
 
@@ -124,8 +144,8 @@ def export_run(workdir: str, job_name: str) -> list[str]:
         value = member["sweep_value"]
         member_params = {k: v[index] for k, v in stacked.items()}
         member_cfg = _member_config(arch, job, sweep_field, value)
-        jr = sae.to_jumprelu(member_params, arch_name, member_cfg)
-        raw = fold({k: np.asarray(v) for k, v in jr.items()}, job["norm_scale"])
+        jr, encoder = _inference_form(sae, member_params, arch_name, member_cfg)
+        raw = fold(jr, job["norm_scale"])
         check_params(raw, d_in=d_in, width=width, source=f"job {job_name!r} member {index}")
         tag = layout.sweep_tag(sweep_field, value)
         if several_seeds:
@@ -152,6 +172,7 @@ def export_run(workdir: str, job_name: str) -> list[str]:
             "tag": tag,
             "tokens_trained": job.get("tokens_trained"),
             "norm_scale": float(job["norm_scale"]),
+            "encoder": encoder,
             "arch_cfg": _jsonable(member_cfg.to_dict()),
         }
         layout.write_json_atomic(os.path.join(folder, layout.CONFIG_FILE), config)
@@ -251,6 +272,7 @@ def import_released(
         "tag": tag,
         "tokens_trained": tokens_trained,
         "norm_scale": None,
+        "encoder": {"type": "jumprelu"},
     }
     layout.write_json_atomic(os.path.join(folder, layout.CONFIG_FILE), config)
     return folder
