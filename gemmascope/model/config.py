@@ -14,31 +14,42 @@ model, because transformers fills missing ``config.json`` keys with them too.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 LAYER_TYPES = (SLIDING, FULL)
 
-# config.json keys that carry no information for the forward pass; from_hf_dict accepts and drops
-# them. Anything else unknown is an error, so a checkpoint with a feature we do not implement
-# (attention biases, RoPE scaling, ...) never loads silently wrong.
+# config.json keys that carry no information for the forward pass (training, generation and the
+# generic PretrainedConfig fields); from_hf_dict drops them silently. Keys that would change the
+# forward pass if set (attention bias, RoPE scaling, quantization, ...) are checked explicitly and
+# raise; any other unknown key is dropped with a warning.
 _IGNORED_HF_KEYS = frozenset(
     {
+        "_attn_implementation_autoset",
+        "_name_or_path",
+        "add_cross_attention",
         "architectures",
         "attention_dropout",
         "cache_implementation",
+        "chunk_size_feed_forward",
         "dtype",
-        "torch_dtype",
+        "finetuning_task",
         "hidden_act",
+        "id2label",
         "initializer_range",
-        "transformers_version",
-        "use_cache",
-        "_name_or_path",
-        "_attn_implementation_autoset",
+        "is_decoder",
+        "is_encoder_decoder",
+        "label2id",
         "output_attentions",
         "output_hidden_states",
+        "problem_type",
         "return_dict",
+        "tokenizer_class",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
     }
 )
 
@@ -197,8 +208,11 @@ class Gemma2Config:
 
         Raises:
             ValueError: If ``model_type`` is not ``gemma2``, or the config asks for a feature this
-                implementation does not have (attention bias, RoPE scaling, bidirectional
-                attention, untied embeddings, another activation), or has unknown keys.
+                implementation does not have (attention bias, RoPE scaling, quantization,
+                bidirectional attention, untied embeddings, another activation).
+
+        Warns:
+            UserWarning: For unknown keys, which are ignored.
         """
         hf = dict(hf)
         model_type = hf.pop("model_type", None)
@@ -206,6 +220,8 @@ class Gemma2Config:
             raise ValueError(f"config.json has model_type={model_type!r}; expected 'gemma2'.")
         if hf.pop("attention_bias", False):
             raise ValueError("attention_bias=True is not supported (Gemma 2 has no biases).")
+        if hf.pop("quantization_config", None):
+            raise ValueError("Quantized checkpoints (quantization_config) are not supported.")
         if hf.pop("use_bidirectional_attention", None):
             raise ValueError("use_bidirectional_attention=True is not supported (causal only).")
         rope = hf.pop("rope_parameters", None) or hf.pop("rope_scaling", None) or {}
@@ -220,10 +236,11 @@ class Gemma2Config:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(hf) - fields)
         if unknown:
-            raise ValueError(
-                f"config.json has keys this Gemma 2 implementation does not know: {unknown}."
+            warnings.warn(
+                f"Ignoring config.json keys this Gemma 2 implementation does not use: {unknown}.",
+                stacklevel=2,
             )
-        return cls(**hf)
+        return cls(**{key: value for key, value in hf.items() if key in fields})
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The ``config.json`` dict transformers reads back as the same ``Gemma2Config``."""
