@@ -7,8 +7,26 @@ Every source has the interface the trainer uses (docs/internals.md):
     state = src.state(); src.restore(state)          # exact resume
 
 - `ArraySource(array, seed=0, norm_scale=None)`: an in-memory (tokens, d_in) array.
+- `build_cache(config, workdir)`: writes workdir/activations/<kind>/<layer>/ for config.sites.
+- `CacheSource(site_dir, seed=0)` / `open_source(workdir, site, seed)`: reads one site's cache.
+- `StreamingSource(...)`: feeds batches straight from the model's forward pass.
+- `default_config()`: the `config.cache` section.
+
+See docs/activations.md for the format, the shuffle and resume guarantees.
 """
 
 from gemmascope.activations.array_source import ArraySource, estimate_norm_scale
+from gemmascope.activations.config import default_config
+from gemmascope.activations.reader import CacheSource, open_source
+from gemmascope.activations.storage import CacheError
+from gemmascope.activations.writer import build_cache
 
-__all__ = ["ArraySource", "estimate_norm_scale"]
+__all__ = [
+    "ArraySource",
+    "CacheError",
+    "CacheSource",
+    "build_cache",
+    "default_config",
+    "estimate_norm_scale",
+    "open_source",
+]

@@ -1,0 +1,184 @@
+"""`CacheSource`: shuffled, normalised, sharded batches read from an activation cache.
+
+    src = activations.open_source(workdir, "resid_post/3", seed=0)   # or CacheSource(site_dir)
+    for batch in src.iter_batches(4096, NamedSharding(mesh, P("data", None))):
+        ...                                   # global fp32 jax.Array (4096, d_in), already x / C
+    state = src.state(); src.restore(state)   # exact resume
+
+Order: global batch i holds stream positions [i*B, (i+1)*B) of a `ShuffleOrder` whose blocks are
+the cache's chunks and whose windows hold `window_tokens` tokens (default 2^20, i.e. at least
+Gemma Scope's 1e6-token buckets, but drawn from chunks all over the cache). Within a batch, rows
+are laid out in cache order; a batch is a set of tokens, so the layout changes nothing for
+training, but it means each process's slice of the batch (its devices' rows) comes from a
+contiguous part of the window's chunks: each process reads only about 1/P of the data.
+
+Reads go through a per-process LRU of whole chunks sized to one window, so every chunk is read
+from storage about once per epoch. A background thread prepares `prefetch` batches ahead.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+from gemmascope.activations import global_batch as global_batch_lib
+from gemmascope.activations import storage
+from gemmascope.activations.shuffle import ShuffleOrder, check_seed
+
+
+class _ChunkCache:
+    """An LRU of whole chunks of a (rows, d) array, read concurrently on a miss."""
+
+    def __init__(self, array, chunk_rows: int, n_rows: int, capacity: int):
+        self._array, self._chunk_rows, self._n_rows = array, chunk_rows, n_rows
+        self._capacity = capacity
+        self._chunks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The values of `rows` (int64, any order), in the array's storage dtype."""
+        r = self._chunk_rows
+        chunk_of = rows // r
+        needed = np.unique(chunk_of)
+        missing = [int(c) for c in needed if int(c) not in self._chunks]
+        reads = [
+            self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in missing
+        ]
+        fetched = dict(zip(missing, (f.result() for f in reads), strict=True))
+        out = np.empty((len(rows), self._array.shape[1]), self._array.dtype.numpy_dtype)
+        for c in needed:
+            c = int(c)
+            values = fetched[c] if c in fetched else self._chunks[c]
+            self._chunks[c] = values
+            self._chunks.move_to_end(c)
+            where = np.nonzero(chunk_of == c)[0]
+            out[where] = values[rows[where] - c * r]
+        while len(self._chunks) > self._capacity:
+            self._chunks.popitem(last=False)
+        return out
+
+
+class CacheSource:
+    """The trainer's source interface over one site of a cache.
+
+    Attributes:
+      d_in: feature width.
+      n_tokens: rows in the cache (one epoch).
+      norm_scale: the scalar C from meta.json; batches hold x / C.
+      site: the site name.
+      meta: the cache's meta.json.
+    """
+
+    def __init__(
+        self,
+        site_dir: str,
+        seed: int = 0,
+        window_tokens: int = 1 << 20,
+        prefetch: int = 2,
+        d_in: int | None = None,
+    ):
+        """Opens a complete site cache.
+
+        Args:
+          site_dir: `workdir/activations/<kind>/<layer>` (local path or gs:// URL).
+          seed: non-negative integer fixing the shuffle.
+          window_tokens: tokens mixed together (memory: one window of rows per process).
+          prefetch: batches prepared ahead in a background thread (0 = none).
+          d_in: if given, the width the caller expects; a different cache width is an error.
+
+        Raises:
+          storage.CacheError: missing/corrupted meta.json, an incomplete cache, a token-metadata
+            directory instead of a site, an array disagreeing with its meta.json, or a d_in
+            mismatch.
+        """
+        meta = storage.read_meta(site_dir)
+        if meta.get("site") is None:
+            raise storage.CacheError(
+                f"{site_dir!r} is the per-token metadata array, not a site cache; open "
+                "workdir/activations/<kind>/<layer>"
+            )
+        if not meta.get("complete"):
+            raise storage.CacheError(
+                f"the cache in {site_dir!r} is incomplete (its writer was interrupted); run "
+                "build_cache again with the same config to finish it"
+            )
+        if d_in is not None and int(d_in) != meta["d_in"]:
+            raise storage.CacheError(
+                f"the cache in {site_dir!r} ({meta['site']}) has d_in={meta['d_in']}, but "
+                f"d_in={d_in} was asked for; is this the right site and model?"
+            )
+        array = storage.open_array(site_dir)
+        expected = (meta["n_tokens"], meta["d_in"])
+        if tuple(array.shape) != expected or array.dtype.name != meta["dtype"]:
+            raise storage.CacheError(
+                f"the array in {site_dir!r} is {tuple(array.shape)} {array.dtype.name} but "
+                f"meta.json says {expected} {meta['dtype']}; the cache is damaged, rebuild it"
+            )
+        self.meta = meta
+        self.site = meta["site"]
+        self.d_in, self.n_tokens = int(meta["d_in"]), int(meta["n_tokens"])
+        self.norm_scale = float(meta["norm_scale"])
+        self._order = ShuffleOrder(self.n_tokens, check_seed(seed), meta["chunk_rows"], window_tokens)
+        self._chunks = _ChunkCache(
+            array, meta["chunk_rows"], self.n_tokens, self._order.blocks_per_window + 64
+        )
+        self._prefetch = int(prefetch)
+        self._position = 0
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The position of the next batch, as a small pytree of numpy ints."""
+        return {"position": np.asarray(self._position, np.int64)}
+
+    def restore(self, state) -> None:
+        """Continues from a `state()`; the next `iter_batches` starts there."""
+        try:
+            position = int(np.asarray(state["position"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"state must be a dict {{'position': int}} from state(), got {state!r}"
+            ) from None
+        if position < 0:
+            raise ValueError(f"state position must be >= 0, got {position}")
+        self._position = position
+
+    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._chunks.rows(rows).astype(np.float32) / np.float32(self.norm_scale)
+
+    def iter_batches(self, batch_size: int, sharding: jax.sharding.Sharding) -> Iterator[jax.Array]:
+        """Yields global fp32 (batch_size, d_in) arrays laid out per `sharding`, forever.
+
+        Only one iterator per source should be active at a time.
+        """
+        batch_size = global_batch_lib.check_batch_sharding(batch_size, self.d_in, sharding)
+
+        def produce(position):
+            while True:
+                rows = np.sort(self._order.rows(position, position + batch_size))
+                batch = global_batch_lib.global_batch(rows, self.d_in, sharding, self._read_rows)
+                position += batch_size
+                yield position, batch
+
+        for position, batch in global_batch_lib.prefetch(produce(self._position), self._prefetch):
+            self._position = position
+            yield batch
+
+
+def open_source(workdir: str, site: str, seed: int = 0, **kwargs) -> CacheSource:
+    """`CacheSource` for `site` in `workdir/activations/` (kwargs go to CacheSource).
+
+    Raises:
+      ValueError: for a malformed site name.
+      storage.CacheError: if that site has no cache in the workdir.
+    """
+    from gemmascope.model import sites
+
+    sites.parse(site)
+    path = storage.site_dir(workdir, site)
+    if storage.read_bytes(path, storage.META) is None:
+        raise storage.CacheError(
+            f"no activation cache for site {site!r} in {storage.cache_root(workdir)!r}; build it "
+            "with activations.build_cache (config.sites must include it)"
+        )
+    return CacheSource(path, seed=seed, **kwargs)
