@@ -91,4 +91,7 @@ def main(argv):
 
 if __name__ == "__main__":
     jax.config.config_with_absl()
+    # Library INFO logs (orbax logs every checkpoint write) drown the stage progress lines;
+    # --verbosity=0 brings them back.
+    flags.FLAGS.set_default("verbosity", logging.WARNING)
     app.run(main, flags_parser=parse_flags)

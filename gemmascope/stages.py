@@ -13,8 +13,10 @@ checkpoint, export rewrites its (atomic) files, and evaluation rewrites the tabl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -56,15 +58,30 @@ def run(
         raise ValueError(f"--workdir is required for --mode={mode}.")
     check_workdir_config(config, workdir)
     if mode in ("cache", "all"):
-        run_cache(config, workdir, jobs.sites_of(selected) if job_selectors else None)
+        with _stage("cache"):
+            run_cache(config, workdir, jobs.sites_of(selected) if job_selectors else None)
     if mode in ("train", "all"):
-        run_train(config, workdir, selected)
+        with _stage(f"train ({len(selected)} jobs)"):
+            run_train(config, workdir, selected)
     if mode in ("export", "all"):
-        run_export(workdir, selected)
+        with _stage("export"):
+            run_export(workdir, selected)
     if mode in ("eval", "all"):
-        run_eval(config, workdir)
+        with _stage("eval"):
+            run_eval(config, workdir)
         if is_main_process():
-            print(summary(workdir))
+            print(summary(workdir), flush=True)
+
+
+@contextlib.contextmanager
+def _stage(name: str):
+    """Prints when a stage starts and how long it took (process 0 only)."""
+    start = time.time()
+    if is_main_process():
+        print(f"[gemmascope] {name}...", flush=True)
+    yield
+    if is_main_process():
+        print(f"[gemmascope] {name} done in {time.time() - start:.1f} s", flush=True)
 
 
 def is_main_process() -> bool:
@@ -138,9 +155,11 @@ def run_train(
     for index, job in enumerate(selected):
         done = epath.Path(workdir) / "runs" / job.name / "final_params.npz"
         if done.exists():
-            logging.info("Train %d/%d: %s already done", index + 1, len(selected), job.name)
+            if is_main_process():
+                print(f"[gemmascope] train {index + 1}/{len(selected)}: {job.name} already done")
             continue
-        logging.info("Train %d/%d: %s", index + 1, len(selected), job.name)
+        if is_main_process():
+            print(f"[gemmascope] train {index + 1}/{len(selected)}: {job.name}", flush=True)
         source = activations.open_source(workdir, job.site, seed=int(job.get("seed", 0)))
         train.train_sweep(job, source, workdir)
 
@@ -166,14 +185,30 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def summary(workdir: str, n_best: int = 10) -> str:
-    """Returns where the table and plots are, and the table's best rows."""
+    """Returns where the table and plots are, one line per architecture, and the best rows.
+
+    "Best" = lowest delta LM loss (the primary Gemma Scope metric, SPEC §8.1), then FVU.
+    """
     import pandas as pd
 
     eval_dir = epath.Path(workdir) / "eval"
     with (eval_dir / "saes.csv").open() as f:
         table = pd.read_csv(f)
     lines = [
-        f"Metric table ({len(table)} SAEs): {eval_dir / 'saes.md'} (also .csv, .parquet)",
+        f"Metric table ({len(table)} SAEs): {eval_dir / 'saes.md'} (also saes.csv, saes.parquet)",
         f"Plots: {eval_dir / 'plots'}",
+        "",
     ]
+    for arch, rows in table.groupby("architecture"):
+        lines.append(
+            f"{arch:<10} {len(rows):>4} SAEs  L0 {rows.l0.min():.1f}-{rows.l0.max():.1f}  "
+            f"FVU median {rows.fvu.median():.3f}  delta LM loss median "
+            f"{rows.delta_loss.median():.4f}"
+        )
+    sort_by = [c for c in ("delta_loss", "fvu") if c in table.columns]
+    columns = [
+        c for c in ("sae", "l0", "fvu", "delta_loss", "kl_div", "frac_dead") if c in table.columns
+    ]
+    best = table.sort_values(sort_by).head(n_best)[columns]
+    lines += ["", f"Best {len(best)} SAEs by delta LM loss:", best.to_string(index=False)]
     return "\n".join(lines)
