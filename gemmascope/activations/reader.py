@@ -43,9 +43,7 @@ class _ChunkCache:
         chunk_of = rows // r
         needed = np.unique(chunk_of)
         missing = [int(c) for c in needed if int(c) not in self._chunks]
-        reads = [
-            self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in missing
-        ]
+        reads = [self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in missing]
         fetched = dict(zip(missing, (f.result() for f in reads), strict=True))
         out = np.empty((len(rows), self._array.shape[1]), self._array.dtype.numpy_dtype)
         for c in needed:
@@ -120,7 +118,9 @@ class CacheSource:
         self.site = meta["site"]
         self.d_in, self.n_tokens = int(meta["d_in"]), int(meta["n_tokens"])
         self.norm_scale = float(meta["norm_scale"])
-        self._order = ShuffleOrder(self.n_tokens, check_seed(seed), meta["chunk_rows"], window_tokens)
+        self._order = ShuffleOrder(
+            self.n_tokens, check_seed(seed), meta["chunk_rows"], window_tokens
+        )
         self._chunks = _ChunkCache(
             array, meta["chunk_rows"], self.n_tokens, self._order.blocks_per_window + 64
         )

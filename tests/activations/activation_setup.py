@@ -34,7 +34,10 @@ def build_model_folder(folder) -> str:
     tok = Tokenizer(models.WordLevel(_vocab(), unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
         unk_token="<unk>",
     )
     cfg = model.presets.tiny()

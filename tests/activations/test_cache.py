@@ -115,10 +115,11 @@ def test_different_config_model_or_corpus_is_refused_untouched(damaged_copy, mod
     config.data.seed = 7
     with pytest.raises(activations.CacheError, match=r"corpus\.seed: cache has 0"):
         activations.build_cache(config, workdir)
-    other_model = model_path + "_other"
-    shutil.copytree(model_path, other_model, dirs_exist_ok=True)
-    cfg = model.presets.tiny()
-    model.save_hf(cfg, model.init_params(cfg, jax.random.key(1)), other_model)
+    other_model = workdir + "_other_model"
+    shutil.copytree(model_path, other_model)
+    with open(os.path.join(other_model, "model.safetensors"), "r+b") as f:
+        f.seek(-4, os.SEEK_END)  # the last weight's last bytes: same shapes, other values
+        f.write(b"\x00\x00\x80\x3f")
     with pytest.raises(activations.CacheError, match=r"model\.files\.model\.safetensors"):
         activations.build_cache(study_config(other_model), workdir)
     assert _tree_digest(workdir) == before
