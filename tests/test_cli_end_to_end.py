@@ -1,0 +1,57 @@
+"""The tiny demo through the CLI at its runlocal size, killed mid-training and rerun to the end."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(workdir, *extra):
+    argv = [
+        sys.executable, "-m", "gemmascope.main", "--config=experiments/tiny_demo.py:runlocal",
+        f"--workdir={workdir}", "--mode=all", "--config.eval.n_sequences=4", *extra,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one CPU device, like a user's run
+    return subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.slow
+def test_tiny_demo_kill_and_rerun(tmp_path):
+    workdir = tmp_path / "demo dir"
+    first = cli(workdir)
+    seen = []
+    for line in first.stdout:  # kill it once the second job has started
+        seen.append(line)
+        if "train 2/6" in line:
+            first.send_signal(signal.SIGKILL)
+            break
+    first.wait(timeout=300)
+    assert any("train 2/6" in line for line in seen), "".join(seen[-30:])
+    assert not (workdir / "eval").exists()
+
+    second = cli(workdir)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out[-3000:]
+    # The finished first job is skipped; the rest run; the table has every SAE.
+    assert "train 1/6: attn_z-L1-w64-gated already done" in out
+    table = pd.read_csv(workdir / "eval" / "saes.csv")
+    assert len(table) == 2 * 3 * 3  # sites x architectures x sweep values (one width)
+    assert set(table.site) == {"resid_post/0", "attn_z/1"}
+    assert set(table.architecture) == {"jumprelu", "gated", "topk"}
+    assert table.fvu.between(0, 1.5).all() and (table.l0 > 0).all()
+    assert "Metric table (18 SAEs)" in out and "Best 10 SAEs by delta LM loss" in out
+    assert list((workdir / "eval" / "plots").glob("*.png"))
+    assert len(list((workdir / "saes").rglob("params.npz"))) == 18
+
+    # A third run finds everything done and only re-exports and re-evaluates.
+    third = cli(workdir, "--mode=train")
+    out, _ = third.communicate(timeout=300)
+    assert third.returncode == 0 and out.count("already done") == 6
