@@ -142,6 +142,9 @@ def _make_job(config, model_cfg, site, width, arch_name, arch_section):
     job.d_in = model_sites.dim(model_cfg, site)
     job.width = width
     job.sweep_values = list(arch_section.sweep_values)
+    if "k_max" in job.sae and job.sae.k_max is None:
+        # TopK-style SAEs size their static top-k by k_max; a sweep over k needs the largest k.
+        job.sae.k_max = int(max(job.sweep_values))
     data, model = mesh_shape(config.mesh, width)
     job.mesh = [("data", data), ("model", model)]
     return job

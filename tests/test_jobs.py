@@ -39,6 +39,7 @@ def test_expansion_names_budgets_and_overrides():
     assert job.d_in == 64 and job.model == "tiny"
     assert dict(job.mesh) == {"data": 1, "model": -1}  # width >= shard_latents_from
     topk = next(j for j in all_jobs if j.name == "attn_z-L1-w32-topk")
+    assert topk.sae.k_max == 8  # the static top-k bound covers the largest swept k
     assert topk.d_in == 64 and topk.sae.lr != 1e-3 and dict(topk.mesh) == {"data": -1, "model": 1}
     assert jobs.job_name("mlp_out/12", 16384, "gated") == "mlp_out-L12-w16384-gated"
 
