@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from gemmascope import sae
 from gemmascope.train import checkpointing, config, metrics_writer, sharding, step
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,13 @@ def resolve_sae_config(job_cfg: ml_collections.ConfigDict, arch) -> ml_collectio
             if tokens < 0:
                 raise ValueError(f"job_cfg.{tokens_field} must be >= 0 tokens, got {tokens!r}")
             defaults[steps_field] = -(-int(tokens) // job_cfg.batch_size)
+    values = list(job_cfg.sweep_values)
+    if config.sweep_field(arch, defaults) == "k" and defaults.get("k_max", 0) is None and values:
+        # top_k runs with the static k_max; each member's traced k picks its k-th value below it.
+        defaults.k_max = max(max(int(v) for v in values), int(defaults.k))
     if hasattr(arch, "validate"):
         arch.validate(defaults)
+    sae.check_sweep_values(job_cfg.arch, defaults, values, width=int(job_cfg.width))
     return defaults
 
 

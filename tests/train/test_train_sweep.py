@@ -131,9 +131,9 @@ def test_latent_axis_is_sharded_on_model(tmp_path):
 
 def test_stacked_sweep_equals_separate_runs(tmp_path):
     values = [1e-4, 1e-3, 3e-3, 1e-2]
-    stacked = train.train_sweep(tiny_job("stacked", 12, values, ckpt_steps=12), _source(), tmp_path)
+    stacked = train.train_sweep(tiny_job("stacked", 8, values, ckpt_steps=8), _source(), tmp_path)
     for member, value in enumerate(values):
-        alone_cfg = tiny_job(f"alone{member}", 12, [value], ckpt_steps=12)
+        alone_cfg = tiny_job(f"alone{member}", 8, [value], ckpt_steps=8)
         alone = train.train_sweep(alone_cfg, _source(), tmp_path)
         for name, stacked_value in stacked.params.items():
             np.testing.assert_allclose(
@@ -265,3 +265,18 @@ def test_token_warmups_override_the_sae_step_schedules(tmp_path):
     # λ_t = λ·t/4 at step index t = 0..3 (SPEC §4.5); lr constant without warmup.
     assert [h["sparsity_coeff"][0] for h in history] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
     assert [h["lr"][0] for h in history] == pytest.approx([1e-2] * 4)
+
+
+def test_k_sweep_sets_k_max_and_each_member_keeps_its_own_k(tmp_path):
+    cfg = tiny_job("topk", 2, [4, 12], ckpt_steps=2)
+    cfg.arch, cfg.sae = "topk", train.default_config("topk").sae
+    cfg.log_every_tokens = 64
+    result = train.train_sweep(cfg, _source(), tmp_path)
+    assert result.members[0]["sweep_field"] == "k"
+    l0 = result.history[0]["l0"]
+    assert l0[0] == 4.0 and 4.0 < l0[1] <= 12.0  # ReLU may zero a few of the top 12
+    job = json.loads((tmp_path / "runs" / "topk" / "job.json").read_text())
+    assert job["sae"]["k_max"] == 32  # max(sweep values, cfg.k): every member's k fits
+    cfg.sweep_values = [4, 40]
+    with pytest.raises(ValueError, match=r"k = 40 must be an integer in \[1, 32\]"):
+        train.train_sweep(cfg, _source(), tmp_path)
