@@ -8,7 +8,7 @@ Run it (Gemma 2 27B in Hugging Face format in ./gemma-2-27b, see docs/faq.md; th
 needs a sharded mesh, docs/scaling.md):
 
     python -m gemmascope.main --config=experiments/gemma2_27b.py:model_dir=gemma-2-27b \
-        --workdir=gs://bucket/gemma2_27b --mode=all
+        --workdir=/mnt/gcs/gemma2_27b --mode=all
 
 What it trains (PT, 46 layers): residual SAEs of width 2^17 at layers 10, 22 and 34, 8B tokens
 each, every job a λ sweep of 6 JumpReLU SAEs (recipe of SPEC §4), latent-sharded (SPEC §7).

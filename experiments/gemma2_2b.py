@@ -7,7 +7,7 @@ Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TP
 Run it (Gemma 2 2B in Hugging Face format in ./gemma-2-2b, see docs/faq.md):
 
     python -m gemmascope.main --config=experiments/gemma2_2b.py:model_dir=gemma-2-2b \
-        --workdir=gs://bucket/gemma2_2b --mode=all
+        --workdir=/mnt/gcs/gemma2_2b --mode=all
 
 What it trains (PT, 26 layers; widths in latents, tokens per SAE):
     2^14                attention, MLP and residual SAEs at every layer     4B tokens

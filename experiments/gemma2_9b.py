@@ -8,7 +8,7 @@ Run it (Gemma 2 9B in Hugging Face format in ./gemma-2-9b, see docs/faq.md; abou
 activations with every site cached, so see docs/scaling.md for streaming and launchers):
 
     python -m gemmascope.main --config=experiments/gemma2_9b.py:model_dir=gemma-2-9b \
-        --workdir=gs://bucket/gemma2_9b --mode=all
+        --workdir=/mnt/gcs/gemma2_9b --mode=all
 
 What it trains (PT, 42 layers; widths in latents, tokens per SAE):
     2^14        attention, MLP and residual SAEs at every layer     4B tokens

@@ -9,7 +9,8 @@ Synopsis:
 Flags:
     --config    an experiment file `experiments/<study>.py[:arg]`, with `--config.a.b=v`
                 overrides of existing fields (the config is locked: a typo is an error)
-    --workdir   the study's folder, local or gs:// (DESIGN.md workdir layout)
+    --workdir   the study's folder (DESIGN.md workdir layout): a local path, or a gs:// bucket
+                mounted with Cloud Storage FUSE (docs/faq.md)
     --mode      plan | cache | train | eval | export | all
     --jobs      job names or globs to restrict cache/train/export to (comma-separated or repeated)
     --multihost, --coordinator_address, --num_processes, --process_id: multi-process runs;
@@ -31,7 +32,7 @@ from gemmascope import stages
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file `path.py[:arg]`.", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study folder (local path or gs:// URL).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study folder (local or mounted path).")
 _MODE = flags.DEFINE_enum("mode", "all", list(stages.MODES), "Which stage(s) to run.")
 _JOBS = flags.DEFINE_multi_string("jobs", [], "Job names or globs (default: all jobs).")
 _MULTIHOST = flags.DEFINE_bool(

@@ -38,7 +38,7 @@ def run(
 
     Args:
         config: A study config.
-        workdir: The study's folder (local path or gs:// URL); unused by plan mode.
+        workdir: The study's folder (a local or mounted path); unused by plan mode.
         mode: One of MODES. "all" runs cache, train, export and eval in that order.
         job_selectors: Job names or globs (default: every job).
 
@@ -56,6 +56,13 @@ def run(
         return
     if not workdir:
         raise ValueError(f"--workdir is required for --mode={mode}.")
+    if "://" in workdir:
+        # The cache speaks GCS through tensorstore, but the trainer (orbax + numpy files),
+        # export and eval write through the local file system API.
+        raise ValueError(
+            f"--workdir={workdir}: object-store URLs are not supported end to end yet; mount the "
+            "bucket with Cloud Storage FUSE (gcsfuse) and pass the mount path (docs/faq.md)."
+        )
     check_workdir_config(config, workdir)
     if mode in ("cache", "all"):
         with _stage("cache"):

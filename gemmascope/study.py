@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.name = "study"
 
     config.model = ml_collections.ConfigDict()
-    # "embedded" (the shipped tiny Gemma 2) or a Hugging Face Gemma 2 folder (local or gs://).
+    # "embedded" (the shipped tiny Gemma 2) or a Hugging Face Gemma 2 folder.
     config.model.path = "embedded"
     # A gemmascope.model.presets name ("gemma2_9b"): the shapes plan mode uses when the weights
     # are not on this machine; "" = read config.json from `path`.

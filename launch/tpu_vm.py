@@ -1,7 +1,7 @@
 r"""Cloud TPU VM launcher: create or reuse a TPU VM or queued resource; run a study on all workers.
 
     python -m launch.tpu_vm --config=experiments/gemma2_9b.py:model_dir=/data/gemma-2-9b \
-        --workdir=gs://my-bucket/gemma2_9b --name=gs-v4 --zone=us-central2-b \
+        --workdir=/mnt/gcs/gemma2_9b --name=gs-v4 --zone=us-central2-b \
         --accelerator_type=v4-32 --setup='pip install -e ~/gemmascope' --dry_run
 
 Steps, each a `gcloud` command (printed, not run, with --dry_run):
@@ -13,8 +13,8 @@ Steps, each a `gcloud` command (printed, not run, with --dry_run):
        each on every worker at once with `--multihost` (JAX finds its peers on Cloud TPU, so
        `jax.distributed.initialize()` takes no arguments).
 The remote command is shell-quoted twice (once for the remote shell, once for the local one), so
-workdirs with spaces, quotes or $ arrive intact. Keep the workdir on GCS (gs://) so every worker
-and later runs see the same files.
+workdirs with spaces, quotes or $ arrive intact. Keep the workdir on a GCS bucket mounted with
+gcsfuse on every worker (in --setup) so every worker and later runs see the same files.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def run_commands(args) -> list[list[str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="Experiment file path.py[:arg].")
-    parser.add_argument("--workdir", required=True, help="The study's workdir (gs:// advised).")
+    parser.add_argument("--workdir", required=True, help="The study's workdir (a gcsfuse mount).")
     parser.add_argument("--name", required=True, help="TPU VM name (reused if it exists).")
     parser.add_argument("--zone", required=True)
     parser.add_argument("--project", default=None)

@@ -73,3 +73,5 @@ def test_run_rejects_bad_mode_and_missing_workdir():
         stages.run(config, "/tmp/x", "fly")
     with pytest.raises(ValueError, match="--workdir is required for --mode=train"):
         stages.run(config, None, "train")
+    with pytest.raises(ValueError, match="mount the bucket with Cloud Storage FUSE"):
+        stages.run(config, "gs://bucket/study", "cache")
