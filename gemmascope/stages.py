@@ -22,6 +22,7 @@ import jax
 import ml_collections
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from gemmascope import jobs, plan, study
 
@@ -175,13 +176,14 @@ def run_export(workdir: str, selected: list[ml_collections.ConfigDict]) -> None:
     """Exports every trained selected job to Gemma Scope params.npz files."""
     from gemmascope import export
 
-    if not is_main_process():
-        return
-    for job in selected:
-        if (epath.Path(workdir) / "runs" / job.name / "final_params.npz").exists():
-            export.export_run(workdir, job.name)
-        else:
-            logging.warning("Export: %s is not trained yet; skipped", job.name)
+    if is_main_process():
+        for job in selected:
+            if (epath.Path(workdir) / "runs" / job.name / "final_params.npz").exists():
+                export.export_run(workdir, job.name)
+            else:
+                logging.warning("Export: %s is not trained yet; skipped", job.name)
+    if jax.process_count() > 1:  # the other processes evaluate what process 0 just wrote
+        multihost_utils.sync_global_devices("gemmascope export done")
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:
