@@ -77,6 +77,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Library INFO logs (orbax logs every checkpoint write) drown the stage progress lines;
+        # --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     initialize_distributed(config)
     logging.info(
@@ -92,7 +96,4 @@ def main(argv):
 
 if __name__ == "__main__":
     jax.config.config_with_absl()
-    # Library INFO logs (orbax logs every checkpoint write) drown the stage progress lines;
-    # --verbosity=0 brings them back.
-    flags.FLAGS.set_default("verbosity", logging.WARNING)
     app.run(main, flags_parser=parse_flags)
