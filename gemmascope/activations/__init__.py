@@ -19,12 +19,14 @@ from gemmascope.activations.array_source import ArraySource, estimate_norm_scale
 from gemmascope.activations.config import default_config
 from gemmascope.activations.reader import CacheSource, open_source
 from gemmascope.activations.storage import CacheError
+from gemmascope.activations.streaming import StreamingSource
 from gemmascope.activations.writer import build_cache
 
 __all__ = [
     "ArraySource",
     "CacheError",
     "CacheSource",
+    "StreamingSource",
     "build_cache",
     "default_config",
     "estimate_norm_scale",

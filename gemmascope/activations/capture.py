@@ -72,6 +72,19 @@ class TokenLayout:
         return np.stack([token_ids, positions, seq_ids + s0], axis=1).astype(np.int32)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_capture(model_cfg, sites: tuple[str, ...], storage_dtype: str, mesh: Mesh):
+    """The jitted capture function, shared by every Capturer with the same statics."""
+    dtype = jnp.dtype(storage_dtype)
+
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data", None, None)))
+    def run(params, tokens):
+        acts = model.collect_sites(model_cfg, params, tokens, capture=list(sites))
+        return {site: acts[site].astype(dtype) for site in sites}
+
+    return run
+
+
 class Capturer:
     """One jitted forward pass per batch of sequences, returning the kept rows of every site.
 
@@ -90,14 +103,7 @@ class Capturer:
         mesh = Mesh(np.array(devices), ("data",))
         self._token_sharding = NamedSharding(mesh, P("data", None))
         self._params = jax.device_put(params, NamedSharding(mesh, P()))
-        dtype = jnp.dtype(storage_dtype)
-
-        @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data", None, None)))
-        def run(params, tokens):
-            acts = model.collect_sites(model_cfg, params, tokens, capture=self.sites)
-            return {site: acts[site].astype(dtype) for site in self.sites}
-
-        self._run = run
+        self._run = _jitted_capture(model_cfg, tuple(self.sites), str(storage_dtype), mesh)
 
     def forward(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """{site: (B, T, d_site)} activations in the storage dtype for int32 tokens (B, T)."""

@@ -36,7 +36,7 @@ from gemmascope.activations.array_source import estimate_norm_scale
 from gemmascope.activations.capture import Capturer, TokenLayout
 from gemmascope.activations.config import check_config, default_config
 
-_MODEL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODEL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _SAMPLED_HASH_BYTES = 1 << 20
 
 
@@ -229,13 +229,13 @@ def _write_run(run, targets, missing, layout, capturer, batch_size, shard_rows, 
         f.result()
 
 
-def _load_inputs(config):
+def load_inputs(config):
     """(model_cfg, model folder, tokenizer, sites, sequences) from a study config."""
     if "model" not in config or "data" not in config or "sites" not in config:
         raise ValueError("the config needs sections model, data and sites (and optionally cache)")
     dtype = config.model.get("dtype", "float32") or "float32"
-    if dtype not in _MODEL_DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(_MODEL_DTYPES)}, got {dtype!r}")
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(MODEL_DTYPES)}, got {dtype!r}")
     path = config.model.get("path")
     if not path:
         raise ValueError("model.path is required (an HF Gemma 2 folder or 'embedded')")
@@ -265,7 +265,7 @@ def build_cache(config, workdir: str) -> dict[str, str]:
     """
     cache_cfg = config.get("cache") or default_config()
     check_config(cache_cfg)
-    model_cfg, folder, tokenizer, sites, dtype = _load_inputs(config)
+    model_cfg, folder, tokenizer, sites, dtype = load_inputs(config)
     seqs = data.sequences(config.data, tokenizer, cache_cfg.split)
     layout = TokenLayout.build(seqs, model_cfg.special_token_ids, cache_cfg.drop_special)
     targets = _targets(config, cache_cfg, model_cfg, folder, sites, layout, seqs, workdir)
@@ -295,7 +295,7 @@ def build_cache(config, workdir: str) -> dict[str, str]:
     pending = sorted(set().union(*missing.values()))
     capturer = None
     if any(missing[t.path] for t in todo if t.site is not None):
-        _, params = model.load_hf(folder, dtype=_MODEL_DTYPES[dtype])
+        _, params = model.load_hf(folder, dtype=MODEL_DTYPES[dtype])
         todo_sites = [t.site for t in todo if t.site is not None]
         capturer = Capturer(model_cfg, params, todo_sites, cache_cfg.dtype, cache_cfg.batch_size)
     total = sum(min((s + 1) * shard_rows, layout.n_tokens) - s * shard_rows for s in pending)

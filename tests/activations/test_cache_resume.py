@@ -18,6 +18,8 @@ def worker_env(tmp_path):
     # Later processes reuse the first one's compiled forward pass.
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    # datasets' streaming mode imports torch when it is installed; these workers never need it.
+    env["USE_TORCH"] = "0"
     return env
 
 
