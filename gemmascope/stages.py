@@ -65,7 +65,9 @@ def run(
             "bucket with Cloud Storage FUSE (gcsfuse) and pass the mount path (docs/faq.md)."
         )
     check_workdir_config(config, workdir)
-    if mode in ("cache", "all"):
+    if config.source not in ("cache", "stream"):
+        raise ValueError(f"config.source must be 'cache' or 'stream', got {config.source!r}.")
+    if mode == "cache" or (mode == "all" and config.source == "cache"):
         with _stage("cache"):
             run_cache(config, workdir, jobs.sites_of(selected) if job_selectors else None)
     if mode in ("train", "all"):
@@ -157,9 +159,14 @@ def run_cache(config: ml_collections.ConfigDict, workdir: str, sites: list[str] 
 def run_train(
     config: ml_collections.ConfigDict, workdir: str, selected: list[ml_collections.ConfigDict]
 ) -> None:
-    """Trains every selected job that has no final_params.npz yet (resuming unfinished ones)."""
-    from gemmascope import activations, train
+    """Trains every selected job that has no final_params.npz yet (resuming unfinished ones).
 
+    Activations come from the cache, or with `config.source == "stream"` from the model itself
+    (loaded once for all jobs) through a shuffle buffer.
+    """
+    from gemmascope import train
+
+    open_source = _source_opener(config, workdir)
     for index, job in enumerate(selected):
         done = epath.Path(workdir) / "runs" / job.name / "final_params.npz"
         if done.exists():
@@ -168,8 +175,30 @@ def run_train(
             continue
         if is_main_process():
             print(f"[gemmascope] train {index + 1}/{len(selected)}: {job.name}", flush=True)
-        source = activations.open_source(workdir, job.site, seed=int(job.get("seed", 0)))
-        train.train_sweep(job, source, workdir)
+        train.train_sweep(job, open_source(job.site, int(job.seeds[0])), workdir)
+
+
+def _source_opener(config: ml_collections.ConfigDict, workdir: str):
+    """Returns open_source(site, seed) for the study's activation source."""
+    from gemmascope import activations
+
+    if config.source == "cache":
+        return lambda site, seed: activations.open_source(workdir, site, seed=seed)
+    from gemmascope import data, model
+
+    model_cfg, params, tokenizer = model.load_from_config(config.model)
+    sequences = data.sequences(config.data, tokenizer, split="train")
+    return lambda site, seed: activations.StreamingSource(
+        model_cfg,
+        params,
+        sequences,
+        site,
+        seed=seed,
+        buffer_tokens=int(config.cache.shuffle_window_tokens),
+        forward_batch=int(config.cache.batch_size),
+        drop_special=bool(config.cache.drop_special),
+        norm_sample_tokens=int(config.cache.norm_sample_tokens),
+    )
 
 
 def run_export(workdir: str, selected: list[ml_collections.ConfigDict]) -> None:

@@ -15,6 +15,7 @@ A study config (an `ml_collections.ConfigDict`) has these sections (docs/configu
     data      the corpus (gemmascope.data.default_config())
     sites     site globs to cache (DESIGN.md: `resid_post/*`, `*/12`, `*/*`)
     cache     the activation cache (gemmascope.activations.default_config())
+    source    "cache" or "stream": where training reads activations
     train     defaults shared by every job (gemmascope.train.default_config())
     jobs      the expansion into jobs: `groups` (sites x widths, each with a token budget) and
               `archs` (each architecture with its sweep values and SAE overrides); see jobs.py
@@ -114,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.sites = ("*/*",)
     # The activation cache: storage dtype, shard sizes, special-token dropping, normalisation.
     config.cache = activations.default_config()
+    # Where training reads activations: "cache" (written by --mode=cache) or "stream" (computed
+    # on the fly by the model through a shuffle buffer; nothing stored, docs/scaling.md).
+    config.source = "cache"
     # Defaults shared by every training job (batch size, logging and checkpoint intervals...).
     # `name`, `site`, `arch`, `sae`, `width`, `sweep_values` and `total_tokens` are set per job.
     config.train = train.default_config()

@@ -1,5 +1,6 @@
 """The tiny demo through the CLI at its runlocal size, killed mid-training and rerun to the end."""
 
+import json
 import os
 import signal
 import subprocess
@@ -55,3 +56,17 @@ def test_tiny_demo_kill_and_rerun(tmp_path):
     third = cli(workdir, "--mode=train")
     out, _ = third.communicate(timeout=300)
     assert third.returncode == 0 and out.count("already done") == 6
+
+
+def test_streaming_source_trains_without_a_cache(tmp_path):
+    from gemmascope import stages, study
+
+    _, config = study.load_config_file(os.path.join(REPO, "experiments/tiny_demo.py:runlocal"))
+    config.unlock()
+    config.source = "stream"
+    stages.run(config, str(tmp_path), "all", ["resid_post-L0-w64-jumprelu"])
+    assert not (tmp_path / "activations").exists()  # nothing was cached
+    job = json.loads((tmp_path / "runs" / "resid_post-L0-w64-jumprelu" / "job.json").read_text())
+    assert job["norm_scale"] > 0 and job["tokens_trained"] >= 4096
+    table = pd.read_csv(tmp_path / "eval" / "saes.csv")
+    assert sorted(table.sweep_value) == [8, 16, 32] and (table.fvu < 1.5).all()
