@@ -70,14 +70,10 @@ class SaeEntry:
         return self.config.get("encoder") or {"type": "jumprelu"}
 
     @property
-    def group_key(self) -> tuple[str, int, str, str]:
-        """SAEs with equal keys are stacked and spliced in one program."""
-        return (
-            self.config["site"],
-            int(self.config["width"]),
-            self.config["architecture"],
-            self.encoder["type"],
-        )
+    def group_key(self) -> tuple[str, int, str]:
+        """SAEs with equal keys (site, width, encoder type) are stacked and spliced in one
+        program, whatever their architecture: after export all are the same arrays."""
+        return (self.config["site"], int(self.config["width"]), self.encoder["type"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +249,7 @@ def evaluate_saes(
             k: jnp.asarray(np.stack([saes[i].params[k] for i in members])) for k in NPZ_KEYS
         }
         k_maxes[key] = None
-        if key[3] == "topk":
+        if key[2] == "topk":
             ks = [int(saes[i].encoder["k"]) for i in members]
             stacked[key]["k"] = jnp.asarray(ks, jnp.int32)
             k_maxes[key] = max(ks)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_model import random_params
 
 from gemmascope import eval as gs_eval
 from gemmascope import model
@@ -22,7 +23,7 @@ D = CFG.hidden_size
 
 @pytest.fixture(scope="module")
 def setup():
-    params = model.init_params(CFG, jax.random.key(0))
+    params = random_params(CFG, seed=0, std=0.1)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, CFG.vocab_size, size=(3, 10)).astype(np.int32)
     tokens[:, 0] = CFG.bos_token_id
@@ -129,13 +130,15 @@ def test_identity_zero_and_random_saes_against_direct_splicing(setup):
     identity, zeros, random, identity0 = (r[0] for r in results)
 
     for exact in (identity, identity0):
-        assert exact["delta_loss"] == 0.0 and exact["kl_div"] == 0.0
+        # The spliced pass is a separately compiled program from the clean pass, so XLA may
+        # round differently in the last bit; the splice itself is exact (fvu == 0).
+        assert abs(exact["delta_loss"]) < 1e-6 and abs(exact["kl_div"]) < 1e-6
         assert exact["fvu"] == 0.0 and exact["cosine_similarity"] == pytest.approx(1.0)
         assert exact["l0"] == pytest.approx(D, rel=0.05)  # one of relu(x), relu(-x) fires
     # Zero SAE = zero ablation (special positions keep their activation in both).
     assert zeros["spliced_loss"] == pytest.approx(zeros["zero_ablation_loss"], rel=1e-6)
     assert zeros["loss_recovered"] == pytest.approx(0.0, abs=1e-3)
-    assert identity["loss_recovered"] == pytest.approx(1.0, abs=1e-6)
+    assert identity["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert zeros["l0"] == 0.0 and zeros["frac_dead"] == 1.0
     oracle_zero = _oracle(
         params, tokens, {k: jnp.asarray(v, jnp.float32) for k, v in _zeros().items()}
@@ -145,7 +148,7 @@ def test_identity_zero_and_random_saes_against_direct_splicing(setup):
     # A random SAE against the direct oracle.
     rnd = {k: jnp.asarray(v, jnp.float32) for k, v in _random(1).items()}
     oracle = _oracle(params, tokens, rnd)
-    assert random["delta_loss"] > 0.01
+    assert abs(random["delta_loss"]) > 0.01  # the splice changes the loss
     assert random["delta_loss"] == pytest.approx(oracle["delta_loss"], rel=1e-4)
     assert random["kl_div"] == pytest.approx(oracle["kl_div"], rel=1e-4)
     x = oracle["x"]

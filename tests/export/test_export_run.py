@@ -7,7 +7,7 @@ C x the architecture's own training-time encodings of the normalised activations
 import json
 import os
 
-import jax
+import fake_training_run
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,50 +19,10 @@ D, WIDTH, C = 16, 32, 7.5
 SITE = "resid_post/1"
 
 
-def fake_run(workdir, arch_name, sweep_values, seeds=(0,), norm_scale=C, seed=0):
-    """Writes runs/<job>/job.json + final_params.npz as the trainer does; returns member params."""
-    arch = sae.ARCHITECTURES[arch_name]
-    cfg = arch.default_config()
-    field = arch.sweep_field(cfg) if hasattr(arch, "sweep_field") else arch.SWEEP_FIELD
-    members = [{"sweep_value": v, "seed": s} for v in sweep_values for s in seeds]
-    rng = np.random.default_rng(seed)
-    per_member = []
-    for i, _ in enumerate(members):
-        p = {k: np.array(v) for k, v in arch.init(jax.random.key(i), D, WIDTH, cfg).items()}
-        # Non-trivial biases and thresholds so that folding C and b_dec really matters.
-        for key, value in p.items():
-            if key.startswith("b_") or key == "r_mag":
-                p[key] = rng.normal(size=value.shape).astype(np.float32) * 0.1
-        if "log_threshold" in p:
-            p["log_threshold"] = np.log(rng.uniform(0.05, 0.2, size=WIDTH)).astype(np.float32)
-        if "threshold" in p:
-            p["threshold"] = rng.uniform(0.05, 0.2, size=WIDTH).astype(np.float32)
-        if "running_threshold" in p:
-            p["running_threshold"] = np.float32(0.1)
-        per_member.append(p)
-    stacked = {k: np.stack([p[k] for p in per_member]) for k in per_member[0]}
-    name = f"resid_post-L1-w{WIDTH}-{arch_name}"
-    run_dir = os.path.join(workdir, "runs", name)
-    os.makedirs(run_dir)
-    np.savez(os.path.join(run_dir, "final_params.npz"), **stacked)
-    job = {
-        "name": name,
-        "site": SITE,
-        "model": "tiny",
-        "arch": arch_name,
-        "width": WIDTH,
-        "sae": cfg.to_dict(),
-        "sweep_values": list(sweep_values),
-        "seeds": list(seeds),
-        "norm_scale": norm_scale,
-        "d_in": D,
-        "tokens_trained": 4096,
-        "sweep_field": field,
-        "members": members,
-    }
-    with open(os.path.join(run_dir, "job.json"), "w") as f:
-        json.dump(job, f)
-    return name, cfg, field, per_member
+def fake_run(workdir, arch_name, sweep_values, seeds=(0,)):
+    return fake_training_run.fake_run(
+        workdir, arch_name, sweep_values, d_in=D, width=WIDTH, site=SITE, norm_scale=C, seeds=seeds
+    )
 
 
 @pytest.mark.parametrize(
