@@ -35,7 +35,8 @@ def make_manager(directory: Path, keep: int, async_save: bool) -> ocp.Checkpoint
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "source"))
+    handlers = {"state": ocp.StandardCheckpointHandler(), "source": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def _source_to_json(source_state) -> dict:
@@ -82,6 +83,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, source_templa
     step = manager.latest_step()
     if step is None:
         return None
+    saved_tree = manager.item_metadata(step)["state"]
+    saved = jax.tree.map(lambda leaf: tuple(leaf.shape), dict(saved_tree))["params"]
+    expected = {name: tuple(leaf.shape) for name, leaf in abstract_state["params"].items()}
+    if saved != expected:
+        raise ValueError(
+            f"the checkpoint at step {step} in {manager.directory} does not fit this job: it "
+            f"holds params {saved}, this job needs {expected} (leading axis: sweep members). Was "
+            "the source's d_in, the width, the architecture or the sweep changed? Use a new job "
+            "name or workdir."
+        )
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

@@ -280,3 +280,12 @@ def test_k_sweep_sets_k_max_and_each_member_keeps_its_own_k(tmp_path):
     cfg.sweep_values = [4, 40]
     with pytest.raises(ValueError, match=r"k = 40 must be an integer in \[1, 32\]"):
         train.train_sweep(cfg, _source(), tmp_path)
+
+
+def test_resume_with_a_source_of_another_width_is_refused(tmp_path):
+    train.train_sweep(tiny_job("w", 2, [1e-3], ckpt_steps=2), _source(), tmp_path)
+    wider = activations.ArraySource(np.ones((256, 24), np.float32))
+    with pytest.raises(
+        ValueError, match=r"does not fit this job: .*'W_enc': \(1, 16, 32\).*'W_enc': \(1, 24, 32\)"
+    ):
+        train.train_sweep(tiny_job("w", 4, [1e-3]), wider, tmp_path)
