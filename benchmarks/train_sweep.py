@@ -73,6 +73,19 @@ def stacking_speedup(d_in, width, batch, steps, n_members, workdir):
     return t_stacked, t_singles
 
 
+def source_read_seconds(d_in, batch, repeats=10):
+    """Seconds to draw one (batch, d_in) batch from an in-memory ArraySource (the shared read)."""
+    source = _source(d_in, batch * 8)
+    mesh = train.make_mesh([("data", -1), ("model", 1)])
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
+    batches = source.iter_batches(batch, sharding)
+    jax.block_until_ready(next(batches))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(next(batches))
+    return (time.perf_counter() - start) / repeats
+
+
 def _best_of(fn, args, repeats):
     jax.block_until_ready(fn(*args))
     best = float("inf")
@@ -172,7 +185,8 @@ def main():
         print(
             f"(a) d_in={d} width={m} batch={b} steps={s}: stacked S={args.sweep} "
             f"{t_stacked:.2f} s, {args.sweep} single jobs {t_singles:.2f} s, "
-            f"speed-up x{t_singles / t_stacked:.2f}"
+            f"speed-up x{t_singles / t_stacked:.2f}; one batch read from memory "
+            f"{source_read_seconds(d, b) * 1e3:.2f} ms vs {t_stacked / s * 1e3:.0f} ms per step"
         )
     t_step, t_mm = step_overhead(d, m, b, args.sweep, repeats=5)
     print(
