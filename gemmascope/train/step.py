@@ -79,6 +79,8 @@ def compiled_functions(
     rules: tuple,
 ) -> CompiledFunctions:
     """Returns the (cached) jitted init and step for one job shape; see the module docstring."""
+    # batch_size is not needed to build (jit specialises on the batch shape by itself); it is in
+    # the key so that one cache entry is exactly one compiled step, which makes reuse countable.
     key = (
         arch_name,
         _config_key(sae_cfg),
@@ -102,7 +104,6 @@ def compiled_functions(
             np.dtype(sweep_dtype),
             mesh,
             rules,
-            batch_size,
         )
     return _CACHE[key]
 
@@ -171,9 +172,8 @@ def _build(
     )
     batch_sharding = named("batch", "d_in")
     replicated = NamedSharding(mesh, PartitionSpec())
-    member_shardings = NamedSharding(mesh, PartitionSpec())
     jitted_init = jax.jit(
-        init, in_shardings=(member_shardings, member_shardings), out_shardings=state_shardings
+        init, in_shardings=(replicated, replicated), out_shardings=state_shardings
     )
     jitted_step = jax.jit(
         train_step,
@@ -181,7 +181,6 @@ def _build(
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
-    del batch  # part of the cache key only: the batch shape is fixed by the first call
     return CompiledFunctions(
         init=jitted_init,
         train_step=jitted_step,
