@@ -168,6 +168,14 @@ def test_unexpected_tensor_is_named(broken):
         model.load_hf(folder)
 
 
+def test_a_tied_lm_head_tensor_is_tolerated(broken, hf_cases):
+    folder, tensors = broken
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    save_file(tensors, folder / "model.safetensors")
+    cfg, params = model.load_hf(folder)
+    np.testing.assert_array_equal(np.asarray(params["embed"]), tensors["model.embed_tokens.weight"])
+
+
 def test_config_with_too_few_layers_reports_unexpected_tensors(broken):
     folder, _ = broken
     hf = json.loads((folder / "config.json").read_text())
