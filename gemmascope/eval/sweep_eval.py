@@ -2,15 +2,17 @@
 
 For each batch of held-out token sequences:
 
-1. one jitted clean forward pass captures every site that has an SAE and gives the clean
-   log-probabilities, shared by all SAEs of all sites;
-2. per site, the total-variance sums (FVU's denominator) and one forward pass with the site
-   zero-ablated (for ``zero_ablation_loss`` and ``loss_recovered``);
-3. per group of SAEs with the same (site, width, architecture), stacked on a leading axis, one
+1. one jitted clean forward pass captures every site that has an SAE (plus the residual stream
+   just before it) and gives the clean log-probabilities, shared by all SAEs of all sites;
+2. per site, the total-variance sums (FVU's denominator) and one pass with the site zero-ablated
+   (for ``zero_ablation_loss`` and ``loss_recovered``);
+3. per group of SAEs with the same (site, width, encoder type), stacked on a leading axis, one
    jitted program encodes the captured activations and splices each reconstruction into the model
    (``jax.lax.map`` with ``batch_size=splice_batch``: ``vmap`` over chunks of the group).
 
-Only sums leave the device; the host accumulates them in float64 (``metrics.finalize``).
+Spliced passes at a site of layer L resume from the clean ``resid_post/{L-1}``
+(``model.forward_from``), so only layers L.. are recomputed. Only sums leave the device; the host
+accumulates them in float64 (``metrics.finalize``).
 
 Synopsis::
 
