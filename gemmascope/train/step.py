@@ -108,9 +108,8 @@ def compiled_functions(
     return _CACHE[key]
 
 
-def _build(
-    arch_name, sae_cfg, d_in, width, n_members, dead_window, sweep_dtype, mesh, rules, batch
-):
+def _build(arch_name, sae_cfg, d_in, width, n_members, dead_window, sweep_dtype, mesh, rules):
+    """Builds (does not yet compile) the jitted init and step of one job shape."""
     arch = sae.ARCHITECTURES[arch_name]
     single_step = sae.make_train_step(arch_name, sae_cfg)
     optimizer = sae.optimizer(sae_cfg)
