@@ -250,6 +250,10 @@ def test_unknown_schedule_field_and_value_are_clear_errors(tmp_path):
     cfg.sparsity_warmup_tokens = -1
     with pytest.raises(ValueError, match="sparsity_warmup_tokens must be >= 0"):
         train.train_sweep(cfg, _source(), tmp_path)
+    cfg = tiny_job()
+    cfg.sae.lr_warmup_steps = -1
+    with pytest.raises(ValueError, match="'lr_warmup_steps' must be >= 0, got -1"):
+        train.train_sweep(cfg, _source(), tmp_path)
 
 
 def test_resume_with_other_sweep_values_is_refused(tmp_path):
