@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 import pandas as pd
 
@@ -114,6 +115,8 @@ def evaluate(config, workdir: str) -> pd.DataFrame:
     model_name = str(config.model.get("path")) if hasattr(config.model, "get") else None
     rows, details = table_rows(saes, results, workdir, model_name)
     frame = table.build_table(rows)
+    if jax.process_index() != 0:  # multi-host: every process computes, process 0 writes
+        return frame
     out_dir = os.path.join(workdir, "eval")
     table.write_table(frame, out_dir)
     layout.write_json_atomic(os.path.join(out_dir, "details.json"), details)

@@ -77,6 +77,10 @@ def test_evaluate_writes_table_details_and_plots(tmp_path):
         norm_scale=3.0,
     )
     exported = export.export_run(workdir, name)
+    topk_name, *_ = fake_run(
+        workdir, "topk", [3], d_in=cfg.hidden_size, width=32, site="resid_post/1", norm_scale=3.0
+    )
+    (topk_folder,) = export.export_run(workdir, topk_name)
     rng = np.random.default_rng(0)
     d, m = cfg.hidden_size, 24
     released = tmp_path / "average_l0_5" / "params.npz"
@@ -94,19 +98,21 @@ def test_evaluate_writes_table_details_and_plots(tmp_path):
     frame = gs_eval.evaluate(config, workdir)
 
     eval_dir = os.path.join(workdir, "eval")
-    assert len(frame) == 3 and list(frame.columns) == list(table.COLUMNS)
+    assert len(frame) == 4 and list(frame.columns) == list(table.COLUMNS)
     from_parquet = pd.read_parquet(os.path.join(eval_dir, "saes.parquet"))
     from_csv = pd.read_csv(os.path.join(eval_dir, "saes.csv"))
     pd.testing.assert_frame_equal(from_parquet.reset_index(drop=True), frame.reset_index(drop=True))
     np.testing.assert_allclose(from_csv["delta_loss"], frame["delta_loss"], rtol=1e-9)
     markdown = open(os.path.join(eval_dir, "saes.md")).read().splitlines()
-    assert len(markdown) == 2 + 3 and markdown[0].startswith("| sae | model | site |")
+    assert len(markdown) == 2 + 4 and markdown[0].startswith("| sae | model | site |")
     rows = frame.set_index("sae")
     ours = rows.loc[os.path.relpath(exported[0], os.path.join(workdir, "saes"))]
     assert ours["architecture"] == "jumprelu" and ours["sweep_value"] == 1e-3
     tokens = data.sequences(config.data, model.load_tokenizer(config.model["path"]), "eval")[:5]
     n_ordinary = int(np.sum(~np.isin(tokens, [0, 1, 2])))  # BOS, EOS and pad are not evaluated
     assert ours["tokens_trained"] == 4096 and ours["eval_tokens"] == n_ordinary
+    topk = rows.loc[os.path.relpath(topk_folder, os.path.join(workdir, "saes"))]
+    assert topk["sweep_field"] == "k" and 0 < topk["l0"] <= 3
     theirs = rows.loc["resid_post/layer_1/width_24/gemmascope_average_l0_5"]
     assert theirs["source"] == "released" and theirs["site"] == "resid_post/1"
     for column in ("l0", "fvu", "mse", "delta_loss", "kl_div", "frac_dead", "clean_loss"):
