@@ -105,19 +105,19 @@ class Capturer:
         self._params = jax.device_put(params, NamedSharding(mesh, P()))
         self._run = _jitted_capture(model_cfg, tuple(self.sites), str(storage_dtype), mesh)
 
-    def forward(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """{site: (B, T, d_site)} activations in the storage dtype for int32 tokens (B, T)."""
+    def dispatch(self, tokens: np.ndarray):
+        """Starts the forward pass for int32 tokens (B, T) and returns a handle for `fetch`."""
         n = len(tokens)
         padded = np.zeros((self.batch_size, tokens.shape[1]), np.int32)
         padded[:n] = tokens
         padded[n:] = tokens[0]
-        out = self._run(self._params, jax.device_put(padded, self._token_sharding))
+        return n, self._run(self._params, jax.device_put(padded, self._token_sharding))
+
+    def fetch(self, handle) -> dict[str, np.ndarray]:
+        """{site: (B, T, d_site)} host activations in the storage dtype of a `dispatch`."""
+        n, out = handle
         return {site: value[:n] for site, value in jax.device_get(out).items()}
 
-    def rows(self, layout: TokenLayout, s0: int, s1: int):
-        """Yields (first_row, {site: kept rows}) for sequences [s0, s1), one forward per batch."""
-        for lo in range(s0, s1, self.batch_size):
-            hi = min(lo + self.batch_size, s1)
-            acts = self.forward(layout.sequences[lo:hi].astype(np.int32))
-            keep = layout.keep[lo:hi]
-            yield int(layout.row_start[lo]), {site: a[keep] for site, a in acts.items()}
+    def forward(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """`fetch(dispatch(tokens))`."""
+        return self.fetch(self.dispatch(tokens))

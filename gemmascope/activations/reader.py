@@ -37,24 +37,25 @@ class _ChunkCache:
         self._capacity = capacity
         self._chunks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
 
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        """The values of `rows` (int64, any order), in the array's storage dtype."""
+    def rows(self, rows: np.ndarray, scale: float) -> np.ndarray:
+        """float32 values of `rows` (int64, sorted ascending) divided by `scale`."""
         r = self._chunk_rows
         chunk_of = rows // r
-        needed = np.unique(chunk_of)
+        needed, starts = np.unique(chunk_of, return_index=True)
         missing = [int(c) for c in needed if int(c) not in self._chunks]
         reads = [self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in missing]
         fetched = dict(zip(missing, (f.result() for f in reads), strict=True))
-        out = np.empty((len(rows), self._array.shape[1]), self._array.dtype.numpy_dtype)
-        for c in needed:
-            c = int(c)
+        out = np.empty((len(rows), self._array.shape[1]), np.float32)
+        bounds = np.append(starts, len(rows))
+        for i, c in enumerate(needed.tolist()):
             values = fetched[c] if c in fetched else self._chunks[c]
             self._chunks[c] = values
             self._chunks.move_to_end(c)
-            where = np.nonzero(chunk_of == c)[0]
-            out[where] = values[rows[where] - c * r]
+            lo, hi = bounds[i], bounds[i + 1]
+            out[lo:hi] = values[rows[lo:hi] - c * r]
         while len(self._chunks) > self._capacity:
             self._chunks.popitem(last=False)
+        out /= np.float32(scale)
         return out
 
 
@@ -144,7 +145,7 @@ class CacheSource:
         self._position = position
 
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self._chunks.rows(rows).astype(np.float32) / np.float32(self.norm_scale)
+        return self._chunks.rows(rows, self.norm_scale)
 
     def iter_batches(self, batch_size: int, sharding: jax.sharding.Sharding) -> Iterator[jax.Array]:
         """Yields global fp32 (batch_size, d_in) arrays laid out per `sharding`, forever.

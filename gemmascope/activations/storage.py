@@ -111,7 +111,18 @@ def read_meta(path: str) -> dict:
 
 
 def _spec(path: str) -> dict:
-    return {"driver": "zarr3", "kvstore": _kvstore(path)}
+    # A small cache pool keeps shard indices (a few KiB per shard) in memory, so reading a chunk
+    # costs one ranged read instead of two; chunk data is cached by the reader itself (a large
+    # pool only adds copies: measured 2x slower). More concurrent file reads help local disks.
+    return {
+        "driver": "zarr3",
+        "kvstore": _kvstore(path),
+        "context": {
+            "cache_pool": {"total_bytes_limit": 1 << 20},
+            "file_io_concurrency": {"limit": 16},
+        },
+        "recheck_cached_data": False,
+    }
 
 
 def create_array(

@@ -183,12 +183,27 @@ def _runs(shards: list[int]) -> list[tuple[int, int]]:
 
 
 def _batches(layout, capturer, need_sites, s0, s1, batch_size):
-    """Yields {target key: rows} per batch of sequences in [s0, s1), in row order."""
-    for lo in range(s0, s1, batch_size):
+    """Yields {target key: rows} per batch of sequences in [s0, s1), in row order.
+
+    The next batch's forward pass is dispatched before this one's rows are fetched and
+    filtered, so the accelerator works while the host copies, filters and writes.
+    """
+    starts = list(range(s0, s1, batch_size))
+    handles = {}
+
+    def dispatch(i):
+        if need_sites and i < len(starts):
+            lo = starts[i]
+            tokens = layout.sequences[lo : min(lo + batch_size, s1)].astype(np.int32)
+            handles[i] = capturer.dispatch(tokens)
+
+    dispatch(0)
+    for i, lo in enumerate(starts):
+        dispatch(i + 1)
         hi = min(lo + batch_size, s1)
         out = {None: layout.metadata(lo, hi)}
         if need_sites:
-            acts = capturer.forward(layout.sequences[lo:hi].astype(np.int32))
+            acts = capturer.fetch(handles.pop(i))
             keep = layout.keep[lo:hi]
             out.update({site: a[keep] for site, a in acts.items()})
         yield out

@@ -39,15 +39,15 @@ def build(model_path, workdir, *flags):
 
     if flags and flags[0] == "--kill-after-forwards":
         limit, calls = int(flags[1]), [0]
-        forward = capture.Capturer.forward
+        dispatch = capture.Capturer.dispatch
 
-        def counting_forward(self, tokens):
+        def counting_dispatch(self, tokens):
             calls[0] += 1
             if calls[0] > limit:
                 _kill_self()
-            return forward(self, tokens)
+            return dispatch(self, tokens)
 
-        capture.Capturer.forward = counting_forward
+        capture.Capturer.dispatch = counting_dispatch
     elif flags and flags[0] == "--kill-in-finalize":
         writer.estimate_norm_scale = _kill_self
     writer.build_cache(study_config(model_path), workdir)
