@@ -2,10 +2,11 @@ r"""The embedded demo (`make demo`): Gemma Scope's whole pipeline on the shipped
 
     python -m gemmascope.main --config=experiments/tiny_demo.py --workdir=workdir/demo --mode=all
 
-Caches every layer x {resid_post, mlp_out, attn_z} of the tiny model on held-in Tiny Shakespeare,
-trains JumpReLU, Gated and TopK SAEs at two widths with 3 sparsity settings each (one stacked job
-per site x width x architecture), exports them as Gemma Scope params.npz and evaluates every SAE
-on held-out text. Ends by printing where the metric table and plots are and the table's best rows.
+Caches every layer x {resid_post, mlp_out, attn_z} of the tiny model (4 layers, d_model 128) on
+the training part of Tiny Shakespeare, trains JumpReLU, Gated and TopK SAEs at widths 128 and 256
+with 3 sparsity settings each (one stacked job per site x width x architecture: 72 jobs, 216 SAEs),
+exports them as Gemma Scope params.npz and evaluates every SAE on held-out text. Ends by printing
+where the metric table and plots are and the table's best rows.
 About 15 minutes on 2 CPU cores (measured: docs/quickstart.md).
 
 The recipe is Gemma Scope's (SPEC §4) with the changes a run of a few hundred steps needs
@@ -28,15 +29,15 @@ def get_config(arg=None):
     # The bundled Tiny Shakespeare; sequences of 128 tokens (the tiny model's training length).
     config.data.corpus = "embedded"
     config.data.seq_len = 128
-    # Cap on packed sequences (train + eval): about 150k training tokens per site.
-    config.data.max_sequences = 1300
+    # Cap on packed training sequences: about 150k tokens per site.
+    config.data.max_sequences = 1200
     # Held-out sequences (never cached or trained on) for the evaluation.
     config.data.n_eval_sequences = 64
 
     # Every layer x the three site kinds.
     config.sites = ("*/*",)
-    # Two widths for every site; 300k tokens per SAE (2 epochs of the cache).
-    config.jobs.groups.all_sites = dict(sites=("*/*",), widths=(256, 512), total_tokens=300_000.0)
+    # Two widths (1x and 2x d_model = 128) for every site; 150k tokens (about one epoch) per SAE.
+    config.jobs.groups.all_sites = dict(sites=("*/*",), widths=(128, 256), total_tokens=150_000)
 
     short_run = dict(lr=1.5e-3, lr_warmup_steps=20, sparsity_warmup_steps=60)
     config.jobs.archs.jumprelu = dict(
@@ -46,7 +47,7 @@ def get_config(arg=None):
     )
     config.jobs.archs.gated = dict(
         # L1 coefficients of the gate: sparsity rises left to right.
-        sweep_values=(0.01, 0.03, 0.1),
+        sweep_values=(0.05, 0.15, 0.5),
         sae=dict(**short_run),
     )
     config.jobs.archs.topk = dict(
@@ -55,10 +56,10 @@ def get_config(arg=None):
         sae=dict(lr=1.5e-3, lr_warmup_steps=20),
     )
 
-    # Activations per step.
-    config.train.batch_size = 1024
-    config.train.log_every_tokens = 50 * 1024
-    config.train.ckpt_every_tokens = 100 * 1024
+    # Activations per step: about 290 steps per job.
+    config.train.batch_size = 512
+    config.train.log_every_tokens = 50 * 512
+    config.train.ckpt_every_tokens = 100 * 512
     config.train.dead_window_tokens = 100_000
     config.train.progress_bar = False
 
@@ -78,7 +79,7 @@ def get_config(arg=None):
         config.sites = ("resid_post/0", "attn_z/1")
         config.jobs.groups.all_sites.sites = config.sites
         config.jobs.groups.all_sites.widths = (64,)
-        config.jobs.groups.all_sites.total_tokens = 4096.0
+        config.jobs.groups.all_sites.total_tokens = 4096
         config.train.batch_size = 256
         config.train.log_every_tokens = 1024
         config.train.ckpt_every_tokens = 1024
