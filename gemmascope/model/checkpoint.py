@@ -19,6 +19,7 @@ A ``lm_head.weight`` tensor is tolerated and ignored, since Gemma 2 ties it to t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -28,7 +29,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from jax.sharding import Mesh
 from safetensors import safe_open
@@ -173,29 +173,26 @@ def load_hf(
             this implementation does not support.
     """
     folder = Path(path)
+    target_dtype = jnp.dtype(dtype)  # bfloat16 is ml_dtypes.bfloat16, which numpy can cast to
+    if not jnp.issubdtype(target_dtype, jnp.floating):
+        raise ValueError(f"dtype must be a float dtype (float32 or bfloat16), got {target_dtype}.")
     cfg = read_config(folder)
     files = _tensor_files(folder)
     _check_tensors(cfg, _checkpoint_shapes(files), folder)
     if shardings is None and mesh is not None:
         shardings = param_shardings(cfg, mesh, rules)
-    np_dtype = np.dtype(ml_dtypes.bfloat16) if jnp.dtype(dtype) == jnp.bfloat16 else None
-    np_dtype = np_dtype or np.dtype(jnp.dtype(dtype).name)
 
-    handles: dict[Path, Any] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, Any] = {}
 
         def read(spec) -> jax.Array:
             file = files[spec.hf_name]
             if file not in handles:
-                handles[file] = safe_open(file, framework="numpy").__enter__()
-            host = spec.from_hf(handles[file].get_tensor(spec.hf_name)).astype(np_dtype)
-            sharding = None if shardings is None else get_leaf(shardings, spec.path)
-            return _place(host, sharding)
+                handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
+            host = spec.from_hf(handles[file].get_tensor(spec.hf_name)).astype(target_dtype)
+            return _place(host, None if shardings is None else get_leaf(shardings, spec.path))
 
         params = build_tree(cfg, read)
-    finally:
-        for handle in handles.values():
-            handle.__exit__(None, None, None)
     return cfg, params
 
 

@@ -242,3 +242,8 @@ def test_embedded_model_loads_like_transformers():
     with torch.no_grad():
         ref = ref_model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     np.testing.assert_allclose(logits_of(cfg, params, tokens), ref, atol=TOL, rtol=0)
+
+
+def test_non_float_dtype_is_refused(hf_cases):
+    with pytest.raises(ValueError, match="dtype must be a float dtype"):
+        model.load_hf(hf_cases["window"].path, dtype=jnp.int32)
