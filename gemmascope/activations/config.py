@@ -34,10 +34,9 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.split = "train"
     # Show a tqdm progress bar (tokens/s) on process 0.
     cfg.progress = True
-    # Reader default: tokens mixed together by the shuffle (>= Gemma Scope's 1e6-token buckets).
+    # Tokens shuffled together when reading: CacheSource(window_tokens=...) and the
+    # StreamingSource buffer (>= Gemma Scope's 1e6-token buckets for the cache reader).
     cfg.shuffle_window_tokens = 1 << 20
-    # Reader default: global batches prepared ahead in a background thread.
-    cfg.prefetch = 2
     return cfg
 
 

@@ -122,6 +122,8 @@ def _spec(path: str) -> dict:
             "file_io_concurrency": {"limit": 16},
         },
         "recheck_cached_data": False,
+        # A shard of zeros must still be written, since a shard's presence marks it done.
+        "store_data_equal_to_fill_value": True,
     }
 
 
@@ -146,13 +148,7 @@ def create_array(
         ],
         "fill_value": 0,
     }
-    spec = {
-        **_spec(path),
-        "metadata": metadata,
-        # A shard of zeros must still be written, since a shard's presence marks it done.
-        "store_data_equal_to_fill_value": True,
-    }
-    return ts.open(spec, create=True, open=True).result()
+    return ts.open({**_spec(path), "metadata": metadata}, create=True, open=True).result()
 
 
 def open_array(path: str) -> ts.TensorStore:

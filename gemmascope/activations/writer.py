@@ -292,13 +292,16 @@ def build_cache(config, workdir: str) -> dict[str, str]:
         return result
 
     shard_rows = cache_cfg.shard_rows
+    # Every process inspects before anyone writes; meta.json goes first so that a directory
+    # with data always has its meta.json.
+    _sync("gemmascope.activations.inspected")
     if jax.process_index() == 0:
         for t in todo:
+            if storage.read_bytes(t.path, storage.META) is None:
+                storage.write_json(t.path, storage.META, t.meta(complete=False))
             storage.create_array(
                 t.path, layout.n_tokens, t.width, t.dtype, shard_rows, cache_cfg.chunk_rows
             )
-            if storage.read_bytes(t.path, storage.META) is None:
-                storage.write_json(t.path, storage.META, t.meta(complete=False))
     _sync("gemmascope.activations.created")
     for t in todo:
         t.array = storage.open_array(t.path)
