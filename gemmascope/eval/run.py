@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from gemmascope import data, model
 from gemmascope.eval import plots, table
 from gemmascope.eval.config import validate
 from gemmascope.eval.sweep_eval import SaeEntry, evaluate_saes
@@ -46,8 +47,6 @@ def eval_tokens(data_cfg, tokenizer, n_sequences: int) -> np.ndarray:
     Raises:
       ValueError: the eval split is empty.
     """
-    from gemmascope import data
-
     sequences = np.asarray(data.sequences(data_cfg, tokenizer, split="eval"))
     if sequences.ndim != 2 or len(sequences) == 0:
         raise ValueError(
@@ -104,8 +103,6 @@ def evaluate(config, workdir: str) -> pd.DataFrame:
       FileNotFoundError: no SAEs in the workdir.
       ValueError: an invalid eval config or an SAE that does not fit the model.
     """
-    from gemmascope import model
-
     eval_cfg = config.eval
     validate(eval_cfg)
     saes = find_saes(workdir)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope import model
 from gemmascope.eval import metrics
 from gemmascope.export import layout
 from gemmascope.export.npz_format import NPZ_KEYS, load_npz
@@ -95,8 +96,6 @@ def prefix_site(site: str) -> str | None:
 
 def _spliced_logits(cfg, model_params, tokens, prefix, site, fn):
     """Logits with ``fn`` replacing ``site``; resumes from ``prefix`` (a resid) when given."""
-    from gemmascope import model
-
     if prefix is None:
         return model.forward(cfg, model_params, tokens, replace={site: fn})[0]
     return model.forward_from(cfg, model_params, prefix_site(site), prefix, replace={site: fn})[0]
@@ -106,8 +105,6 @@ def _spliced_logits(cfg, model_params, tokens, prefix, site, fn):
 def _clean_pass(model_params, tokens, row_valid, *, cfg, sites):
     """The clean forward pass: activations of ``sites`` (and of their prefixes), log-probs,
     the kept-token mask and the clean CE sum."""
-    from gemmascope import model
-
     logits, acts = model.forward(cfg, model_params, tokens, capture=list(sites))
     keep = ~model.special_mask(cfg, tokens) & row_valid[:, None]
     logp = metrics.next_token_logp(logits)
@@ -225,8 +222,6 @@ def evaluate_saes(
     Raises:
       ValueError: no SAEs, no tokens, or an SAE whose d_in does not match its site.
     """
-    from gemmascope import model
-
     if not saes:
         raise ValueError("evaluate_saes: no SAEs to evaluate")
     tokens = np.asarray(tokens)

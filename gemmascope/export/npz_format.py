@@ -31,6 +31,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from gemmascope.model import sites as model_sites
+
 #: The five arrays of a Gemma Scope ``params.npz``, in file order.
 NPZ_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -155,8 +157,6 @@ def load_npz(
     if model_cfg is not None or site is not None:
         if model_cfg is None or site is None:
             raise ValueError("load_npz: give both model_cfg and site, or neither")
-        from gemmascope.model import sites as model_sites
-
         site_dim = int(model_sites.dim(model_cfg, site))
         if d_in is not None and d_in != site_dim:
             raise ValueError(f"load_npz: d_in={d_in} contradicts site {site} of width {site_dim}")

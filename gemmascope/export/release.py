@@ -20,9 +20,11 @@ import re
 
 import numpy as np
 
+from gemmascope import sae
 from gemmascope.export import layout
 from gemmascope.export.folding import fold
 from gemmascope.export.npz_format import check_params, load_npz, save_npz
+from gemmascope.sae import inference
 
 # Folder name of a released Gemma Scope SAE: .../average_l0_71/params.npz.
 _RELEASED_TAG = re.compile(r"average_l0_\d+")
@@ -83,7 +85,7 @@ def _members(job: dict, job_name: str) -> list[dict]:
 _TOPK_ARCHITECTURES = ("topk",)
 
 
-def _inference_form(sae, params: dict, arch_name: str, cfg) -> tuple[dict, dict]:
+def _inference_form(params: dict, arch_name: str, cfg) -> tuple[dict, dict]:
     """The JumpReLU-form arrays (training units) and the encoder rule recorded in config.json.
 
     JumpReLU-form architectures use ``sae.to_jumprelu``. TopK has no threshold form; its arrays
@@ -91,8 +93,6 @@ def _inference_form(sae, params: dict, arch_name: str, cfg) -> tuple[dict, dict]
     the evaluation applies (top-k of raw pre-activations = top-k of normalised ones, as C > 0).
     """
     if arch_name in _TOPK_ARCHITECTURES:
-        from gemmascope.sae import inference
-
         jr = inference.jumprelu_form(params, params["W_enc"], params["b_enc"], 0.0, cfg)
         return {k: np.asarray(v) for k, v in jr.items()}, {"type": "topk", "k": int(cfg.k)}
     jr = sae.to_jumprelu(params, arch_name, cfg)
@@ -116,8 +116,6 @@ def export_run(workdir: str, job_name: str) -> list[str]:
       FileNotFoundError: the run has no ``job.json`` or ``final_params.npz``.
       ValueError: the job metadata or the stacked params are inconsistent.
     """
-    from gemmascope import sae
-
     job, stacked = _load_job(workdir, job_name)
     arch_name = job["arch"]
     if arch_name not in sae.ARCHITECTURES:
@@ -144,7 +142,7 @@ def export_run(workdir: str, job_name: str) -> list[str]:
         value = member["sweep_value"]
         member_params = {k: v[index] for k, v in stacked.items()}
         member_cfg = _member_config(arch, job, sweep_field, value)
-        jr, encoder = _inference_form(sae, member_params, arch_name, member_cfg)
+        jr, encoder = _inference_form(member_params, arch_name, member_cfg)
         raw = fold(jr, job["norm_scale"])
         check_params(raw, d_in=d_in, width=width, source=f"job {job_name!r} member {index}")
         tag = layout.sweep_tag(sweep_field, value)
