@@ -17,11 +17,11 @@ import contextlib
 import json
 import os
 import time
+from pathlib import Path
 
 import jax
 import ml_collections
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 
 from gemmascope import jobs, plan, study
@@ -64,9 +64,9 @@ def run(
             f"--workdir={workdir}: object-store URLs are not supported end to end yet; mount the "
             "bucket with Cloud Storage FUSE (gcsfuse) and pass the mount path (docs/faq.md)."
         )
-    check_workdir_config(config, workdir)
     if config.source not in ("cache", "stream"):
         raise ValueError(f"config.source must be 'cache' or 'stream', got {config.source!r}.")
+    check_workdir_config(config, workdir)
     if mode == "cache" or (mode == "all" and config.source == "cache"):
         with _stage("cache"):
             run_cache(config, workdir, jobs.sites_of(selected) if job_selectors else None)
@@ -109,7 +109,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
         ValueError: The workdir's config.json differs; the message names each differing field
             with both values.
     """
-    path = epath.Path(workdir) / "config.json"
+    path = Path(workdir) / "config.json"
     resolved = study.to_json_dict(config)
     if path.exists():
         stored = json.loads(path.read_text())
@@ -129,7 +129,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".config.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
-        tmp.rename(path)  # atomic on local disks; a single-object write on GCS
+        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
 
 
 def _diff(old, new, prefix=""):
@@ -168,7 +168,7 @@ def run_train(
 
     open_source = _source_opener(config, workdir)
     for index, job in enumerate(selected):
-        done = epath.Path(workdir) / "runs" / job.name / "final_params.npz"
+        done = Path(workdir) / "runs" / job.name / "final_params.npz"
         if done.exists():
             if is_main_process():
                 print(f"[gemmascope] train {index + 1}/{len(selected)}: {job.name} already done")
@@ -207,7 +207,7 @@ def run_export(workdir: str, selected: list[ml_collections.ConfigDict]) -> None:
 
     if is_main_process():
         for job in selected:
-            if (epath.Path(workdir) / "runs" / job.name / "final_params.npz").exists():
+            if (Path(workdir) / "runs" / job.name / "final_params.npz").exists():
                 export.export_run(workdir, job.name)
             else:
                 logging.warning("Export: %s is not trained yet; skipped", job.name)
@@ -229,7 +229,7 @@ def summary(workdir: str, n_best: int = 10) -> str:
     """
     import pandas as pd
 
-    eval_dir = epath.Path(workdir) / "eval"
+    eval_dir = Path(workdir) / "eval"
     with (eval_dir / "saes.csv").open() as f:
         table = pd.read_csv(f)
     lines = [
