@@ -222,8 +222,8 @@ def _write_run(run, targets, missing, layout, capturer, batch_size, shard_rows, 
     shard = a
     in_flight = []
     for batch in _batches(layout, capturer, need_sites, s0, s1, batch_size):
-        for key, rows in batch.items():
-            buffers[key].append(rows)
+        for key in buffers:
+            buffers[key].append(batch[key])
         buffered += len(batch[None])
         progress.update(len(batch[None]))
         while shard < b and start + buffered >= min((shard + 1) * shard_rows, layout.n_tokens):

@@ -73,6 +73,14 @@ def test_reader_batches_follow_the_shuffle_and_resume_exactly(reference_cache):
     c = np.float32(src.norm_scale)
     n_batches = src.n_tokens // 64 + 3  # past the end of the first epoch
     batches = list(itertools.islice(src.iter_batches(64, sharding), n_batches))
+    # Every host-to-device copy is explicit (STYLE 9): reading works with implicit ones banned.
+    guarded = activations.open_source(
+        workdir, "resid_post/1", seed=1, window_tokens=256, prefetch=0
+    )
+    with jax.transfer_guard("disallow"):
+        np.testing.assert_array_equal(
+            jax.device_get(next(guarded.iter_batches(64, sharding))), jax.device_get(batches[0])
+        )
     for i, batch in enumerate(batches):
         assert batch.sharding == sharding and batch.dtype == np.float32
         rows = np.sort(order.rows(64 * i, 64 * (i + 1)))
@@ -123,6 +131,19 @@ def test_different_config_model_or_corpus_is_refused_untouched(damaged_copy, mod
     with pytest.raises(activations.CacheError, match=r"model\.files\.model\.safetensors"):
         activations.build_cache(study_config(other_model), workdir)
     assert _tree_digest(workdir) == before
+
+
+def test_adding_a_site_writes_only_that_site(damaged_copy, model_path):
+    config, workdir = damaged_copy
+    before = _tree_digest(workdir)
+    config.sites = ["*/1", "resid_post/0"]
+    activations.build_cache(config, workdir)
+    after = _tree_digest(workdir)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert all("resid_post/0" in k for k in set(after) - set(before))
+    _, _, expected = _direct_capture(study_config(model_path, sites=["resid_post/0"]), model_path)
+    cached = storage.open_array(storage.site_dir(workdir, "resid_post/0")).read().result()
+    np.testing.assert_allclose(cached, expected["resid_post/0"], rtol=2e-5, atol=2e-5)
 
 
 def test_bfloat16_storage(model_path, tmp_path, reference_cache):
