@@ -161,14 +161,16 @@ class _SiteHooks:
 def _block(cfg: Gemma2Config, layer: int, p: Params, h: Array, hooks: _SiteHooks) -> Array:
     """One decoder block; returns the residual stream after it (the ``resid_post`` site)."""
     eps = cfg.rms_norm_eps
-    z = hooks(
-        sites_lib.ATTN_Z, layer, _attention_z(cfg, layer, p, rms_norm(h, p["input_norm"], eps))
-    )
-    n, hd = cfg.num_attention_heads, cfg.head_dim
-    attn_out = _einsum("BTNH,NHD->BTD", z.reshape(*z.shape[:2], n, hd), p["o"].astype(h.dtype))
+    b, t, _ = h.shape
+    # Attention: pre-norm, heads up to o_proj (site attn_z), o_proj, post-norm, residual add.
+    z = _attention_z(cfg, layer, p, rms_norm(h, p["input_norm"], eps))
+    z = hooks(sites_lib.ATTN_Z, layer, z)
+    z = z.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
+    attn_out = _einsum("BTNH,NHD->BTD", z, p["o"].astype(h.dtype))
     h = h + rms_norm(attn_out, p["post_attn_norm"], eps)
-    m = _mlp(p, rms_norm(h, p["pre_ffw_norm"], eps))
-    m = hooks(sites_lib.MLP_OUT, layer, rms_norm(m, p["post_ffw_norm"], eps))
+    # MLP: pre-norm, GeGLU, post-norm (site mlp_out), residual add (site resid_post).
+    m = rms_norm(_mlp(p, rms_norm(h, p["pre_ffw_norm"], eps)), p["post_ffw_norm"], eps)
+    m = hooks(sites_lib.MLP_OUT, layer, m)
     return hooks(sites_lib.RESID_POST, layer, h + m)
 
 
