@@ -19,6 +19,7 @@ Usage (plain CPU, one device):
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import tempfile
 import time
@@ -60,13 +61,16 @@ def _timed_job(cfg, source, workdir):
     return time.perf_counter() - start
 
 
-def stacking_speedup(d_in, width, batch, steps, n_members, workdir):
+def stacking_speedup(d_in, width, batch, steps, n_members, workdir, members_per_pass):
     """(a): seconds of one stacked job of n_members vs n_members single jobs (warm jit caches)."""
     values = [1e-4 * 2**i for i in range(n_members)]
     source = _source(d_in, batch * 8)
     stacked = _job("stacked", d_in, width, batch, steps, values)
+    stacked.members_per_pass = members_per_pass
     singles = [_job(f"single{i}", d_in, width, batch, steps, [v]) for i, v in enumerate(values)]
-    _timed_job(_job("warm_s", d_in, width, batch, 1, values), source, workdir)  # compile both
+    warm = _job("warm_s", d_in, width, batch, 1, values)
+    warm.members_per_pass = members_per_pass
+    _timed_job(warm, source, workdir)  # compile both programs first
     _timed_job(_job("warm_1", d_in, width, batch, 1, values[:1]), source, workdir)
     t_stacked = _timed_job(stacked, source, workdir)
     t_singles = sum(_timed_job(cfg, source, workdir) for cfg in singles)
@@ -113,6 +117,7 @@ def step_overhead(d_in, width, batch, n_members, repeats):
         sweep_dtype=np.float32,
         mesh=mesh,
         rules=train.config.DEFAULT_AXIS_RULES,
+        members_per_pass=train.config.members_per_pass(cfg, jax.default_backend()),
     )
     state = fns.init(np.arange(n_members, dtype=np.int32), np.full(n_members, 1e-3, np.float32))
     batch_array = next(_source(d_in, batch).iter_batches(batch, fns.batch_sharding))
@@ -141,7 +146,8 @@ def step_overhead(d_in, width, batch, n_members, repeats):
             g_enc = x.T @ d_pre  # encoder gradient (d, M)
             return g_enc.sum() + g_dec.sum()
 
-        return jax.vmap(one)(w_enc, w_dec)
+        # Member by member, unbatched: the fastest way to do these products on XLA:CPU.
+        return [one(w_enc[i], w_dec[i]) for i in range(w_enc.shape[0])]
 
     key = jax.random.key(0)
     w_enc = jax.random.normal(key, (n_members, d_in, width), jnp.float32)
@@ -180,17 +186,19 @@ def main():
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}")
 
     # (a) at a demo-sized shape (host and dispatch bound) and a compute-bound one.
-    for d, m, b, s in ((64, 256, 1024, 20), (256, 1024, 1024, 10)):
-        t_stacked, t_singles = stacking_speedup(d, m, b, s, args.sweep, workdir)
+    shapes = ((64, 256, 1024, 20), (256, 1024, 1024, 10))
+    for (d, m, b, s), per_pass in itertools.product(shapes, (None, 0)):
+        t_stacked, t_singles = stacking_speedup(d, m, b, s, args.sweep, workdir, per_pass)
+        how = "members_per_pass=auto" if per_pass is None else "members_per_pass=0 (vmap)"
         print(
-            f"(a) d_in={d} width={m} batch={b} steps={s}: stacked S={args.sweep} "
+            f"(a) d_in={d} width={m} batch={b} steps={s}, {how}: stacked S={args.sweep} "
             f"{t_stacked:.2f} s, {args.sweep} single jobs {t_singles:.2f} s, "
             f"speed-up x{t_singles / t_stacked:.2f}; one batch read from memory "
             f"{source_read_seconds(d, b) * 1e3:.2f} ms vs {t_stacked / s * 1e3:.0f} ms per step"
         )
     t_step, t_mm = step_overhead(d, m, b, args.sweep, repeats=5)
     print(
-        f"(b) same shape, S={args.sweep}: step {t_step * 1e3:.1f} ms, dense matmuls alone "
+        f"(b) same shape, S={args.sweep}, auto: step {t_step * 1e3:.1f} ms, dense matmuls alone "
         f"{t_mm * 1e3:.1f} ms, step/matmuls x{t_step / t_mm:.2f}"
     )
     tps = tokens_per_second(args.d_in, args.width, args.batch, args.steps, 1, workdir)

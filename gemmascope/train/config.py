@@ -83,6 +83,9 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.tensorboard = True
     # Show a tqdm progress bar on process 0.
     c.progress_bar = True
+    # Members updated together in one vmapped pass: 0 = all, 1 = one after another in the same
+    # compiled step, None = by backend (1 on CPU, whose batched matmuls are slow; 0 elsewhere).
+    c.members_per_pass = None
     # Device mesh as (axis name, size) pairs; one size may be -1 (all remaining devices).
     c.mesh = [("data", -1), ("model", 1)]
     # Logical axis -> mesh axis (None = replicated), declared once for params, state and batches.
@@ -155,6 +158,16 @@ def resolve_budget(job_cfg: ml_collections.ConfigDict) -> Budget:
         ckpt_every=tokens_to_steps(job_cfg.ckpt_every_tokens, batch, "ckpt_every_tokens"),
         dead_window=tokens_to_steps(job_cfg.dead_window_tokens, batch, "dead_window_tokens"),
     )
+
+
+def members_per_pass(job_cfg: ml_collections.ConfigDict, backend: str) -> int:
+    """Resolves job_cfg.members_per_pass (None -> 1 on CPU, 0 = all at once elsewhere)."""
+    value = job_cfg.get("members_per_pass")
+    if value is None:
+        return 1 if backend == "cpu" else 0
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"job_cfg.members_per_pass must be None or an int >= 0, got {value!r}")
+    return value
 
 
 def itstime(step: int, every: int, total: int) -> bool:

@@ -193,6 +193,7 @@ def train_sweep(
         sweep_dtype=sweep_dtype,
         mesh=mesh,
         rules=rules,
+        members_per_pass=config.members_per_pass(job_cfg, mesh.devices.flat[0].platform),
     )
 
     # 5. Checkpoint / resume. Resume order:

@@ -19,6 +19,12 @@ Synopsis:
 
 Compiled functions are cached on everything that shapes the program (architecture, SAE config,
 shapes, mesh, rules) so that dozens of small jobs with identical shapes reuse one compilation.
+
+`members_per_pass` picks how the update runs over the sweep axis: 0 vmaps every member at once
+(`jax.lax.map(..., batch_size=0)` is `vmap`), the right choice on GPU/TPU where batched matrix
+products are efficient; 1 runs the members one after another inside the same compiled step
+(`lax.map`, a scan). XLA:CPU's batched matmuls are 2-4x slower than the same products done one
+by one (benchmarks/train_sweep.py), so on CPU 1 is faster while still reading each batch once.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ def compiled_functions(
     sweep_dtype: np.dtype,
     mesh: Mesh,
     rules: tuple,
+    members_per_pass: int = 0,
 ) -> CompiledFunctions:
     """Returns the (cached) jitted init and step for one job shape; see the module docstring."""
     # batch_size is not needed to build (jit specialises on the batch shape by itself); it is in
@@ -92,6 +99,7 @@ def compiled_functions(
         np.dtype(sweep_dtype).name,
         mesh,
         rules,
+        members_per_pass,
     )
     if key not in _CACHE:
         _CACHE[key] = _build(
@@ -104,11 +112,23 @@ def compiled_functions(
             np.dtype(sweep_dtype),
             mesh,
             rules,
+            members_per_pass,
         )
     return _CACHE[key]
 
 
-def _build(arch_name, sae_cfg, d_in, width, n_members, dead_window, sweep_dtype, mesh, rules):
+def _build(
+    arch_name,
+    sae_cfg,
+    d_in,
+    width,
+    n_members,
+    dead_window,
+    sweep_dtype,
+    mesh,
+    rules,
+    members_per_pass,
+):
     """Builds (does not yet compile) the jitted init and step of one job shape."""
     arch = sae.ARCHITECTURES[arch_name]
     single_step = sae.make_train_step(arch_name, sae_cfg)
@@ -131,9 +151,17 @@ def _build(arch_name, sae_cfg, d_in, width, n_members, dead_window, sweep_dtype,
 
     def train_step(state, batch):
         step = state["step"]
-        params, opt, metrics = jax.vmap(single_step, in_axes=(0, 0, None, None, 0))(
-            state["params"], state["opt"], batch, step, state["sweep_value"]
-        )
+
+        def member_step(member):
+            params, opt, value = member
+            return single_step(params, opt, batch, step, value)
+
+        members = (state["params"], state["opt"], state["sweep_value"])
+        if members_per_pass == 1:
+            # One member after another inside this one program (XLA:CPU: see module docstring).
+            params, opt, metrics = jax.lax.map(member_step, members)
+        else:  # 0: every member in one vmapped pass; k: vmapped k at a time.
+            params, opt, metrics = jax.lax.map(member_step, members, batch_size=members_per_pass)
         fired = metrics.pop("fired")  # (S, width): tokens of this batch each latent fired on
         done = step + 1
         last_fired = jnp.where(fired > 0, done, state["last_fired"])

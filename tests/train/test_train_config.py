@@ -90,3 +90,14 @@ def test_divisibility_errors_name_the_field_and_the_axis():
         sharding.check_divisible(mesh, 30, 64)
     with pytest.raises(ValueError, match=r"batch_size=63 is not divisible .* data axis"):
         sharding.check_divisible(mesh, 32, 63)
+
+
+def test_members_per_pass_defaults_by_backend_and_rejects_bad_values():
+    cfg = train.default_config()
+    assert config.members_per_pass(cfg, "cpu") == 1  # XLA:CPU batched matmuls are slow
+    assert config.members_per_pass(cfg, "gpu") == 0  # one vmapped pass
+    cfg.members_per_pass = 4
+    assert config.members_per_pass(cfg, "cpu") == 4
+    cfg.members_per_pass = -1
+    with pytest.raises(ValueError, match="members_per_pass must be None or an int >= 0"):
+        config.members_per_pass(cfg, "cpu")

@@ -94,7 +94,8 @@ def test_one_device_matches_the_sharded_mesh(reference, tmp_path):
         np.testing.assert_allclose(single.params[name], value, rtol=2e-5, atol=2e-6, err_msg=name)
 
 
-def test_latent_axis_is_sharded_on_model(tmp_path):
+@pytest.mark.parametrize("members_per_pass", [0, 1])
+def test_latent_axis_is_sharded_on_model(tmp_path, members_per_pass):
     cfg = tiny_job()
     sae_cfg = train.loop.resolve_sae_config(cfg, train.config.get_architecture("jumprelu"))
     mesh = train.make_mesh(cfg.mesh)
@@ -109,6 +110,7 @@ def test_latent_axis_is_sharded_on_model(tmp_path):
         sweep_dtype=np.float32,
         mesh=mesh,
         rules=train.config.DEFAULT_AXIS_RULES,
+        members_per_pass=members_per_pass,
     )
     state = fns.init(np.array([0, 1], np.int32), np.array([1e-4, 1e-3], np.float32))
     batch = next(_source().iter_batches(64, fns.batch_sharding))
@@ -129,11 +131,14 @@ def test_latent_axis_is_sharded_on_model(tmp_path):
     assert {s.data.shape for s in batch.addressable_shards} == {(32, 16)}
 
 
-def test_stacked_sweep_equals_separate_runs(tmp_path):
+@pytest.mark.parametrize("members_per_pass", [0, 1])  # all vmapped at once / one by one
+def test_stacked_sweep_equals_separate_runs(tmp_path, members_per_pass):
     values = [1e-4, 1e-3, 3e-3, 1e-2]
-    stacked = train.train_sweep(tiny_job("stacked", 8, values, ckpt_steps=8), _source(), tmp_path)
+    stacked_cfg = tiny_job("stacked", 6, values, ckpt_steps=6)
+    stacked_cfg.members_per_pass = members_per_pass
+    stacked = train.train_sweep(stacked_cfg, _source(), tmp_path)
     for member, value in enumerate(values):
-        alone_cfg = tiny_job(f"alone{member}", 8, [value], ckpt_steps=8)
+        alone_cfg = tiny_job(f"alone{member}", 6, [value], ckpt_steps=6)
         alone = train.train_sweep(alone_cfg, _source(), tmp_path)
         for name, stacked_value in stacked.params.items():
             np.testing.assert_allclose(
