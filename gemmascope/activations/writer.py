@@ -245,7 +245,7 @@ def _write_run(run, targets, missing, layout, capturer, batch_size, shard_rows, 
 
 
 def load_inputs(config):
-    """(model_cfg, model folder, tokenizer, sites, sequences) from a study config."""
+    """(model_cfg, model folder, tokenizer, resolved sites, dtype name) from a study config."""
     if "model" not in config or "data" not in config or "sites" not in config:
         raise ValueError("the config needs sections model, data and sites (and optionally cache)")
     dtype = config.model.get("dtype", "float32") or "float32"
