@@ -23,7 +23,7 @@ from gemmascope.sae.inference import decode as jumprelu_decode
 from gemmascope.sae.inference import encode as jumprelu_encode
 from gemmascope.sae.optim import BUFFER_KEYS, learning_rate, linear_warmup, optimizer
 from gemmascope.sae.registry import ARCHITECTURES, get
-from gemmascope.sae.train_step import make_train_step
+from gemmascope.sae.train_step import check_sweep_values, make_train_step
 
 
 def to_jumprelu(params: dict, name: str, cfg) -> dict:
@@ -49,6 +49,7 @@ def to_jumprelu(params: dict, name: str, cfg) -> dict:
 __all__ = [
     "ARCHITECTURES",
     "BUFFER_KEYS",
+    "check_sweep_values",
     "get",
     "jumprelu_decode",
     "jumprelu_encode",

@@ -140,9 +140,9 @@ def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
     return params
 
 
-def update_buffers(params: dict, metrics: dict, step_index, cfg) -> dict:
+def update_buffers(params: dict, x: jax.Array, metrics: dict, step_index, cfg) -> dict:
     """JumpReLU has no buffers."""
-    del metrics, step_index, cfg
+    del x, metrics, step_index, cfg
     return params
 
 

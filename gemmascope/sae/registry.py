@@ -13,7 +13,7 @@ Synopsis::
 
 import types
 
-from gemmascope.sae import jumprelu
+from gemmascope.sae import batchtopk, gated, jumprelu, matryoshka, relu, topk
 
 
 class _Registry(dict):
@@ -24,7 +24,7 @@ class _Registry(dict):
 
 
 ARCHITECTURES: dict[str, types.ModuleType] = _Registry(
-    {module.NAME: module for module in (jumprelu,)}
+    {module.NAME: module for module in (jumprelu, gated, topk, batchtopk, relu, matryoshka)}
 )
 
 

@@ -31,6 +31,38 @@ def split_buffers(params: dict) -> tuple[dict, dict]:
     return trainable, buffers
 
 
+def check_sweep_values(name: str, cfg: ml_collections.ConfigDict, values, width=None) -> None:
+    """Checks sweep values the traced step cannot check itself.
+
+    Args:
+      name: architecture name.
+      cfg: its config (``cfg.k_max`` bounds a k sweep).
+      values: the sweep values, one per member.
+      width: the SAE width, to check k <= width (optional).
+
+    Raises:
+      KeyError: unknown architecture.
+      ValueError: a negative coefficient, a non-positive target L0, or a k that is not an integer
+        in [1, min(k_max, width)].
+    """
+    arch = registry.get(name)
+    field = arch.sweep_field(cfg)
+    for value in values:
+        if field == "k":
+            bound = cfg.k if cfg.k_max is None else cfg.k_max
+            if width is not None:
+                bound = min(bound, width)
+            if int(value) != value or not 1 <= value <= bound:
+                raise ValueError(
+                    f"{name} sweep value k = {value!r} must be an integer in [1, {bound}] "
+                    "(k <= cfg.k_max, which defaults to cfg.k, and k <= width)."
+                )
+        elif field == "target_l0" and not value > 0:
+            raise ValueError(f"{name} sweep value target_l0 = {value!r} must be > 0.")
+        elif not value >= 0:
+            raise ValueError(f"{name} sweep value {field} = {value!r} must be >= 0.")
+
+
 def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
     """Builds ``step(params, opt_state, x, step_index, sweep_value)``.
 
@@ -65,7 +97,7 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
         new_params = optax.apply_updates(params, updates)
         new_params = {**new_params, **buffers}  # buffers change only in update_buffers
         new_params = arch.constrain(new_params, cfg)
-        new_params = arch.update_buffers(new_params, metrics, step_index, cfg)
+        new_params = arch.update_buffers(new_params, x, metrics, step_index, cfg)
         metrics = {
             **metrics,
             "lr": optim.learning_rate(cfg, step_index),

@@ -86,7 +86,7 @@ def test_vmap_over_sweep_axis_equals_separate_calls(name):
     sweep = jnp.asarray([base * 0.5, base, base * 2, base * 4], jnp.float32)
     if arch.SWEEP_FIELD == "k":
         sweep = jnp.asarray([1, 2, 3, 4], jnp.int32)
-        cfg.k_max = 4
+        cfg.k, cfg.k_max = 2, 4
     keys = jax.random.split(jax.random.key(1), 4)
     members = [arch.init(k, D_IN, WIDTH, cfg) for k in keys]
     tx = sae.optimizer(cfg)

@@ -1,0 +1,77 @@
+"""AuxK: the auxiliary loss that revives dead latents (Gao et al.; SPEC §6.2), and its counters.
+
+A latent is *dead* when it has not fired for ``cfg.dead_tokens`` tokens (OAI: 10M). The firing
+history is the buffer ``tokens_since_fired`` (M,) int32 kept in the params dict, so a trainer needs
+no extra state; :func:`update_counters` advances it after each step.
+
+AuxK reconstructs the (stop-gradient) residual e = x − x̂ from the top ``k_aux`` pre-activations
+among dead latents, without biases, and normalises by the residual's variance:
+
+    L_aux = α · mean_b ||e − f_aux W_dec||² / mean_b ||e − mean_b(e)||²,   0 when no latent is dead.
+
+Synopsis::
+
+    aux = auxk_loss(params, pi, x, x_hat, cfg)             # scalar, already times α
+    params = update_counters(params, metrics["fired"], n_tokens)
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gemmascope.sae import config as config_lib
+from gemmascope.sae import selection
+
+# Counters saturate here so they never overflow int32.
+_COUNTER_CAP = 2**30
+
+
+def add_config_fields(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the AuxK fields (OAI / BatchTopK paper defaults) to an architecture config."""
+    # Weight α of the AuxK loss (OAI: 1/32); 0 disables it.
+    cfg.auxk_alpha = 1.0 / 32.0
+    # Number of dead latents used to model the residual (OAI: 256; clipped to the width).
+    cfg.k_aux = 256
+    # A latent is dead after this many tokens without firing (OAI: 10M).
+    cfg.dead_tokens = 10_000_000
+    return cfg
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid AuxK field."""
+    config_lib.check_positive(cfg, "auxk_alpha", allow_zero=True)
+    config_lib.check_positive(cfg, "k_aux", "dead_tokens")
+
+
+def init_counters(width: int) -> jax.Array:
+    """Every latent starts alive: zero tokens since it fired."""
+    return jnp.zeros((width,), jnp.int32)
+
+
+def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) -> jax.Array:
+    """α times the normalised AuxK reconstruction loss (module docstring); (B, M) pre-acts."""
+    if cfg.auxk_alpha == 0:
+        return jnp.zeros((), jnp.float32)
+    width = pi.shape[-1]
+    dead = params["tokens_since_fired"] >= cfg.dead_tokens
+
+    def dead_latent_loss():
+        dead_pi = jnp.where(dead, pi, -jnp.inf)
+        keep = selection.bisection_mask(dead_pi, min(cfg.k_aux, width), per_row=True)
+        f_aux = jax.nn.relu(dead_pi) * keep.astype(pi.dtype)
+        residual = jax.lax.stop_gradient(x - x_hat)
+        residual_hat = f_aux @ params["W_dec"]
+        error = jnp.mean(jnp.sum(jnp.square(residual - residual_hat), axis=-1))
+        scale = jnp.mean(jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0)), axis=-1))
+        return cfg.auxk_alpha * error / jnp.maximum(scale, 1e-30)
+
+    # Skips the selection and the extra matmul while nothing is dead (under vmap over a sweep
+    # axis this becomes a select that computes both branches: same numbers).
+    return jax.lax.cond(jnp.any(dead), dead_latent_loss, lambda: jnp.zeros((), jnp.float32))
+
+
+def update_counters(params: dict, fired: jax.Array, n_tokens: int) -> dict:
+    """Resets the counter of every latent that fired in this batch, advances the others."""
+    counters = params["tokens_since_fired"]
+    advanced = jnp.minimum(counters + n_tokens, _COUNTER_CAP)
+    return {**params, "tokens_since_fired": jnp.where(fired > 0, 0, advanced).astype(jnp.int32)}
