@@ -9,6 +9,7 @@ Synopsis::
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 
@@ -19,8 +20,9 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.n_sequences = 2048
     # Sequences per forward pass; the clean pass of a batch is shared by every SAE.
     cfg.batch_size = 4
-    # SAEs of one group spliced in one vmapped forward pass (memory grows with it).
-    cfg.splice_batch = 4
+    # SAEs of one group spliced in one vmapped forward pass (memory grows with it); 0 = auto:
+    # 1 on CPU (XLA's batched matmuls are slower there, docs/benchmarks.md), 4 on accelerators.
+    cfg.splice_batch = 0
     # A latent firing on more than this fraction of evaluated tokens counts as dense.
     cfg.dense_threshold = 0.1
     # Bins of the log10 firing-frequency histogram, from log10(1 / tokens) to 0.
@@ -32,12 +34,20 @@ def default_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def splice_batch(cfg: ml_collections.ConfigDict) -> int:
+    """SAEs spliced per vmapped pass: ``cfg.splice_batch``, or for 0 the backend's default."""
+    if cfg.splice_batch:
+        return int(cfg.splice_batch)
+    return 1 if jax.default_backend() == "cpu" else 4
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid field of an ``eval`` config."""
     for field in ("n_sequences", "batch_size", "splice_batch", "histogram_bins"):
         value = cfg.get(field)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"eval.{field} must be a positive integer, got {value!r}")
+        smallest = 0 if field == "splice_batch" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise ValueError(f"eval.{field} must be an integer >= {smallest}, got {value!r}")
     threshold = cfg.get("dense_threshold")
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f"eval.dense_threshold must be in (0, 1), got {threshold!r}")

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope import model
+from gemmascope.eval import config as eval_config
 from gemmascope.eval import metrics
 from gemmascope.export import layout
 from gemmascope.export.npz_format import NPZ_KEYS, load_npz
@@ -251,7 +252,7 @@ def evaluate_saes(
             stacked[key]["k"] = jnp.asarray(ks, jnp.int32)
             k_maxes[key] = max(ks)
     with_lm = bool(eval_cfg.lm_metrics)
-    splice_batch = max(1, int(eval_cfg.splice_batch))
+    splice_batch = eval_config.splice_batch(eval_cfg)
 
     clean_totals: dict = {}
     site_totals = {site: {} for site in sites}

@@ -82,7 +82,7 @@ def test_evaluate_writes_table_details_and_plots(tmp_path):
     )
     (topk_folder,) = export.export_run(workdir, topk_name)
     rng = np.random.default_rng(0)
-    d, m = cfg.hidden_size, 24
+    d, m = cfg.hidden_size, 32  # same width as ours: one stacked group, one compiled program
     released = tmp_path / "average_l0_5" / "params.npz"
     released.parent.mkdir()
     np.savez(
@@ -113,7 +113,7 @@ def test_evaluate_writes_table_details_and_plots(tmp_path):
     assert ours["tokens_trained"] == 4096 and ours["eval_tokens"] == n_ordinary
     topk = rows.loc[os.path.relpath(topk_folder, os.path.join(workdir, "saes"))]
     assert topk["sweep_field"] == "k" and 0 < topk["l0"] <= 3
-    theirs = rows.loc["resid_post/layer_1/width_24/gemmascope_average_l0_5"]
+    theirs = rows.loc["resid_post/layer_1/width_32/gemmascope_average_l0_5"]
     assert theirs["source"] == "released" and theirs["site"] == "resid_post/1"
     for column in ("l0", "fvu", "mse", "delta_loss", "kl_div", "frac_dead", "clean_loss"):
         assert np.isfinite(frame[column]).all(), column
@@ -127,7 +127,7 @@ def test_evaluate_writes_table_details_and_plots(tmp_path):
     assert sum(hist["counts"]) + hist["dead"] == 32
     plots = sorted(os.listdir(os.path.join(eval_dir, "plots")))
     assert "resid_post_layer1_fidelity.png" in plots
-    assert "resid_post_layer1_width24_gemmascope_position.png" in plots
+    assert "resid_post_layer1_width32_gemmascope_position.png" in plots
     assert "resid_post_layer1_width32_jumprelu_firing.png" in plots
     assert not [f for f in os.listdir(eval_dir) if f.startswith(".")]  # no temp files left
 
@@ -142,4 +142,8 @@ def test_bad_eval_config_is_a_clear_error(tmp_path):
     config = ml_collections.ConfigDict({"eval": gs_eval.default_config().to_dict()})
     config.eval.dense_threshold = 2.0
     with pytest.raises(ValueError, match=r"eval.dense_threshold must be in \(0, 1\)"):
+        gs_eval.evaluate(config, str(tmp_path))
+    config.eval.dense_threshold = 0.1
+    config.eval.batch_size = 0
+    with pytest.raises(ValueError, match="eval.batch_size must be an integer >= 1, got 0"):
         gs_eval.evaluate(config, str(tmp_path))

@@ -75,19 +75,26 @@ def _random(seed, d=D):
     }
 
 
-def _oracle(params, tokens, sae, site=SITE):
-    """Delta loss and KL by a direct spliced forward and numpy cross-entropy."""
-    keep = ~np.asarray(model.special_mask(CFG, jnp.asarray(tokens)))
+@jax.jit
+def _direct_forwards(params, tokens, sae):
+    """Clean logits, the site's activations and logits with the SAE spliced at SITE (one
+    compiled program for every SAE of the same shapes)."""
+    keep = ~model.special_mask(CFG, tokens)
 
     def splice(a):
         pre = a @ sae["W_enc"] + sae["b_enc"]
         f = jnp.where(pre > sae["threshold"], jax.nn.relu(pre), 0.0)
-        return jnp.where(jnp.asarray(keep)[..., None], f @ sae["W_dec"] + sae["b_dec"], a)
+        return jnp.where(keep[..., None], f @ sae["W_dec"] + sae["b_dec"], a)
 
-    clean, acts = jax.jit(lambda p, t: model.forward(CFG, p, t, capture=[site]))(params, tokens)
-    spliced = jax.jit(lambda p, t: model.forward(CFG, p, t, replace={site: splice})[0])(
-        params, tokens
-    )
+    clean, acts = model.forward(CFG, params, tokens, capture=[SITE])
+    spliced, _ = model.forward(CFG, params, tokens, replace={SITE: splice})
+    return clean, acts[SITE], spliced
+
+
+def _oracle(params, tokens, sae):
+    """Delta loss and KL by a direct spliced forward and numpy cross-entropy."""
+    keep = ~np.isin(tokens, [CFG.pad_token_id, CFG.eos_token_id, CFG.bos_token_id])
+    clean, acts, spliced = _direct_forwards(params, jnp.asarray(tokens), sae)
 
     def logp(z):
         z = np.asarray(z, np.float64)
@@ -100,7 +107,7 @@ def _oracle(params, tokens, sae, site=SITE):
     ce_p = -np.take_along_axis(lp[:, :-1], targets[..., None], -1)[..., 0]
     ce_q = -np.take_along_axis(lq[:, :-1], targets[..., None], -1)[..., 0]
     kl = np.sum(np.exp(lp[:, :-1]) * (lp[:, :-1] - lq[:, :-1]), -1)
-    x = np.asarray(acts[site], np.float64)[keep]
+    x = np.asarray(acts, np.float64)[keep]
     return {
         "delta_loss": ce_q[counted].mean() - ce_p[counted].mean(),
         "kl_div": kl[counted].mean(),
