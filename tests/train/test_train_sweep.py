@@ -220,13 +220,19 @@ def test_nonfinite_loss_names_member_and_step_and_keeps_last_good_checkpoint(tmp
     assert not (tmp_path / "runs" / "nan" / "final_params.npz").exists()
 
 
-def test_dead_fraction_counts_latents_silent_for_the_window(tmp_path):
+def test_dead_fraction_and_token_warmups(tmp_path):
     cfg = tiny_job("dead", 8, [1e-3], ckpt_steps=8)
     cfg.update(log_every_tokens=64, dead_window_tokens=64 * 3)
+    cfg.update(sparsity_warmup_tokens=64 * 4, lr_warmup_tokens=0)
     cfg.sae.update(threshold_init=1e3, lr=1e-6)  # nothing can fire
     history = train.train_sweep(cfg, _source(), tmp_path).history
     assert [h["l0"][0] for h in history] == [0.0] * 8
+    # Dead once no firing for 3 steps (the window counts from the start of training).
     assert [h["frac_dead"][0] for h in history] == [0, 0, 1, 1, 1, 1, 1, 1]
+    # λ_t = λ·min(1, t/4) at step index t (SPEC §4.5, warmup given in tokens); lr constant.
+    expected = [1e-3 * min(1.0, t / 4) for t in range(8)]
+    assert [h["sparsity_coeff"][0] for h in history] == pytest.approx(expected)
+    assert [h["lr"][0] for h in history] == pytest.approx([1e-6] * 8)
 
 
 @pytest.mark.parametrize(
@@ -265,15 +271,6 @@ def test_resume_with_other_sweep_values_is_refused(tmp_path):
     train.train_sweep(tiny_job("r", 2, [1e-3]), _source(), tmp_path)
     with pytest.raises(ValueError, match=r"trained sparsity_coeff=\[0.001.*gives \[0.5\]"):
         train.train_sweep(tiny_job("r", 4, [0.5]), _source(), tmp_path)
-
-
-def test_token_warmups_override_the_sae_step_schedules(tmp_path):
-    cfg = tiny_job("warm", 4, [1e-3], ckpt_steps=4)
-    cfg.update(log_every_tokens=64, sparsity_warmup_tokens=64 * 4, lr_warmup_tokens=0)
-    history = train.train_sweep(cfg, _source(), tmp_path).history
-    # λ_t = λ·t/4 at step index t = 0..3 (SPEC §4.5); lr constant without warmup.
-    assert [h["sparsity_coeff"][0] for h in history] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
-    assert [h["lr"][0] for h in history] == pytest.approx([1e-2] * 4)
 
 
 def test_k_sweep_sets_k_max_and_each_member_keeps_its_own_k(tmp_path):
