@@ -90,16 +90,6 @@ def source_read_seconds(d_in, batch, repeats=10):
     return (time.perf_counter() - start) / repeats
 
 
-def _best_of(fn, args, repeats):
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def step_overhead(d_in, width, batch, n_members, repeats):
     """(b): seconds per sweep step vs the same five dense matmuls alone, both jitted."""
     cfg = _job("overhead", d_in, width, batch, 1, [1e-3] * n_members)
@@ -122,20 +112,6 @@ def step_overhead(d_in, width, batch, n_members, repeats):
     state = fns.init(np.arange(n_members, dtype=np.int32), np.full(n_members, 1e-3, np.float32))
     batch_array = next(_source(d_in, batch).iter_batches(batch, fns.batch_sharding))
 
-    def run_steps(state):
-        state, metrics = fns.train_step(state, batch_array)
-        return state, metrics
-
-    # The step donates its state: time it on a fresh chain of states.
-    state, _ = run_steps(state)
-    jax.block_until_ready(state)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = run_steps(state)
-        jax.block_until_ready(metrics)
-        best = min(best, time.perf_counter() - start)
-
     @jax.jit
     def matmuls(x, w_enc, w_dec):
         def one(w_enc, w_dec):
@@ -152,7 +128,19 @@ def step_overhead(d_in, width, batch, n_members, repeats):
     key = jax.random.key(0)
     w_enc = jax.random.normal(key, (n_members, d_in, width), jnp.float32)
     w_dec = jax.random.normal(key, (n_members, width, d_in), jnp.float32)
-    t_matmul = _best_of(matmuls, (batch_array, w_enc, w_dec), repeats)
+    jax.block_until_ready(matmuls(batch_array, w_enc, w_dec))
+    state, _ = fns.train_step(state, batch_array)  # compile (the step donates its state)
+    jax.block_until_ready(state)
+    # Interleaved, best of `repeats` each: a busy machine slows both alike.
+    best, t_matmul = float("inf"), float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = fns.train_step(state, batch_array)
+        jax.block_until_ready(metrics)
+        best = min(best, time.perf_counter() - start)
+        start = time.perf_counter()
+        jax.block_until_ready(matmuls(batch_array, w_enc, w_dec))
+        t_matmul = min(t_matmul, time.perf_counter() - start)
     return best, t_matmul
 
 
@@ -196,7 +184,7 @@ def main():
             f"speed-up x{t_singles / t_stacked:.2f}; one batch read from memory "
             f"{source_read_seconds(d, b) * 1e3:.2f} ms vs {t_stacked / s * 1e3:.0f} ms per step"
         )
-    t_step, t_mm = step_overhead(d, m, b, args.sweep, repeats=5)
+    t_step, t_mm = step_overhead(d, m, b, args.sweep, repeats=10)
     print(
         f"(b) same shape, S={args.sweep}, auto: step {t_step * 1e3:.1f} ms, dense matmuls alone "
         f"{t_mm * 1e3:.1f} ms, step/matmuls x{t_step / t_mm:.2f}"
