@@ -1,7 +1,8 @@
 """The stacked sweep state and its one jitted update: S SAEs, one batch, one compiled program.
 
 The S sweep members are one pytree with a leading sweep axis. `sae.make_train_step` (a pure
-single-SAE update) is `vmap`ped over that axis, so every member reads the same batch once.
+single-SAE update) is mapped over that axis (`vmap`, or in sequence; `members_per_pass` below),
+so every member reads the same batch once.
 
 State (a plain dict, checkpointed as a whole):
     params       stacked SAE params, (S, ...) per leaf, latent axis sharded on `model`
