@@ -38,6 +38,7 @@ from gemmascope.model.params import (
 
 # Forward pass
 from gemmascope.model.transformer import (
+    cast_params,
     check_tokens,
     collect_sites,
     embed,
@@ -51,6 +52,7 @@ __all__ = [
     "DEFAULT_RULES",
     "Gemma2Config",
     "ParamSpec",
+    "cast_params",
     "check_tokens",
     "collect_sites",
     "embed",

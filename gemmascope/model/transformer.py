@@ -98,9 +98,9 @@ def _attention_z(cfg: Gemma2Config, layer: int, p: Params, x: Array) -> Array:
     k_heads, h = cfg.num_key_value_heads, cfg.head_dim
     groups = cfg.num_attention_heads // k_heads
     dtype = x.dtype
-    q = _einsum("BTD,DNH->BTNH", x, p["q"].astype(dtype))
-    k = _einsum("BSD,DKH->BSKH", x, p["k"].astype(dtype))
-    v = _einsum("BSD,DKH->BSKH", x, p["v"].astype(dtype))
+    q = _einsum("BTD,DNH->BTNH", x, p["q"])
+    k = _einsum("BSD,DKH->BSKH", x, p["k"])
+    v = _einsum("BSD,DKH->BSKH", x, p["v"])
     q, k = apply_rope(q, cfg.rope_theta), apply_rope(k, cfg.rope_theta)
     # Query head n uses KV head n // G (HF repeat_kv), so N splits as (K, G).
     q = q.reshape(b, t, k_heads, groups, h)
@@ -115,11 +115,10 @@ def _attention_z(cfg: Gemma2Config, layer: int, p: Params, x: Array) -> Array:
 
 def _mlp(p: Params, x: Array) -> Array:
     """GeGLU with the tanh gelu: down(gelu(gate(x)) * up(x))."""
-    dtype = x.dtype
-    gate = _einsum("BTD,DM->BTM", x, p["gate"].astype(dtype))
-    up = _einsum("BTD,DM->BTM", x, p["up"].astype(dtype))
-    act = jax.nn.gelu(gate.astype(jnp.float32), approximate=True).astype(dtype)
-    return _einsum("BTM,MD->BTD", act * up, p["down"].astype(dtype))
+    gate = _einsum("BTD,DM->BTM", x, p["gate"])
+    up = _einsum("BTD,DM->BTM", x, p["up"])
+    act = jax.nn.gelu(gate.astype(jnp.float32), approximate=True).astype(x.dtype)
+    return _einsum("BTM,MD->BTD", act * up, p["down"])
 
 
 class _SiteHooks:
@@ -166,12 +165,22 @@ def _block(cfg: Gemma2Config, layer: int, p: Params, h: Array, hooks: _SiteHooks
     z = _attention_z(cfg, layer, p, rms_norm(h, p["input_norm"], eps))
     z = hooks(sites_lib.ATTN_Z, layer, z)
     z = z.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
-    attn_out = _einsum("BTNH,NHD->BTD", z, p["o"].astype(h.dtype))
+    attn_out = _einsum("BTNH,NHD->BTD", z, p["o"])
     h = h + rms_norm(attn_out, p["post_attn_norm"], eps)
     # MLP: pre-norm, GeGLU, post-norm (site mlp_out), residual add (site resid_post).
     m = rms_norm(_mlp(p, rms_norm(h, p["pre_ffw_norm"], eps)), p["post_ffw_norm"], eps)
     m = hooks(sites_lib.MLP_OUT, layer, m)
     return hooks(sites_lib.RESID_POST, layer, h + m)
+
+
+def cast_params(params: Params, dtype: Any) -> Params:
+    """Casts every param, norm offsets included, to ``dtype``.
+
+    Computing in a dtype means computing as if the checkpoint had been loaded in it, which is what
+    HF does for a bf16 model.
+    """
+    dtype = jnp.dtype(dtype)
+    return jax.tree.map(lambda w: w if w.dtype == dtype else w.astype(dtype), params)
 
 
 def _run_layers(
@@ -247,7 +256,9 @@ def forward(
         capture: Site names or globs (``"resid_post/*"``, ``"*/3"``) whose activations to return.
         replace: ``{site: fn}``; the site's activation ``x`` is replaced by ``fn(x)`` (same shape)
             before the pass continues. Captured values are taken *before* replacement.
-        dtype: Compute dtype; None = the dtype of ``params["embed"]``. Weights are cast to it.
+        dtype: Compute dtype; None = the dtype of ``params["embed"]``. All params (norm offsets
+            too) are cast to it, so fp32 params with ``dtype=bfloat16`` compute exactly like
+            params loaded in bf16.
 
     Returns:
         (logits, acts): logits fp32 (B, T, V) after the final softcap; ``acts[site]`` is
@@ -257,7 +268,8 @@ def forward(
         ValueError: For an unknown site (the message lists valid sites) or bad tokens.
     """
     hooks = _SiteHooks(cfg, capture, replace)
-    h = embed(cfg, params, tokens, dtype)
+    params = cast_params(params, dtype or params["embed"].dtype)
+    h = embed(cfg, params, tokens)
     h = _run_layers(cfg, params, h, 0, cfg.num_hidden_layers, hooks)
     return unembed(cfg, params, h), hooks.acts
 
@@ -278,7 +290,8 @@ def collect_sites(
     if not hooks.capture:
         raise ValueError("collect_sites needs at least one site to capture.")
     last = max(sites_lib.parse(site)[1] for site in hooks.capture)
-    h = embed(cfg, params, tokens, dtype)
+    params = cast_params(params, dtype or params["embed"].dtype)
+    h = embed(cfg, params, tokens)
     _run_layers(cfg, params, h, 0, last + 1, hooks)
     return hooks.acts
 
@@ -300,7 +313,7 @@ def forward_from(
         cfg: Model config.
         params: The params pytree.
         site: A ``resid_post/<L>`` site; the pass continues at layer L + 1.
-        resid: (B, T, d_model) activation at ``site``, in the compute dtype.
+        resid: (B, T, d_model) activation at ``site``; its dtype is the compute dtype.
         capture: Sites to capture; all must be after ``site``.
         replace: ``{site: fn}`` as in ``forward``; all must be after ``site``.
 
@@ -324,6 +337,7 @@ def forward_from(
         raise ValueError(
             f"Sites {early} come before or at {site!r}; forward_from cannot reach them."
         )
+    params = cast_params(params, resid.dtype)
     h = _run_layers(cfg, params, resid, start + 1, cfg.num_hidden_layers, hooks)
     return unembed(cfg, params, h), hooks.acts
 

@@ -72,6 +72,16 @@ def test_bf16_compute_within_documented_tolerance_of_fp32(hf_cases, name):
         assert err <= BF16_SITE_REL, (site, err)
 
 
+def test_dtype_argument_casts_fp32_params_like_loading_in_bf16(hf_cases, loaded):
+    case = hf_cases["single_kv"]
+    cfg, params32 = loaded["single_kv"]
+    _, params16 = model.load_hf(case.path, dtype=jnp.bfloat16)
+    cast, acts = jit_forward(cfg, params32, case.tokens, dtype=jnp.bfloat16, capture="mlp_out/1")
+    native, _ = jit_forward(cfg, params16, case.tokens)
+    assert acts["mlp_out/1"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(cast), np.asarray(native))
+
+
 def test_identity_replace_leaves_logits_exactly_unchanged(hf_cases, loaded):
     case = hf_cases["window"]
     cfg, params = loaded["window"]
