@@ -12,6 +12,7 @@ works under `jax.config.update("jax_transfer_guard", "disallow")` (STYLE practic
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -88,11 +89,26 @@ def global_batch(
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
+_active_producers: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_producers() -> None:
+    """Lets producer threads finish their current item before the interpreter goes away.
+
+    A daemon thread killed in the middle of a JAX computation aborts the process, so every live
+    producer is told to stop and joined first.
+    """
+    for stop, thread in list(_active_producers):
+        stop.set()
+        thread.join(timeout=60)
+
+
 def prefetch(iterator: Iterator, size: int) -> Iterator:
     """Runs `iterator` in a background thread, keeping up to `size` items ready.
 
     Exceptions raised by the producer are re-raised in the consumer. Closing the returned
-    generator stops the producer after its current item.
+    generator (or exiting the interpreter) stops the producer after its current item.
     """
     if size <= 0:
         yield from iterator
@@ -101,22 +117,27 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
     stop = threading.Event()
     done = object()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put((True, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((True, item)):
                     return
-            items.put((True, done))
+            put((True, done))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
-            items.put((False, e))
+            put((False, e))
 
     thread = threading.Thread(target=produce, daemon=True)
+    entry = (stop, thread)
+    _active_producers.add(entry)
     thread.start()
     try:
         while True:
@@ -128,3 +149,5 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
             yield item
     finally:
         stop.set()
+        thread.join()
+        _active_producers.discard(entry)

@@ -7,7 +7,8 @@
 after N forward passes (writes of earlier shards may still be in flight) or while computing
 the normalisation scalar (all shards written, meta.json not yet complete).
 `multihost` joins a 2-process JAX runtime on localhost, builds the cache (each process writing
-its own shards), then reads two global batches and saves this process's shards of them.
+its own shards), then reads two global batches and saves this process's shards of them, and
+one StreamingSource batch's local rows.
 """
 
 import os
@@ -77,6 +78,15 @@ def multihost(model_path, workdir, port, process_id, out_path):
             rows = shard.index[0].indices(64)[:2]
             saved[f"b{i}_rows{rows[0]}_{rows[1]}"] = np.asarray(shard.data)
     saved["chunks_read"] = np.asarray(len(src._chunks._chunks))
+    stream = activations.StreamingSource.from_config(
+        study_config(model_path), "resid_post/1", seed=0, buffer_tokens=320, norm_scale=1.0
+    )
+    stream_it = stream.iter_batches(64, NamedSharding(mesh, P("data", None)))
+    batch = next(stream_it)
+    stream_it.close()
+    local = {s.index[0].indices(64)[0]: np.asarray(s.data) for s in batch.addressable_shards}
+    saved["stream_rows"] = np.concatenate([local[lo] for lo in sorted(local)])
+    it.close()  # stop the readers' prefetch threads before the runtime shuts down
     np.savez(out_path, **saved)
     jax.distributed.shutdown()
 

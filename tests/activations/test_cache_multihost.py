@@ -1,5 +1,6 @@
-"""Two JAX processes (jax.distributed on localhost) write the same cache as one process, and
-read global batches in which each process reads only its own rows."""
+"""Two JAX processes (jax.distributed on localhost) write the same cache as one process, read
+global batches in which each process reads only its own rows, and stream from their own
+sequences."""
 
 import socket
 import subprocess
@@ -61,7 +62,7 @@ def test_two_processes_write_and_read_like_one(reference_cache, model_path, tmp_
         # Each process read only the chunks of its own rows, fewer than the batches need.
         assert 0 < int(saved["chunks_read"]) < chunks_needed
         for key in saved.files:
-            if key.startswith("b"):
+            if key.startswith(("b0_", "b1_")):
                 batch, rows = key.split("_rows")
                 lo, hi = map(int, rows.split("_"))
                 rows_wanted = expected[int(batch[1:])][lo:hi]
@@ -70,3 +71,18 @@ def test_two_processes_write_and_read_like_one(reference_cache, model_path, tmp_
                 )
                 covered.add((batch, lo))
     assert len(covered) == 2 * 4, "the two processes together hold all 4 data shards of 2 batches"
+
+    # Streaming: process p's rows of a global batch are activations of its sequences p, p+2, ...
+    tokens = storage.open_array(storage.join(storage.cache_root(reference), "tokens"))
+    sequence_ids = tokens.read().result()[:, 2]
+    for i in range(2):
+        rows = np.load(tmp_path / f"p{i}.npz")["stream_rows"]
+        assert rows.shape == (32, values.shape[1])
+        candidates = values[sequence_ids % 2 == i]
+        others = values[sequence_ids % 2 != i]
+        distinctive = 0
+        for row in rows:
+            assert np.abs(candidates - row).max(axis=1).min() < 1e-4
+            # (A token right after BOS has the same activation in every sequence.)
+            distinctive += np.abs(others - row).max(axis=1).min() > 1e-3
+        assert distinctive >= len(rows) // 2
