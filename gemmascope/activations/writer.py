@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from gemmascope import data, model
 from gemmascope.activations import storage
@@ -317,8 +318,6 @@ def build_cache(config, workdir: str) -> dict[str, str]:
         todo_sites = [t.site for t in todo if t.site is not None]
         capturer = Capturer(model_cfg, params, todo_sites, cache_cfg.dtype, cache_cfg.batch_size)
     total = sum(min((s + 1) * shard_rows, layout.n_tokens) - s * shard_rows for s in pending)
-    from tqdm.auto import tqdm
-
     with tqdm(
         total=total,
         unit="tok",
