@@ -47,7 +47,7 @@ def get_config(arg=None):
     )
     config.jobs.archs.gated = dict(
         # L1 coefficients of the gate: sparsity rises left to right.
-        sweep_values=(0.05, 0.15, 0.5),
+        sweep_values=(0.03, 0.1, 0.3),
         sae=dict(**short_run),
     )
     config.jobs.archs.topk = dict(
@@ -59,7 +59,7 @@ def get_config(arg=None):
     # Activations per step: about 290 steps per job.
     config.train.batch_size = 512
     config.train.log_every_tokens = 50 * 512
-    config.train.ckpt_every_tokens = 100 * 512
+    config.train.ckpt_every_tokens = 200 * 512
     config.train.dead_window_tokens = 100_000
     config.train.progress_bar = False
 
