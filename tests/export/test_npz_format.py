@@ -1,6 +1,7 @@
 """params.npz writer/reader: round trip, Gemma Scope layout, and clear errors on bad files."""
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -92,6 +93,10 @@ def test_not_an_npz_and_missing_file(tmp_path):
         export.load_npz(path)
     with pytest.raises(FileNotFoundError):
         export.load_npz(tmp_path / "absent.npz")
+    pickled = tmp_path / "pickled.npz"  # a whole-file pickle under an .npz name
+    pickled.write_bytes(pickle.dumps(_params()))
+    with pytest.raises(ValueError, match=r"not a readable .npz file .*pickled"):
+        export.load_npz(pickled)
 
 
 def test_non_finite_values_are_refused(tmp_path):
