@@ -193,3 +193,17 @@ def test_bad_sites_and_damaged_caches_give_clear_errors(damaged_copy):
         activations.build_cache(config, workdir)
     before.pop(meta_path)
     assert _tree_digest(workdir) == before, "a refused build must not write anything"
+
+
+def test_url_paths_read_the_same_cache(reference_cache):
+    # Any tensorstore kvstore URL works (gs://bucket/prefix in production; file:// here).
+    _, workdir = reference_cache
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+    sharding = NamedSharding(mesh, P("data", None))
+    by_path = activations.open_source(workdir, "resid_post/1", seed=4, window_tokens=128)
+    by_url = activations.open_source("file://" + workdir, "resid_post/1", seed=4, window_tokens=128)
+    assert by_url.meta == by_path.meta
+    np.testing.assert_array_equal(
+        jax.device_get(next(by_url.iter_batches(32, sharding))),
+        jax.device_get(next(by_path.iter_batches(32, sharding))),
+    )
