@@ -63,13 +63,17 @@ def _fidelity_plot(site_rows: pd.DataFrame, site: str, path: str) -> str:
 
 
 def _log_scale_if_positive(ax, rows: pd.DataFrame) -> None:
-    if (rows["l0"] > 0).all():
+    """Log axes (as Gemma Scope's Figure 2) where values are positive and span a decade."""
+    if _spans_a_decade(rows["l0"].to_numpy(dtype=float)):
         ax.set_xscale("log")
-    lines = [line.get_ydata() for line in ax.get_lines()]
-    values = np.concatenate([np.asarray(v, dtype=float) for v in lines]) if lines else np.array([])
-    values = values[np.isfinite(values)]
-    if values.size and (values > 0).all():
+    lines = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+    if lines and _spans_a_decade(np.concatenate(lines)):
         ax.set_yscale("log")
+
+
+def _spans_a_decade(values: np.ndarray) -> bool:
+    values = values[np.isfinite(values)]
+    return bool(values.size) and (values > 0).all() and values.max() >= 10 * values.min()
 
 
 def _group_plots(group_rows: pd.DataFrame, details: dict, stem: str, out_dir: str) -> list[str]:
