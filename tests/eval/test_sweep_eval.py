@@ -178,6 +178,11 @@ def test_batched_sweep_equals_one_by_one(setup):
         for key, value in alone.items():
             assert metrics_together[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
         assert details_together["firing_histogram"] == details_alone["firing_histogram"]
+    # Without LM metrics no spliced pass runs: the same reconstruction metrics, NaN LM columns.
+    recon_only, _ = evaluate_saes(CFG, params, tokens, saes[:1], _eval_cfg(lm_metrics=False))[0]
+    assert recon_only["fvu"] == pytest.approx(together[0][0]["fvu"], rel=1e-6)
+    assert np.isnan(recon_only["delta_loss"]) and np.isnan(recon_only["kl_div"])
+    assert recon_only["clean_loss"] == pytest.approx(together[0][0]["clean_loss"], rel=1e-6)
 
 
 def test_bad_inputs_are_clear_errors(setup):
