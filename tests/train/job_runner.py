@@ -78,7 +78,7 @@ class SlowAfter:
             if i == self._n:
                 self._marker.touch()
             if i >= self._n:
-                time.sleep(0.2)
+                time.sleep(0.5)  # a wide window for the parent's SIGTERM, even on a busy host
             yield batch
 
 
