@@ -39,6 +39,7 @@ from gemmascope.model.params import (
 # Forward pass
 from gemmascope.model.transformer import (
     cast_params,
+    check_params,
     check_tokens,
     collect_sites,
     embed,
@@ -53,6 +54,7 @@ __all__ = [
     "Gemma2Config",
     "ParamSpec",
     "cast_params",
+    "check_params",
     "check_tokens",
     "collect_sites",
     "embed",

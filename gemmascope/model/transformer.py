@@ -40,7 +40,7 @@ import numpy as np
 
 from gemmascope.model import sites as sites_lib
 from gemmascope.model.config import Gemma2Config
-from gemmascope.model.params import Params
+from gemmascope.model.params import Params, get_leaf, param_specs
 
 Array = jax.Array
 ReplaceFn = Callable[[Array], Array]
@@ -173,6 +173,31 @@ def _block(cfg: Gemma2Config, layer: int, p: Params, h: Array, hooks: _SiteHooks
     return hooks(sites_lib.RESID_POST, layer, h + m)
 
 
+def check_params(cfg: Gemma2Config, params: Params) -> None:
+    """Checks the params pytree has every parameter of ``cfg`` with the right shape.
+
+    Shapes are static, so this costs nothing under jit and turns a config/params mix-up into one
+    clear error instead of an einsum shape error deep in the pass.
+
+    Raises:
+        ValueError: Naming the first missing or misshaped parameter.
+    """
+    if len(params.get("layers", ())) != cfg.num_hidden_layers:
+        raise ValueError(
+            f"params have {len(params.get('layers', ()))} layers but the config has "
+            f"{cfg.num_hidden_layers}."
+        )
+    for spec in param_specs(cfg):
+        try:
+            shape = tuple(jnp.shape(get_leaf(params, spec.path)))
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"params lack {list(spec.path)} ({spec.hf_name}).") from None
+        if shape != spec.shape:
+            raise ValueError(
+                f"params{list(spec.path)} has shape {shape}, but the config needs {spec.shape}."
+            )
+
+
 def cast_params(params: Params, dtype: Any) -> Params:
     """Casts every param, norm offsets included, to ``dtype``.
 
@@ -195,7 +220,8 @@ def check_tokens(cfg: Gemma2Config, tokens: Any) -> None:
     """Checks tokens are an integer (B, T) array and, when concrete, within the vocabulary.
 
     Under ``jax.jit`` the values are abstract and only shape and dtype are checked; an
-    out-of-range token there gives NaN embeddings (and so NaN logits) rather than wrong numbers.
+    out-of-range token there gives NaN embeddings (and so NaN logits for its whole sequence)
+    rather than silently wrong numbers.
 
     Raises:
         ValueError: On a wrong rank or dtype, or a token outside [0, vocab_size).
@@ -207,6 +233,8 @@ def check_tokens(cfg: Gemma2Config, tokens: Any) -> None:
         raise ValueError(f"tokens must be integers (int32), got dtype {dtype}.")
     if isinstance(tokens, jax.core.Tracer) or 0 in shape:
         return
+    if isinstance(tokens, jax.Array) and not tokens.is_fully_addressable:
+        return  # multi-host global array: this host cannot read every value
     values = np.asarray(tokens)
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= cfg.vocab_size:
@@ -268,6 +296,7 @@ def forward(
         ValueError: For an unknown site (the message lists valid sites) or bad tokens.
     """
     hooks = _SiteHooks(cfg, capture, replace)
+    check_params(cfg, params)
     params = cast_params(params, dtype or params["embed"].dtype)
     h = embed(cfg, params, tokens)
     h = _run_layers(cfg, params, h, 0, cfg.num_hidden_layers, hooks)
@@ -290,6 +319,7 @@ def collect_sites(
     if not hooks.capture:
         raise ValueError("collect_sites needs at least one site to capture.")
     last = max(sites_lib.parse(site)[1] for site in hooks.capture)
+    check_params(cfg, params)
     params = cast_params(params, dtype or params["embed"].dtype)
     h = embed(cfg, params, tokens)
     _run_layers(cfg, params, h, 0, last + 1, hooks)
@@ -337,6 +367,7 @@ def forward_from(
         raise ValueError(
             f"Sites {early} come before or at {site!r}; forward_from cannot reach them."
         )
+    check_params(cfg, params)
     params = cast_params(params, resid.dtype)
     h = _run_layers(cfg, params, resid, start + 1, cfg.num_hidden_layers, hooks)
     return unembed(cfg, params, h), hooks.acts

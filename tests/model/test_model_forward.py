@@ -207,3 +207,17 @@ def test_embedding_scale_is_rounded_to_the_compute_dtype(preset, fp32, bf16):
         scaled = model.embed(cfg, params, np.array([[2]], np.int32))
         assert scaled.dtype == dtype
         np.testing.assert_allclose(np.asarray(scaled, np.float32), expected, rtol=1e-6)
+
+
+def test_params_that_do_not_fit_the_config_are_refused(loaded):
+    import dataclasses
+
+    cfg, params = loaded["window"]
+    tokens = np.array([[2, 5]], np.int32)
+    with pytest.raises(ValueError, match="params have 2 layers but the config has 3"):
+        model.forward(
+            dataclasses.replace(cfg, num_hidden_layers=3, layer_types=None), params, tokens
+        )
+    wider = dataclasses.replace(cfg, intermediate_size=64)
+    with pytest.raises(ValueError, match=r"params\['layers', 0, 'gate'\] has shape \(32, 48\)"):
+        model.forward(wider, params, tokens)
