@@ -24,7 +24,7 @@ RoPE cos/sin are computed in fp32 and cast; attention logits are softcapped befo
 the softmax runs in fp32. Two deliberate choices: the tanh-gelu is evaluated in fp32 and cast
 (what torch's CPU/GPU kernels do internally for bf16), and the unembedding accumulates into fp32
 and the final softcap runs in fp32, so logits are always fp32 (in bf16 compute HF rounds logits to
-bf16, which costs ~0.06 absolute at logit 10 and would blur delta-loss and KL measurements).
+bf16, a spacing of 0.0625 at logit 10, which would blur delta-loss and KL measurements).
 Matmuls request ``Precision.HIGHEST`` so fp32 compute really is fp32 on TPU and GPU as well.
 """
 
