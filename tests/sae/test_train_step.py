@@ -19,27 +19,14 @@ def _small_cfg(name):
     cfg = sae.ARCHITECTURES[name].default_config()
     cfg.lr = 1e-2  # large enough that the decoder visibly leaves the unit sphere without renorm
     cfg.lr_warmup_steps = 3
-    cfg.sparsity_warmup_steps = 2
+    cfg.sparsity_warmup_steps = 1
     return cfg
 
 
 ALL = sorted(sae.ARCHITECTURES)
-UNIT_NORM = ALL
-
-
-@pytest.mark.parametrize("name", UNIT_NORM)
-def test_decoder_rows_unit_norm_after_every_update(name):
-    cfg = _small_cfg(name)
-    arch = sae.ARCHITECTURES[name]
-    params = arch.init(jax.random.key(0), D_IN, WIDTH, cfg)
-    opt_state = sae.optimizer(cfg).init(params)
-    step = jax.jit(sae.make_train_step(name, cfg))
-    for t in range(4):
-        before = params["W_dec"]
-        params, opt_state, metrics = step(params, opt_state, _batch(t), t, cfg[arch.SWEEP_FIELD])
-        assert not np.allclose(params["W_dec"], before), "the decoder did not move"
-        np.testing.assert_allclose(dictionary.row_norms(params["W_dec"]), 1.0, atol=1e-6)
-        assert np.isfinite(float(metrics["loss"]))
+# The step is compiled twice per architecture here; these four cover every code path the others
+# reuse (custom VJPs, r_mag params, traced k, buffers and the global selection).
+VMAPPED = ["batchtopk", "gated", "jumprelu", "topk"]
 
 
 def test_projected_gradient_is_orthogonal_to_each_row():
@@ -79,7 +66,21 @@ def test_learning_rate_and_sparsity_warmup_schedules():
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_vmap_over_sweep_axis_equals_separate_calls(name):
+def test_constrain_renormalises_decoder_rows(name):
+    cfg = sae.ARCHITECTURES[name].default_config()
+    params = sae.ARCHITECTURES[name].init(jax.random.key(0), D_IN, WIDTH, cfg)
+    scales = jnp.linspace(0.2, 3.0, WIDTH)[:, None]
+    constrained = sae.ARCHITECTURES[name].constrain(
+        {**params, "W_dec": params["W_dec"] * scales}, cfg
+    )
+    np.testing.assert_allclose(dictionary.row_norms(constrained["W_dec"]), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(constrained["W_dec"], params["W_dec"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", VMAPPED)
+def test_vmap_over_sweep_axis_equals_separate_calls_and_keeps_unit_rows(name):
+    """Two updates of a stack of 4 SAEs == two updates of each SAE alone; decoder rows stay
+    unit norm after every update."""
     cfg = _small_cfg(name)
     arch = sae.ARCHITECTURES[name]
     base = cfg[arch.SWEEP_FIELD]
@@ -93,16 +94,23 @@ def test_vmap_over_sweep_axis_equals_separate_calls(name):
     opt_states = [tx.init(p) for p in members]
     stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
     step = sae.make_train_step(name, cfg)
-    x, t = _batch(7), 5
-    v_params, v_opt, v_metrics = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None, 0)))(
-        stack(members), stack(opt_states), x, t, sweep
-    )
-    for s in range(4):
-        params, _, metrics = jax.jit(step)(members[s], opt_states[s], x, t, sweep[s])
-        for key in params:
-            np.testing.assert_allclose(v_params[key][s], params[key], rtol=1e-5, atol=1e-6)
-        for key in metrics:
-            np.testing.assert_allclose(v_metrics[key][s], metrics[key], rtol=1e-5, atol=1e-6)
+    vmapped = jax.jit(jax.vmap(step, in_axes=(0, 0, None, None, 0)))
+    single = jax.jit(step)
+    v_params, v_opt = stack(members), stack(opt_states)
+    for t in range(2):
+        x = _batch(t)
+        before = v_params["W_dec"]
+        v_params, v_opt, v_metrics = vmapped(v_params, v_opt, x, t, sweep)
+        assert not np.allclose(v_params["W_dec"], before), "the decoder did not move"
+        np.testing.assert_allclose(dictionary.row_norms(v_params["W_dec"]), 1.0, atol=1e-6)
+        for s in range(4):
+            members[s], opt_states[s], metrics = single(members[s], opt_states[s], x, t, sweep[s])
+            for key in members[s]:
+                np.testing.assert_allclose(v_params[key][s], members[s][key], rtol=2e-5, atol=1e-6)
+            for key in metrics:
+                np.testing.assert_allclose(v_metrics[key][s], metrics[key], rtol=2e-5, atol=1e-6)
+    assert set(v_metrics) >= {"loss", "recon_loss", "sparsity_loss", "aux_loss", "l0", "fvu"}
+    assert v_metrics["fired"].shape == (4, WIDTH) and v_metrics["fired"].dtype == jnp.int32
     # The sweep value reached each member's loss.
     reached = v_metrics["l0"] if arch.SWEEP_FIELD == "k" else v_metrics["sparsity_coeff"]
     assert len({float(v) for v in reached}) == 4
