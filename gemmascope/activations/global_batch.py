@@ -64,11 +64,12 @@ def global_batch(
       rows: int64 (batch_size,) row indices of the whole global batch.
       d_in: feature width.
       sharding: layout of the (batch_size, d_in) result.
-      read_rows: returns float32 (len(r), d_in) for int64 rows r; called once per process with
+      read_rows: returns (len(r), d_in) values for int64 rows r; called once per process with
         the rows that this process's devices hold (the union of their slices, in batch order).
 
     Returns:
-      A global float32 `jax.Array` of shape (batch_size, d_in) laid out per `sharding`.
+      A global `jax.Array` of shape (batch_size, d_in), in read_rows' dtype, laid out per
+      `sharding`.
     """
     shape = (len(rows), d_in)
     index_map = sharding.addressable_devices_indices_map(shape)

@@ -13,7 +13,8 @@ training, but it means each process's slice of the batch (its devices' rows) com
 contiguous part of the window's chunks: each process reads only about 1/P of the data.
 
 Reads go through a per-process LRU of whole chunks sized to one window, so every chunk is read
-from storage about once per epoch. A background thread prepares `prefetch` batches ahead.
+from storage about once per epoch (local caches straight from the shard files, other URLs
+through tensorstore: chunk_reading.py). A background thread prepares `prefetch` batches ahead.
 """
 
 from __future__ import annotations
@@ -24,38 +25,37 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
+from gemmascope.activations import chunk_reading, storage
 from gemmascope.activations import global_batch as global_batch_lib
-from gemmascope.activations import storage
 from gemmascope.activations.shuffle import ShuffleOrder, check_seed
 
 
 class _ChunkCache:
-    """An LRU of whole chunks of a (rows, d) array, read concurrently on a miss."""
+    """An LRU of whole chunks of a (rows, d) array, fetched together on a miss."""
 
-    def __init__(self, array, chunk_rows: int, n_rows: int, capacity: int):
-        self._array, self._chunk_rows, self._n_rows = array, chunk_rows, n_rows
+    def __init__(self, chunk_reader, chunk_rows: int, width: int, capacity: int):
+        self._reader, self._chunk_rows, self._width = chunk_reader, chunk_rows, width
         self._capacity = capacity
         self._chunks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
 
-    def rows(self, rows: np.ndarray, scale: float) -> np.ndarray:
-        """float32 values of `rows` (int64, sorted ascending) divided by `scale`."""
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The values of `rows` (int64, sorted ascending), in the storage dtype."""
         r = self._chunk_rows
         chunk_of = rows // r
         needed, starts = np.unique(chunk_of, return_index=True)
-        missing = [int(c) for c in needed if int(c) not in self._chunks]
-        reads = [self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in missing]
-        fetched = dict(zip(missing, (f.result() for f in reads), strict=True))
-        out = np.empty((len(rows), self._array.shape[1]), np.float32)
+        fetched = self._reader.read([c for c in needed.tolist() if c not in self._chunks])
+        out = None
         bounds = np.append(starts, len(rows))
         for i, c in enumerate(needed.tolist()):
             values = fetched[c] if c in fetched else self._chunks[c]
+            if out is None:
+                out = np.empty((len(rows), self._width), values.dtype)
             self._chunks[c] = values
             self._chunks.move_to_end(c)
             lo, hi = bounds[i], bounds[i + 1]
-            out[lo:hi] = values[rows[lo:hi] - c * r]
+            np.take(values, rows[lo:hi] - c * r, axis=0, out=out[lo:hi])
         while len(self._chunks) > self._capacity:
             self._chunks.popitem(last=False)
-        out /= np.float32(scale)
         return out
 
 
@@ -122,8 +122,9 @@ class CacheSource:
         self._order = ShuffleOrder(
             self.n_tokens, check_seed(seed), meta["chunk_rows"], window_tokens
         )
+        reader = chunk_reading.chunk_reader(site_dir, array, meta["chunk_rows"], meta["shard_rows"])
         self._chunks = _ChunkCache(
-            array, meta["chunk_rows"], self.n_tokens, self._order.blocks_per_window + 64
+            reader, meta["chunk_rows"], self.d_in, self._order.blocks_per_window + 64
         )
         self._prefetch = int(prefetch)
         self._position = 0
@@ -144,9 +145,6 @@ class CacheSource:
             raise ValueError(f"state position must be >= 0, got {position}")
         self._position = position
 
-    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self._chunks.rows(rows, self.norm_scale)
-
     def iter_batches(self, batch_size: int, sharding: jax.sharding.Sharding) -> Iterator[jax.Array]:
         """Yields global fp32 (batch_size, d_in) arrays laid out per `sharding`, forever.
 
@@ -154,12 +152,19 @@ class CacheSource:
         """
         batch_size = global_batch_lib.check_batch_sharding(batch_size, self.d_in, sharding)
 
+        # Rows travel in the storage dtype (half the bytes for bf16); the devices convert them
+        # to fp32 and divide by C, sparing the host that feeds them a pass over every batch.
+        # (XLA may divide via a reciprocal: results can differ from numpy's x / C by 1 ulp.)
+        scale = np.float32(self.norm_scale)
+        normalise = jax.jit(lambda x: x.astype(np.float32) / scale)
+        read_rows = self._chunks.rows
+
         def produce(position):
             while True:
                 rows = np.sort(self._order.rows(position, position + batch_size))
-                batch = global_batch_lib.global_batch(rows, self.d_in, sharding, self._read_rows)
+                batch = global_batch_lib.global_batch(rows, self.d_in, sharding, read_rows)
                 position += batch_size
-                yield position, batch
+                yield position, normalise(batch)
 
         for position, batch in global_batch_lib.prefetch(produce(self._position), self._prefetch):
             self._position = position

@@ -84,7 +84,8 @@ def test_reader_batches_follow_the_shuffle_and_resume_exactly(reference_cache):
     for i, batch in enumerate(batches):
         assert batch.sharding == sharding and batch.dtype == np.float32
         rows = np.sort(order.rows(64 * i, 64 * (i + 1)))
-        np.testing.assert_array_equal(jax.device_get(batch), values[rows] / c)
+        # Divided by C on the devices: equal to numpy's x / C up to 1 ulp.
+        np.testing.assert_allclose(jax.device_get(batch), values[rows] / c, rtol=3e-7, atol=0)
     # Resume from a checkpointed state in a fresh source: the same batches follow.
     first = activations.open_source(workdir, "resid_post/1", seed=1, window_tokens=256)
     it = first.iter_batches(64, sharding)
@@ -155,6 +156,16 @@ def test_bfloat16_storage(model_path, tmp_path, reference_cache):
     assert cached.dtype == ml_dtypes.bfloat16
     reference = storage.open_array(storage.site_dir(reference_cache[1], "resid_post/1"))
     np.testing.assert_array_equal(cached, reference.read().result().astype(ml_dtypes.bfloat16))
+    # The reader turns bf16 rows into fp32 / C.
+    src = activations.CacheSource(site_dir, seed=0, window_tokens=64, prefetch=0)
+    sharding = NamedSharding(Mesh(np.array(jax.devices()[:2]), ("data",)), P("data", None))
+    rows = np.sort(ShuffleOrder(src.n_tokens, 0, 32, 64).rows(0, 16))
+    np.testing.assert_allclose(
+        jax.device_get(next(src.iter_batches(16, sharding))),
+        cached[rows].astype(np.float32) / np.float32(src.norm_scale),
+        rtol=3e-7,
+        atol=0,
+    )
 
 
 def test_bad_sites_and_damaged_caches_give_clear_errors(damaged_copy):

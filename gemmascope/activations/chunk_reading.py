@@ -1,0 +1,84 @@
+"""Reading whole chunks of a cache array: through tensorstore, or straight from local shard files.
+
+    reader = chunk_reader(site_dir, array, chunk_rows, shard_rows)
+    chunks = reader.read([3, 17, 42])        # {chunk index: (rows, width) array, storage dtype}
+
+Tensorstore reads any kvstore (gs://, file://). For local paths, reading the shard files
+directly is several times faster (measured: ~4 GB/s against ~0.3-0.9 GB/s from the page cache on
+a 2-core host), and the format is fixed by this package: zarr3 `sharding_indexed` with
+uncompressed little-endian inner chunks and a shard index at the end of each shard file
+(per chunk: uint64 offset, uint64 byte count; then a crc32c of the index). The local reader
+reads and caches each shard's index once, then `pread`s chunks in a small thread pool.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import numpy as np
+import tensorstore as ts
+
+from gemmascope.activations import storage
+
+_MISSING = np.uint64(2**64 - 1)
+
+
+class TensorstoreChunkReader:
+    """Chunks read as array slices through tensorstore (any kvstore)."""
+
+    def __init__(self, array: ts.TensorStore, chunk_rows: int):
+        self._array, self._chunk_rows = array, chunk_rows
+        self._n_rows = array.shape[0]
+
+    def read(self, chunks: list[int]) -> dict[int, np.ndarray]:
+        r = self._chunk_rows
+        futures = [self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in chunks]
+        return {c: f.result() for c, f in zip(chunks, futures, strict=True)}
+
+
+class LocalChunkReader:
+    """Chunks read with `os.pread` from local shard files, using each shard's index."""
+
+    def __init__(self, path: str, array: ts.TensorStore, chunk_rows: int, shard_rows: int):
+        self._dir = os.path.abspath(os.path.expanduser(path))
+        self._chunk_rows, self._chunks_per_shard = chunk_rows, shard_rows // chunk_rows
+        self._n_rows, self._width = array.shape
+        self._dtype = np.dtype(array.dtype.numpy_dtype).newbyteorder("<")
+        self._indices: dict[int, np.ndarray] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+
+    def _shard_index(self, shard: int, fd: int) -> np.ndarray:
+        if shard not in self._indices:
+            size = os.fstat(fd).st_size
+            nbytes = self._chunks_per_shard * 16
+            raw = os.pread(fd, nbytes, size - nbytes - 4)  # the trailing 4 bytes are the crc32c
+            self._indices[shard] = np.frombuffer(raw, "<u8").reshape(-1, 2)
+        return self._indices[shard]
+
+    def _read_one(self, chunk: int) -> np.ndarray:
+        shard, inner = divmod(chunk, self._chunks_per_shard)
+        fd = os.open(os.path.join(self._dir, storage.shard_key(shard)), os.O_RDONLY)
+        try:
+            offset, nbytes = self._shard_index(shard, fd)[inner]
+            if offset == _MISSING:
+                raise storage.CacheError(
+                    f"chunk {chunk} is missing from shard {shard} of {self._dir!r}; the cache is "
+                    "damaged, rebuild it"
+                )
+            raw = os.pread(fd, int(nbytes), int(offset))
+        finally:
+            os.close(fd)
+        values = np.frombuffer(raw, self._dtype).reshape(self._chunk_rows, self._width)
+        rows = min((chunk + 1) * self._chunk_rows, self._n_rows) - chunk * self._chunk_rows
+        return values[:rows]
+
+    def read(self, chunks: list[int]) -> dict[int, np.ndarray]:
+        return dict(zip(chunks, self._pool.map(self._read_one, chunks), strict=True))
+
+
+def chunk_reader(path: str, array: ts.TensorStore, chunk_rows: int, shard_rows: int):
+    """The fastest reader for `path`: local files directly, anything else through tensorstore."""
+    if "://" in path:
+        return TensorstoreChunkReader(array, chunk_rows)
+    return LocalChunkReader(path, array, chunk_rows, shard_rows)
