@@ -48,12 +48,24 @@ class LocalChunkReader:
         self._indices: dict[int, np.ndarray] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
 
+    def _damaged(self, shard: int, what: str) -> storage.CacheError:
+        return storage.CacheError(
+            f"shard {shard} of {self._dir!r} is damaged ({what}); rebuild the cache"
+        )
+
     def _shard_index(self, shard: int, fd: int) -> np.ndarray:
         if shard not in self._indices:
             size = os.fstat(fd).st_size
-            nbytes = self._chunks_per_shard * 16
-            raw = os.pread(fd, nbytes, size - nbytes - 4)  # the trailing 4 bytes are the crc32c
-            self._indices[shard] = np.frombuffer(raw, "<u8").reshape(-1, 2)
+            index_bytes = self._chunks_per_shard * 16
+            if size < index_bytes + 4:
+                raise self._damaged(shard, f"{size} bytes, shorter than its index")
+            # The trailing 4 bytes are the index's crc32c.
+            raw = os.pread(fd, index_bytes, size - index_bytes - 4)
+            index = np.frombuffer(raw, "<u8").reshape(-1, 2)
+            present = index[:, 0] != _MISSING
+            if np.any(index[present].sum(axis=1) > size - index_bytes - 4):
+                raise self._damaged(shard, "its index points past the end of the file")
+            self._indices[shard] = index
         return self._indices[shard]
 
     def _read_one(self, chunk: int) -> np.ndarray:
@@ -62,13 +74,12 @@ class LocalChunkReader:
         try:
             offset, nbytes = self._shard_index(shard, fd)[inner]
             if offset == _MISSING:
-                raise storage.CacheError(
-                    f"chunk {chunk} is missing from shard {shard} of {self._dir!r}; the cache is "
-                    "damaged, rebuild it"
-                )
+                raise self._damaged(shard, f"chunk {chunk} is missing")
             raw = os.pread(fd, int(nbytes), int(offset))
         finally:
             os.close(fd)
+        if len(raw) != self._chunk_rows * self._width * self._dtype.itemsize:
+            raise self._damaged(shard, f"chunk {chunk} has {len(raw)} bytes")
         values = np.frombuffer(raw, self._dtype).reshape(self._chunk_rows, self._width)
         rows = min((chunk + 1) * self._chunk_rows, self._n_rows) - chunk * self._chunk_rows
         return values[:rows]

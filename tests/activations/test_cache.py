@@ -218,3 +218,15 @@ def test_url_paths_read_the_same_cache(reference_cache):
         jax.device_get(next(by_url.iter_batches(32, sharding))),
         jax.device_get(next(by_path.iter_batches(32, sharding))),
     )
+
+
+def test_a_truncated_shard_is_reported(damaged_copy):
+    _, workdir = damaged_copy
+    site_dir = storage.site_dir(workdir, "resid_post/1")
+    shard_file = os.path.join(site_dir, "c", "0", "0")
+    with open(shard_file, "r+b") as f:
+        f.truncate(os.path.getsize(shard_file) // 2)
+    src = activations.CacheSource(site_dir, window_tokens=10**6, prefetch=0)
+    sharding = NamedSharding(Mesh(np.array(jax.devices()[:2]), ("data",)), P("data", None))
+    with pytest.raises(activations.CacheError, match="shard 0 .* is damaged"):
+        next(src.iter_batches(src.n_tokens - src.n_tokens % 2, sharding))
