@@ -56,15 +56,42 @@ def init_dictionary(key: jax.Array, d_in: int, width: int) -> tuple[jax.Array, j
     return w_dec.T, w_dec
 
 
+@jax.custom_vjp
+def centred_affine(x: jax.Array, w: jax.Array, b: jax.Array, b_dec: jax.Array) -> jax.Array:
+    """``(x − b_dec) @ w + b`` whose backward pass skips a matmul.
+
+    Autodiff would get b_dec's gradient from the full (B, d) input cotangent dπ @ wᵀ, a sixth
+    (B, M) x (M, d) product per training step; here it is −(Σ_batch dπ) @ wᵀ, a (d,) x (d, M)
+    product. The x cotangent is still exact (dead code under jit when nobody asks for it).
+    """
+    return (x - b_dec) @ w + b
+
+
+def _centred_affine_fwd(x, w, b, b_dec):
+    centred = x - b_dec
+    return centred @ w + b, (centred, w)
+
+
+def _centred_affine_bwd(residuals, g):
+    centred, w = residuals
+    flat_g = g.reshape(-1, g.shape[-1])
+    grad_w = centred.reshape(-1, centred.shape[-1]).T @ flat_g
+    summed = jnp.sum(flat_g, axis=0)
+    return g @ w.T, grad_w, summed, -(summed @ w.T)
+
+
+centred_affine.defvjp(_centred_affine_fwd, _centred_affine_bwd)
+
+
 def pre_activations(
     params: dict, x: jax.Array, cfg: ml_collections.ConfigDict, w_enc_key: str = "W_enc"
 ) -> jax.Array:
-    """Encoder pre-activations ``(x − b_dec) @ W_enc + b_enc`` (no b_dec shift without
-    ``cfg.pre_encoder_bias``), computed in float32."""
+    """Encoder pre-activations ``(x − b_dec) @ W_enc + b_enc`` in float32 (without the b_dec
+    shift when ``cfg.pre_encoder_bias`` is False)."""
     x = x.astype(jnp.float32)
-    if cfg.pre_encoder_bias:
-        x = x - params["b_dec"]
-    return x @ params[w_enc_key] + params["b_enc"]
+    if not cfg.pre_encoder_bias:
+        return x @ params[w_enc_key] + params["b_enc"]
+    return centred_affine(x, params[w_enc_key], params["b_enc"], params["b_dec"])
 
 
 def decode(params: dict, f: jax.Array) -> jax.Array:

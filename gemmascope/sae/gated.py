@@ -71,8 +71,10 @@ def _gate_and_magnitude(params: dict, x: jax.Array, cfg) -> tuple[jax.Array, jax
     """(π_gate, π_mag), both (B, M)."""
     x = x.astype(jnp.float32)
     if cfg.pre_encoder_bias:
-        x = x - params["b_dec"]
-    u = x @ params["W_gate"]
+        zero_bias = jnp.zeros_like(params["b_gate"])
+        u = dictionary.centred_affine(x, params["W_gate"], zero_bias, params["b_dec"])
+    else:
+        u = x @ params["W_gate"]
     return u + params["b_gate"], jnp.exp(params["r_mag"]) * u + params["b_mag"]
 
 

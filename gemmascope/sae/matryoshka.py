@@ -100,7 +100,7 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     weighted = jnp.zeros((), jnp.float32)
     start = 0
     for size, weight in zip(group_sizes(f.shape[-1], cfg), _weights(cfg), strict=True):
-        x_hat = x_hat + f[:, start : start + size] @ params["W_dec"][start : start + size]
+        x_hat = x_hat + f[..., start : start + size] @ params["W_dec"][start : start + size]
         weighted = weighted + weight * jnp.mean(losses.squared_error(x, x_hat))
         start += size
     recon = jnp.mean(losses.squared_error(x, x_hat))

@@ -67,6 +67,24 @@ def test_jumprelu_loss_matches_hand_computation():
     np.testing.assert_allclose(loss, rec + 2.0 * (l0 / 5.0 - 1.0) ** 2, rtol=1e-5)
 
 
+def test_centred_affine_gradients_equal_autodiff_of_the_plain_formula():
+    rng = np.random.default_rng(0)
+    x, w = jnp.asarray(rng.normal(size=(2, 5, D_IN))), jnp.asarray(rng.normal(size=(D_IN, WIDTH)))
+    b, b_dec = jnp.asarray(rng.normal(size=WIDTH)), jnp.asarray(rng.normal(size=D_IN))
+    g = jnp.asarray(rng.normal(size=(2, 5, WIDTH)))
+
+    def plain(*args):
+        return jnp.sum(g * ((args[0] - args[3]) @ args[1] + args[2]))
+
+    def custom(*args):
+        return jnp.sum(g * dictionary.centred_affine(*args))
+
+    expected = jax.grad(plain, argnums=(0, 1, 2, 3))(x, w, b, b_dec)
+    got = jax.grad(custom, argnums=(0, 1, 2, 3))(x, w, b, b_dec)
+    for e, r in zip(expected, got, strict=True):
+        np.testing.assert_allclose(r, e, rtol=1e-5, atol=1e-5)
+
+
 def test_gated_aux_term_trains_only_the_gate_path():
     cfg = gated.default_config()
     params = _perturbed(gated.init(jax.random.key(0), D_IN, WIDTH, cfg))
@@ -120,7 +138,9 @@ def test_gated_threshold_equivalence_with_negative_and_positive_thresholds():
     assert bool(jnp.any(theta < 0)) and bool(jnp.any(theta > 0))
     x = _x(2, 512)
     jr = sae.to_jumprelu(params, "gated", cfg)
-    np.testing.assert_allclose(sae.jumprelu_encode(jr, x), gated.encode(params, x, cfg), atol=1e-6)
+    np.testing.assert_allclose(
+        sae.jumprelu_encode(jr, x), gated.encode(params, x, cfg), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_relu_decoder_norm_weighted_form():
