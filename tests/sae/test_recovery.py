@@ -96,7 +96,7 @@ RECOVERY = {
         700,
     ),
     "gated": (dict(sparsity_coeff=0.7), 800),
-    "topk": (dict(k=4), 400),
+    "topk": (dict(k=4), 300),
     "batchtopk": (dict(k=4, threshold_start_step=0, threshold_decay=0.99), 400),
 }
 
