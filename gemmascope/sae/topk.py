@@ -44,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def k_max(cfg: ml_collections.ConfigDict) -> int:
-    """The static bound on k: ``cfg.k_max`` or ``cfg.k``."""
+    """The declared upper bound of a k sweep: ``cfg.k_max`` or ``cfg.k``."""
     return int(cfg.k if cfg.k_max is None else cfg.k_max)
 
 
