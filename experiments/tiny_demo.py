@@ -17,7 +17,7 @@ learning rate and warmups of tens of steps instead of 1k/10k.
 Arguments: runlocal (a two-site, few-step version for tests and CI).
 """
 
-from gemmascope import study
+from gemmascope import jobs, study
 
 
 def get_config(arg=None):
@@ -95,7 +95,8 @@ def sweep(add, arg=None):
     --config=experiments/tiny_demo.py --workdir=workdir/demo --parallel=2` runs these tasks two at
     a time.
     """
-    del arg  # Every variant of this file has the same tasks.
-    for kind in ("resid_post", "mlp_out", "attn_z"):
-        for arch in ("jumprelu", "gated", "topk"):
+    config = get_config(arg)
+    all_jobs = jobs.expand(config, study.model_config(config.model))
+    for kind in sorted({job.site.split("/")[0] for job in all_jobs}):
+        for arch in sorted(config.jobs.archs):
             add(jobs=f"{kind}-*-{arch}")
