@@ -18,6 +18,8 @@ bytes. The estimates follow SPEC §7:
 - step time = FLOPs per step / (chips x peak x MFU);
 - cache bytes = cached tokens x d_in x bytes per element (fp32 = 4: 8B tokens of one 9B site is
   ~104 TiB, the "about 100 TiB" of SPEC §7);
+- caching = one LM forward pass (2 x LM parameters FLOPs per token) over the largest site's
+  tokens, which captures every site at once;
 - memory per chip = S x params x 4 bytes x 3 (params + Adam's two moments), divided by the model
   axis for latent-sharded SAEs, plus the step's (batch, latent) activations, about 4 fp32 arrays
   of (batch / data shards) x (width / model shards) x S.
@@ -65,6 +67,18 @@ def sae_step_seconds(
     chip = hardware.get(accelerator)
     flops = sae_flops_per_token(d_in, width, arch) * batch_size * n_saes
     return flops / (n_chips * chip.peak_flops * mfu)
+
+
+def lm_param_count(model_cfg) -> int:
+    """Parameters of a Gemma 2 (tied embeddings counted once)."""
+    d, layers = model_cfg.hidden_size, model_cfg.num_hidden_layers
+    attention = (
+        d
+        * model_cfg.head_dim
+        * (2 * model_cfg.num_attention_heads + 2 * model_cfg.num_key_value_heads)
+    )
+    mlp = 3 * d * model_cfg.intermediate_size
+    return model_cfg.vocab_size * d + layers * (attention + mlp + 4 * d) + d
 
 
 def activation_storage_bytes(n_tokens: float, d_in: int, dtype: str = "float32") -> float:
@@ -116,6 +130,18 @@ class StudyPlan:
     jobs: list[JobPlan]
     cache_tokens: dict[str, float]
     storage_bytes: dict[str, float]
+    lm_params: int
+
+    @property
+    def cache_flops(self) -> float:
+        """LM forward FLOPs to cache every site: one pass (2 FLOPs per parameter per token) over
+        the largest site's tokens captures all sites at once."""
+        return 2.0 * self.lm_params * max(self.cache_tokens.values(), default=0.0)
+
+    @property
+    def cache_seconds(self) -> float:
+        """Estimated wall time of caching on `n_chips` chips at `mfu`."""
+        return self.cache_flops / (self.n_chips * self.accelerator.peak_flops * self.mfu)
 
     @property
     def n_saes(self) -> int:
@@ -232,6 +258,7 @@ def make_plan(
         jobs=job_plans,
         cache_tokens=cache_tokens,
         storage_bytes=storage,
+        lm_params=lm_param_count(model_cfg),
     )
 
 
@@ -299,6 +326,10 @@ def format_plan(study_plan: StudyPlan, max_rows: int = 40) -> str:
     lines += [
         f"  total            {human_bytes(p.total_storage_bytes)} over {len(p.storage_bytes)} "
         "sites",
+        f"  writing it: one forward pass of the {p.lm_params / 1e9:.3g}B-parameter model over "
+        f"{max(p.cache_tokens.values(), default=0):.3g} tokens, {p.cache_flops:.3g} FLOPs, "
+        f"~{human_seconds(p.cache_seconds)} on {p.n_chips} chips (streaming instead repeats it "
+        "for every job of a site)",
         "",
         f"Training: {p.total_flops:.3g} FLOPs; {human_seconds(p.total_wall_seconds)} on "
         f"{p.n_chips} chips if jobs run one after another "

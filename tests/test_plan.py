@@ -53,8 +53,12 @@ def test_gemma2_9b_study_plan():
     mlp16k = by_name["mlp_out-L3-w16384-jumprelu"]
     assert mlp16k.params_bytes_per_chip == 6 * plan.sae_param_count(3584, 2**14) * 4
     assert mlp16k.optimizer_bytes_per_chip == 2 * mlp16k.params_bytes_per_chip
+    # Gemma 2 9B has 9.24B parameters; caching 16B tokens is one forward pass over them.
+    assert study_plan.lm_params == pytest.approx(9.24e9, rel=0.01)
+    assert study_plan.cache_flops == pytest.approx(2 * study_plan.lm_params * 16e9)
     text = plan.format_plan(study_plan)
     assert "259 jobs, 1554 SAEs" in text and "Cloud TPU v3" in text and "PiB over 126 sites" in text
+    assert "one forward pass of the 9.24B-parameter model over 1.6e+10 tokens" in text
 
 
 def test_plan_other_studies_and_accelerators():
