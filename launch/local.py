@@ -8,7 +8,7 @@ r"""Local launcher: a study's sweep tasks as processes on this machine, several 
 Phases: cache (one command), then per task `--mode=train` followed by `--mode=export`
 (`--parallel` tasks at once), then `--mode=eval`. Every command is an argv list run without a
 shell, and `--dry_run` prints each as a shell-quoted line instead of running it. A failed command
-stops the launcher after the running ones finish; rerunning resumes (every stage skips done work).
+stops the launcher at the end of its phase; rerunning resumes (every stage skips done work).
 """
 
 from __future__ import annotations
