@@ -18,8 +18,9 @@ Command (from the repository root):
 
     PYTHONPATH=. python experiments/train_tiny_lm.py --out_dir=gemmascope/assets/tiny_gemma
 
-Runtime: about 12.5 CPU-minutes (0.75 CPU-s per step, 1000 steps), i.e. about 6-7 min on 2 idle
-cores; the shipped run took 38.8 min of wall time on a shared 2-core machine at load 10-13.
+Runtime: 12.3 CPU-minutes (measured), i.e. about 6-8 min on 2 idle cores; 16.2 min of wall time
+on a shared 2-core machine at load 2-8 (38.8 min at load 10-13). Reruns give bitwise-identical
+weights.
 Result (the shipped model): 1,247,360 parameters; held-out loss 3.919 nats/token against 6.060
 for an add-one unigram and 4.443 for a smoothed bigram (docs/embedded_model.md).
 """
