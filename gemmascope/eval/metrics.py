@@ -164,7 +164,14 @@ def lm_sums(
       ``delta_ce`` (Σ (spliced − clean) CE, differenced per position so an identical model
       gives exactly 0) and ``kl`` (Σ KL(p_clean || p_spliced)), float32 scalars.
     """
-    logp = next_token_logp(spliced_logits)
+    return lm_sums_from_logp(clean_logp, next_token_logp(spliced_logits), tokens, keep_lm)
+
+
+def lm_sums_from_logp(
+    clean_logp: jax.Array, logp: jax.Array, tokens: jax.Array, keep_lm: jax.Array
+) -> dict[str, jax.Array]:
+    """``lm_sums`` from the spliced model's log-probabilities ``logp`` (B, T, V) instead of its
+    logits; bitwise-equal ``clean_logp`` and ``logp`` give exactly 0 for both sums."""
     w = keep_lm.astype(jnp.float32)
     ce = token_cross_entropy(logp, tokens)
     clean_ce = token_cross_entropy(clean_logp, tokens)

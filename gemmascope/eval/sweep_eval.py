@@ -8,7 +8,9 @@ For each batch of held-out token sequences:
    (for ``zero_ablation_loss`` and ``loss_recovered``);
 3. per group of SAEs with the same (site, width, encoder type), stacked on a leading axis, one
    jitted program encodes the captured activations and splices each reconstruction into the model
-   (``jax.lax.map`` with ``batch_size=splice_batch``: ``vmap`` over chunks of the group).
+   (``lax.scan`` over chunks of ``splice_batch`` SAEs, ``vmap`` inside a chunk). Its first chunk
+   splices nothing: delta loss and KL are taken against it, in the same compiled loop body, so
+   an SAE whose reconstruction is exact gives exactly 0 (``_group_pass``).
 
 Spliced passes at a site of layer L resume from the clean ``resid_post/{L-1}``
 (``model.forward_from``), so only layers L.. are recomputed. Only sums leave the device; the host
@@ -138,40 +140,86 @@ def _encode(sae, x, k_max):
     return metrics.topk_encode(sae, x, sae["k"], k_max)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site", "splice_batch", "with_lm", "k_max"))
+def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array]:
+    """Stacks a group's params on axis 0 as ``_group_pass`` runs them, in chunks of ``chunk``:
+    first one chunk of references, then the SAEs, then padding up to a whole chunk.
+
+    References and padding are copies of the first SAE with ``use_sae`` False (they splice
+    nothing); ``is_reference`` marks the first chunk. Both masks are traced inputs, never
+    constants, so XLA cannot specialise the references' code path.
+    """
+    n_total = (1 + -(-len(members) // chunk)) * chunk
+    padding = n_total - chunk - len(members)
+    order = [members[0]] * chunk + list(members) + [members[0]] * padding
+    stacked = {k: jnp.asarray(np.stack([entry.params[k] for entry in order])) for k in NPZ_KEYS}
+    if members[0].encoder["type"] == "topk":
+        stacked["k"] = jnp.asarray([int(entry.encoder["k"]) for entry in order], jnp.int32)
+    index = np.arange(n_total)
+    stacked["use_sae"] = jnp.asarray((index >= chunk) & (index < chunk + len(members)))
+    stacked["is_reference"] = jnp.asarray(index < chunk)
+    return stacked
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk", "with_lm", "k_max"))
 def _group_pass(
     model_params,
     tokens,
     keep,
     acts,
     prefix,
-    clean_logp,
     stacked,
     *,
     cfg,
     site,
-    splice_batch,
+    chunk,
     with_lm,
     k_max,
 ):
-    """Reconstruction and LM sums of every SAE of one group (params stacked on axis 0)."""
+    """Reconstruction and LM sums of every element of a group stacked by ``_stack_group``.
+
+    A ``lax.scan`` over chunks of ``chunk`` elements, ``vmap`` inside a chunk. Delta CE and KL
+    of the SAE at position j of a chunk are taken against position j of the first chunk (the
+    references), not against the clean pass: same compiled loop body, same position in the
+    vmapped batch, same inputs (``use_sae`` False makes the splice return the activation ``a``
+    itself). So an SAE whose reconstruction equals ``a`` bitwise gets bitwise-equal logits and
+    delta CE = KL = 0 exactly. Neither a separately compiled program (the clean pass, or
+    ``lax.map``'s remainder) nor another position in the vmapped batch guarantees that: XLA's
+    CPU matmuls round rows differently by their position in the tile.
+    """
     keep_lm = metrics.lm_keep(keep)
 
-    def one_sae(sae):
+    def one_element(sae):
         f = _encode(sae, acts, k_max)
         recon = metrics.reconstruction_sums(acts, metrics.decode(sae, f), f, keep)
         if not with_lm:
-            return recon, {}
+            return recon, None
 
         def splice(a):
-            # Special tokens (and padding rows) keep their original activation.
+            # Special tokens (and padding rows) keep their original activation; so does
+            # every token of the reference and padding elements (use_sae False).
             x_hat = metrics.decode(sae, _encode(sae, a, k_max)).astype(a.dtype)
-            return jnp.where(keep[..., None], x_hat, a)
+            return jnp.where(sae["use_sae"] & keep[..., None], x_hat, a)
 
         logits = _spliced_logits(cfg, model_params, tokens, prefix, site, splice)
-        return recon, metrics.lm_sums(clean_logp, logits, tokens, keep_lm)
+        return recon, metrics.next_token_logp(logits)
 
-    return jax.lax.map(one_sae, stacked, batch_size=splice_batch)
+    def one_chunk(reference_logp, elements):
+        recon, logp = jax.vmap(one_element)(elements)
+        if not with_lm:
+            return reference_logp, (recon, {})
+        # The first chunk holds the references; later chunks reuse the carried log-probs.
+        reference_logp = jnp.where(elements["is_reference"][0], logp, reference_logp)
+        lm = jax.vmap(metrics.lm_sums_from_logp, in_axes=(0, 0, None, None))(
+            reference_logp, logp, tokens, keep_lm
+        )
+        return reference_logp, (recon, lm)
+
+    chunks = jax.tree.map(lambda v: v.reshape(-1, chunk, *v.shape[1:]), stacked)
+    first_chunk = jax.tree.map(lambda v: v[0], chunks)
+    logp_shape = jax.eval_shape(jax.vmap(one_element), first_chunk)[1]
+    initial = jnp.zeros(logp_shape.shape, logp_shape.dtype) if with_lm else jnp.zeros(())
+    _, (recon, lm) = jax.lax.scan(one_chunk, initial, chunks)
+    return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), (recon, lm))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,18 +289,15 @@ def evaluate_saes(
     sites = tuple(sorted({key[0] for key in groups}))
     prefixes = {site: prefix_site(site) for site in sites}
     captured = tuple(sorted(set(sites) | {p for p in prefixes.values() if p is not None}))
-    stacked, k_maxes = {}, {}
-    for key, members in groups.items():
-        stacked[key] = {
-            k: jnp.asarray(np.stack([saes[i].params[k] for i in members])) for k in NPZ_KEYS
-        }
-        k_maxes[key] = None
-        if key[2] == "topk":
-            ks = [int(saes[i].encoder["k"]) for i in members]
-            stacked[key]["k"] = jnp.asarray(ks, jnp.int32)
-            k_maxes[key] = max(ks)
     with_lm = bool(eval_cfg.lm_metrics)
     splice_batch = eval_config.splice_batch(eval_cfg)
+    stacked, k_maxes, chunks = {}, {}, {}
+    for key, members in groups.items():
+        chunks[key] = min(splice_batch, len(members))
+        stacked[key] = _stack_group([saes[i] for i in members], chunks[key])
+        k_maxes[key] = None
+        if key[2] == "topk":
+            k_maxes[key] = max(int(saes[i].encoder["k"]) for i in members)
 
     clean_totals: dict = {}
     site_totals = {site: {} for site in sites}
@@ -278,14 +323,17 @@ def evaluate_saes(
         for key in groups:
             site = key[0]
             prefix = acts[prefixes[site]] if prefixes[site] else None
-            shared = (model_params, batch, keep, acts[site], prefix, clean_logp)
             recon, lm = _group_pass(
-                *shared,
+                model_params,
+                batch,
+                keep,
+                acts[site],
+                prefix,
                 stacked[key],
                 cfg=model_cfg,
                 site=site,
                 k_max=k_maxes[key],
-                splice_batch=splice_batch,
+                chunk=chunks[key],
                 with_lm=with_lm,
             )
             _add(group_totals[key][0], recon)
@@ -296,8 +344,9 @@ def evaluate_saes(
         site = key[0]
         recon_all, lm_all = group_totals[key]
         for position, index in enumerate(members):
-            recon = {k: v[position] for k, v in recon_all.items()}
-            lm = {k: v[position] for k, v in lm_all.items()} if with_lm else None
+            row = chunks[key] + position  # after the chunk of references (_stack_group)
+            recon = {k: v[row] for k, v in recon_all.items()}
+            lm = {k: v[row] for k, v in lm_all.items()} if with_lm else None
             results[index] = _finish(
                 recon,
                 site_totals[site],
