@@ -22,6 +22,7 @@ import numpy as np
 
 from gemmascope.activations import global_batch as global_batch_lib
 from gemmascope.activations.shuffle import ShuffleOrder, check_seed
+from gemmascope.activations.source_position import PositionState
 
 
 def estimate_norm_scale(x: np.ndarray) -> float:
@@ -49,7 +50,7 @@ def check_norm_scale(norm_scale) -> float:
     return value
 
 
-class ArraySource:
+class ArraySource(PositionState):
     """Shuffled, normalised, sharded batches from an in-memory array.
 
     Attributes:
@@ -89,22 +90,6 @@ class ArraySource:
             self.norm_scale = check_norm_scale(norm_scale)
         self._order = ShuffleOrder(self.n_tokens, self._seed, self.n_tokens, self.n_tokens)
         self._position = 0  # stream position of the next batch's first token
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The position of the next batch, as a small pytree of numpy ints."""
-        return {"position": np.asarray(self._position, np.int64)}
-
-    def restore(self, state) -> None:
-        """Continues from a `state()`; the next `iter_batches` starts there."""
-        try:
-            position = int(np.asarray(state["position"]))
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"state must be a dict {{'position': int}} from state(), got {state!r}"
-            ) from None
-        if position < 0:
-            raise ValueError(f"state position must be >= 0, got {position}")
-        self._position = position
 
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._array[rows].astype(np.float32) / np.float32(self.norm_scale)

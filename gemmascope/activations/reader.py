@@ -28,6 +28,7 @@ import numpy as np
 from gemmascope.activations import chunk_reading, storage
 from gemmascope.activations import global_batch as global_batch_lib
 from gemmascope.activations.shuffle import ShuffleOrder, check_seed
+from gemmascope.activations.source_position import PositionState
 
 
 class _ChunkCache:
@@ -59,7 +60,7 @@ class _ChunkCache:
         return out
 
 
-class CacheSource:
+class CacheSource(PositionState):
     """The trainer's source interface over one site of a cache.
 
     Attributes:
@@ -128,22 +129,6 @@ class CacheSource:
         )
         self._prefetch = int(prefetch)
         self._position = 0
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The position of the next batch, as a small pytree of numpy ints."""
-        return {"position": np.asarray(self._position, np.int64)}
-
-    def restore(self, state) -> None:
-        """Continues from a `state()`; the next `iter_batches` starts there."""
-        try:
-            position = int(np.asarray(state["position"]))
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"state must be a dict {{'position': int}} from state(), got {state!r}"
-            ) from None
-        if position < 0:
-            raise ValueError(f"state position must be >= 0, got {position}")
-        self._position = position
 
     def iter_batches(self, batch_size: int, sharding: jax.sharding.Sharding) -> Iterator[jax.Array]:
         """Yields global fp32 (batch_size, d_in) arrays laid out per `sharding`, forever.

@@ -34,9 +34,10 @@ from gemmascope.activations import global_batch as global_batch_lib
 from gemmascope.activations.array_source import check_norm_scale, estimate_norm_scale
 from gemmascope.activations.capture import Capturer, TokenLayout
 from gemmascope.activations.shuffle import check_seed
+from gemmascope.activations.source_position import PositionState
 
 
-class StreamingSource:
+class StreamingSource(PositionState):
     """Shuffled, normalised, sharded batches computed on the fly from token sequences.
 
     Attributes:
@@ -125,22 +126,6 @@ class StreamingSource:
             kwargs.setdefault("drop_special", cache.drop_special)
             kwargs.setdefault("forward_batch", cache.batch_size)
         return cls(model_cfg, params, sequences, site, seed=seed, **kwargs)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """This process's position in its stream (equal on all processes), as numpy ints."""
-        return {"position": np.asarray(self._position, np.int64)}
-
-    def restore(self, state) -> None:
-        """Continues from a `state()`; the next `iter_batches` starts there."""
-        try:
-            position = int(np.asarray(state["position"]))
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(
-                f"state must be a dict {{'position': int}} from state(), got {state!r}"
-            ) from None
-        if position < 0:
-            raise ValueError(f"state position must be >= 0, got {position}")
-        self._position = position
 
     def _kept_rows(self, sequence_ids: np.ndarray) -> np.ndarray:
         """fp32 (kept tokens, d_in) of the given sequences, in order."""
