@@ -7,7 +7,7 @@ the training part of Tiny Shakespeare, trains JumpReLU, Gated and TopK SAEs at w
 with 3 sparsity settings each (one stacked job per site x width x architecture: 72 jobs, 216 SAEs),
 exports them as Gemma Scope params.npz and evaluates every SAE on held-out text. Ends by printing
 where the metric table and plots are and the table's best rows.
-About 12 minutes on 2 CPU cores (measured: docs/quickstart.md).
+About 8 minutes on 2 CPU cores (12 on a busy host) (measured: docs/quickstart.md).
 
 The recipe is Gemma Scope's (SPEC §4) with the changes a run of a few hundred steps needs
 (SPEC §4.8): a raw threshold (log θ barely moves in a short run), the target-L0 form of the
