@@ -16,8 +16,11 @@ What it trains (PT, 42 layers; widths in latents, tokens per SAE):
     2^17        attention, MLP and residual SAEs at every layer     8B
     2^18, 2^19  residual, layer 20                                  8B
     2^20        residual, layers 9, 20, 31                          16B
-and with `variant=it` the 9B IT suite: residual layers 9, 20, 31 at 2^14 (4B) and 2^17 (8B)
-(GS §4.5 trains these on chat-wrapped pretraining text; point config.data at such a corpus).
+and with `variant=it` the 9B IT suite: residual layers 9, 20, 31 at 2^14 (4B) and 2^17 (8B),
+on Gemma 2 9B IT (model_dir=gemma-2-9b-it) and chat-wrapped pretraining text as GS §4.5 trains
+them: every document becomes `<start_of_turn>user\n` + document +
+`<end_of_turn>\n<start_of_turn>model\n` (data.chat_wrap), and the user-prefix tokens are left
+out of the cache, training and evaluation (docs/data.md).
 Each job stacks a λ sweep of 6 JumpReLU SAEs (recipe of SPEC §4); `arch=gated`, `arch=topk`,
 `arch=batchtopk`, `arch=relu`, `arch=matryoshka` or `arch=jumprelu+gated` swap or add
 architectures. 16k SAEs train data-parallel, wider ones shard latents (SPEC §7).
@@ -73,6 +76,11 @@ def get_config(arg=None):
 
     if arg.runlocal:
         study.shrink_for_local(config)
+    if arg.variant == "it":
+        # GS §4.5: pretraining documents wrapped as one user turn of Gemma 2's chat template;
+        # SAEs skip the user-prefix tokens (constant and of much larger norm). Set after
+        # shrink_for_local, which resets config.data, so runlocal wraps too.
+        config.data.chat_wrap = True
     return config
 
 

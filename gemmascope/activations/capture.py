@@ -1,6 +1,6 @@
 """Capturing activations: which token positions become cache rows, and the jitted forward pass.
 
-    layout = TokenLayout.build(sequences, special_ids, drop_special=True)
+    layout = TokenLayout.build(sequences, special_ids, drop_special=True, exclude=prefix_mask)
     layout.n_tokens; layout.row_start[s]       # first cache row of sequence s
     layout.metadata(lo, hi)                    # int32 (rows, 3): token id, position, sequence id
     capture = Capturer(model_cfg, params, sites, storage_dtype="float32", batch_size=8)
@@ -8,7 +8,9 @@
 
 Rows are the kept tokens of the sequences, sequence by sequence, position by position. The
 layout is a function of the token ids alone (BOS, EOS and pad are dropped unless
-`drop_special=False`), so every process can compute every row's place before any forward pass;
+`drop_special=False`; `exclude` drops more positions, e.g. the chat user prefix, and is itself
+computed from the ids by `data.user_prefix_mask`), so every process can compute every row's place
+before any forward pass;
 this is what lets several processes write disjoint rows of one array, and makes the row order
 independent of how many processes wrote it.
 """
@@ -42,7 +44,26 @@ class TokenLayout:
     row_start: np.ndarray
 
     @classmethod
-    def build(cls, sequences: np.ndarray, special_ids, drop_special: bool) -> TokenLayout:
+    def build(
+        cls,
+        sequences: np.ndarray,
+        special_ids,
+        drop_special: bool,
+        exclude: np.ndarray | None = None,
+    ) -> TokenLayout:
+        """The layout of int (N, T) sequences.
+
+        Args:
+          sequences: token ids.
+          special_ids: ids dropped when `drop_special` (the model's BOS, EOS and pad).
+          drop_special: whether to drop them.
+          exclude: optional bool (N, T), True at further positions to drop whatever
+            `drop_special` says (the chat user prefix: `data.user_prefix_mask`).
+
+        Raises:
+          ValueError: on an empty or non-2-D array, an `exclude` of another shape, or when no
+            position is left.
+        """
         sequences = np.asarray(sequences)
         if sequences.ndim != 2 or sequences.shape[0] < 1 or sequences.shape[1] < 1:
             raise ValueError(f"sequences must be a non-empty (N, T) array, got {sequences.shape}")
@@ -50,9 +71,19 @@ class TokenLayout:
             keep = ~np.isin(sequences, np.asarray(list(special_ids), sequences.dtype))
         else:
             keep = np.ones(sequences.shape, bool)
+        if exclude is not None:
+            exclude = np.asarray(exclude)
+            if exclude.shape != sequences.shape or exclude.dtype != bool:
+                raise ValueError(
+                    f"exclude must be a bool array of the sequences' shape {sequences.shape}, "
+                    f"got {exclude.dtype} {exclude.shape}"
+                )
+            keep &= ~exclude
         row_start = np.concatenate([[0], np.cumsum(keep.sum(axis=1, dtype=np.int64))])
         if row_start[-1] == 0:
-            raise ValueError("no tokens left to cache: every position is a special token")
+            raise ValueError(
+                "no tokens left to cache: every position is a special or excluded token"
+            )
         return cls(sequences, keep, row_start)
 
     @property

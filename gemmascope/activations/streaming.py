@@ -10,7 +10,8 @@ The stream (per process; docs/activations.md):
 - with P processes, process p owns sequences p, p+P, p+2P, ...; epoch e visits them in an order
   permuted with seed (seed, e, p), so every kept token of them appears once per epoch;
 - consecutive groups of `buffer_tokens // seq_len` sequences form a shuffle buffer: they are
-  run through the model together, their kept tokens (BOS/EOS/pad dropped) permuted with seed
+  run through the model together, their kept tokens (BOS/EOS/pad and any `exclude`d position,
+  such as the chat user prefix, dropped) permuted with seed
   (seed, e, p, window), and emitted in that order; only one buffer is held in memory;
 - each process contributes its devices' rows of every global batch from its own stream
   (`jax.make_array_from_process_local_data`), so the batches depend on the process count.
@@ -59,6 +60,7 @@ class StreamingSource(PositionState):
         drop_special: bool = True,
         norm_scale: float | None = None,
         norm_sample_tokens: int = 1 << 16,
+        exclude: np.ndarray | None = None,
     ):
         """Sets up the stream (and, if norm_scale is None, estimates C with a forward pass).
 
@@ -73,6 +75,9 @@ class StreamingSource(PositionState):
           drop_special: drop BOS/EOS/pad positions, as the cache does.
           norm_scale: C; None estimates it from about `norm_sample_tokens` tokens.
           norm_sample_tokens: sample size for estimating C.
+          exclude: optional bool (N, T), True at positions never emitted, whatever
+            `drop_special` says: pass `data.user_prefix_mask(data_cfg, tokenizer, sequences)`
+            for chat-wrapped data (`from_config` does).
 
         Raises:
           ValueError: for an unknown site (listing valid ones), a bad seed, sizes or scale.
@@ -88,7 +93,9 @@ class StreamingSource(PositionState):
             or buffer_tokens < 1
         ):
             raise ValueError(f"buffer_tokens must be a positive integer, got {buffer_tokens!r}")
-        self._layout = TokenLayout.build(sequences, model_cfg.special_token_ids, drop_special)
+        self._layout = TokenLayout.build(
+            sequences, model_cfg.special_token_ids, drop_special, exclude=exclude
+        )
         self.d_in = model.sites.dim(model_cfg, site)
         self.n_tokens = None
         self._capturer = Capturer(model_cfg, params, [site], "float32", forward_batch)
@@ -110,7 +117,10 @@ class StreamingSource(PositionState):
 
     @classmethod
     def from_config(cls, config, site: str, seed: int = 0, **kwargs) -> StreamingSource:
-        """Loads the model (config.model) and sequences (config.data, config.cache.split)."""
+        """Loads the model (config.model) and sequences (config.data, config.cache.split).
+
+        With `config.data.chat_wrap` the user-prefix tokens are excluded (`data.user_prefix_mask`).
+        """
         from gemmascope import data
         from gemmascope.activations import writer
 
@@ -121,6 +131,7 @@ class StreamingSource(PositionState):
         cache = config.get("cache")
         split = cache.split if cache is not None else "train"
         sequences = data.sequences(config.data, tokenizer, split)
+        kwargs.setdefault("exclude", data.user_prefix_mask(config.data, tokenizer, sequences))
         _, params = model.load_hf(folder, dtype=writer.MODEL_DTYPES[dtype])
         if cache is not None:
             kwargs.setdefault("drop_special", cache.drop_special)

@@ -6,7 +6,9 @@
 `config` is a study config with sections `model` (path, dtype), `data` (`data.default_config()`),
 `sites` (globs) and `cache` (`activations.default_config()`). The writer
 
-1. tokenizes and packs `config.data`'s split and computes every kept token's row (TokenLayout);
+1. tokenizes and packs `config.data`'s split and computes every kept token's row (TokenLayout):
+   BOS/EOS/pad are dropped (`cache.drop_special`) and so, with `data.chat_wrap`, are the chat
+   user-prefix tokens (`data.user_prefix_mask`, a function of the token ids);
 2. checks every target directory (the per-token metadata array and each site) before writing
    anything: an existing cache must have the same fingerprint, else a CacheError names what
    differs; a directory with data but no (or a corrupt) meta.json is refused, never overwritten;
@@ -137,7 +139,7 @@ class _Target:
         return meta
 
 
-def _targets(config, cache_cfg, model_cfg, model_path, sites, layout, seqs, workdir):
+def _targets(config, cache_cfg, model_cfg, model_path, sites, layout, seqs, user_prefix, workdir):
     common = {
         "model": model_identity(model_path, config.model.get("dtype", "float32") or "float32"),
         "corpus": data.identity(config.data),
@@ -148,6 +150,8 @@ def _targets(config, cache_cfg, model_cfg, model_path, sites, layout, seqs, work
             "sha256": hashlib.sha256(np.ascontiguousarray(seqs, np.int32).tobytes()).hexdigest(),
         },
         "drop_special": bool(cache_cfg.drop_special),
+        # Token ids of the chat user prefix left out of the rows (data.chat_wrap); [] = none.
+        "excluded_user_prefix_ids": [int(i) for i in user_prefix],
         "layout": {
             "n_tokens": layout.n_tokens,
             "shard_rows": cache_cfg.shard_rows,
@@ -283,8 +287,16 @@ def build_cache(config, workdir: str) -> dict[str, str]:
     check_config(cache_cfg)
     model_cfg, folder, tokenizer, sites, dtype = load_inputs(config)
     seqs = data.sequences(config.data, tokenizer, cache_cfg.split)
-    layout = TokenLayout.build(seqs, model_cfg.special_token_ids, cache_cfg.drop_special)
-    targets = _targets(config, cache_cfg, model_cfg, folder, sites, layout, seqs, workdir)
+    user_prefix = data.user_prefix_ids(config.data, tokenizer)
+    layout = TokenLayout.build(
+        seqs,
+        model_cfg.special_token_ids,
+        cache_cfg.drop_special,
+        exclude=data.user_prefix_mask(config.data, tokenizer, seqs),
+    )
+    targets = _targets(
+        config, cache_cfg, model_cfg, folder, sites, layout, seqs, user_prefix, workdir
+    )
     for t in targets:  # every check before any write: a refused build changes nothing
         t.inspect()
     todo = [t for t in targets if not t.complete]

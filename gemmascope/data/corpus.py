@@ -2,12 +2,16 @@
 
     cfg = data.default_config()              # corpus="embedded": the bundled Tiny Shakespeare
     for text in documents(cfg): ...          # one string per document, in corpus order
+    n_chars, located = located_documents(cfg)   # (start character, document) pairs
     identity(cfg)                            # JSON-able description used in cache fingerprints
 
 What a document is:
 - a plain text file (.txt): by default one paragraph (text between blank lines; in Tiny
   Shakespeare one speech), or one line, or the whole file (`cfg.documents`);
 - a .json / .jsonl / .parquet file or a hub dataset: one row, its text in `cfg.text_field`.
+
+`located_documents(cfg)` also gives where each document starts, in characters, for the "tail"
+eval split. The chat-turn fields (`chat_wrap`, ...) are documented in `gemmascope.data.chat`.
 
 Everything is read with `datasets.load_dataset(..., streaming=True)`, so nothing is copied into
 the datasets cache and a hub corpus is only read as far as the requested number of sequences.
@@ -22,9 +26,12 @@ from pathlib import Path
 
 import ml_collections
 
+from gemmascope.data import chat
+
 EMBEDDED = "embedded"
 _BUILDER_BY_SUFFIX = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _TEXT_DOCUMENTS = ("paragraph", "line", "file")
+EVAL_SPLITS = ("random", "tail")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -42,7 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.hub_split = "train"
     # Tokens per packed sequence, BOS included (Gemma Scope: 1024).
     cfg.seq_len = 1024
-    # Fraction of documents held out for evaluation (chosen by seed; never in the train split).
+    # How the eval split is chosen: "random" (documents drawn by seed) or "tail" (the documents
+    # that start in the last eval_fraction of the corpus's characters; local files only).
+    cfg.eval_split = "random"
+    # Fraction held out for evaluation: of documents ("random") or of characters ("tail").
     cfg.eval_fraction = 0.05
     # If set, the eval split is exactly this many sequences (error if the held-out docs are short).
     cfg.n_eval_sequences = ml_collections.config_dict.placeholder(int)
@@ -52,6 +62,13 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.seed = 0
     # Documents per tokenizer call.
     cfg.tokenize_batch_size = 256
+    # Wrap every document as one chat turn, chat_user_prefix + document + chat_model_prefix, and
+    # leave the user-prefix tokens out of SAE training and evaluation (IT SAEs, GS §4.5).
+    cfg.chat_wrap = False
+    # The user-turn prefix (Gemma 2's chat template); must be non-empty when chat_wrap is on.
+    cfg.chat_user_prefix = chat.GEMMA_USER_PREFIX
+    # The model-turn prefix put after the document (trained on, like the document).
+    cfg.chat_model_prefix = chat.GEMMA_MODEL_PREFIX
     return cfg
 
 
@@ -92,6 +109,9 @@ def _check_config(cfg) -> None:
         raise ValueError(
             f"data.tokenize_batch_size must be a positive integer, got {cfg.tokenize_batch_size!r}"
         )
+    if cfg.eval_split not in EVAL_SPLITS:
+        raise ValueError(f"data.eval_split must be one of {EVAL_SPLITS}, got {cfg.eval_split!r}")
+    chat.check_config(cfg)
 
 
 def documents(cfg) -> Iterator[str]:
@@ -133,6 +153,46 @@ def documents(cfg) -> Iterator[str]:
             raise ValueError(f"document {i} field {field!r} is {type(text).__name__}, not text")
         if text.strip():
             yield text
+
+
+def located_documents(cfg) -> tuple[int, Iterator[tuple[int, str]]]:
+    """The corpus's length in characters and its documents with the character where each starts.
+
+    For a .txt file the characters are the file's (read as text, universal newlines, as
+    `documents` reads it); for a .json / .jsonl / .parquet file, those of its documents laid end
+    to end. Used by the "tail" eval split, which cuts the corpus at a fraction of its characters.
+
+    Returns:
+      (n_chars, iterator of (start, document) in corpus order).
+
+    Raises:
+      ValueError: for a hub corpus (its length is unknown without reading all of it).
+    """
+    path = _local_path(cfg.corpus)
+    if path is None:
+        raise ValueError(
+            f"data.eval_split='tail' needs a local corpus file, got the hub dataset "
+            f"{cfg.corpus!r}: download it to a .jsonl/.parquet file, or use eval_split='random'"
+        )
+    if path.suffix.lower() == ".txt":
+        text = path.read_text(encoding="utf-8")
+
+        def in_file() -> Iterator[tuple[int, str]]:
+            searched = 0
+            for doc in documents(cfg):
+                start = text.find(doc, searched)  # documents are disjoint pieces, in file order
+                yield start, doc
+                searched = start + len(doc)
+
+        return len(text), in_file()
+
+    def end_to_end() -> Iterator[tuple[int, str]]:
+        start = 0
+        for doc in documents(cfg):
+            yield start, doc
+            start += len(doc)
+
+    return sum(len(doc) for doc in documents(cfg)), end_to_end()
 
 
 def _file_sha256(path: Path) -> str:

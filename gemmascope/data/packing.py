@@ -3,10 +3,13 @@
     seqs = sequences(cfg, tokenizer, split="train")   # np.int32 (N, cfg.seq_len), BOS first
 
 How documents become sequences (deterministic; docs/data.md):
-1. Each document is assigned to the eval split with probability `eval_fraction`, by a uniform
-   draw from a generator seeded with (seed, document_index // 4096): the assignment of a document
-   never depends on the tokenizer, on other documents' text or on how much is read.
-2. Documents are tokenized without special tokens; empty ones are skipped.
+1. With `eval_split="random"` (the default) each document is assigned to the eval split with
+   probability `eval_fraction`, by a uniform draw from a generator seeded with
+   (seed, document_index // 4096): the assignment of a document never depends on the tokenizer,
+   on other documents' text or on how much is read. With `eval_split="tail"` the eval split is
+   the documents that start in the last `eval_fraction` of the corpus's characters.
+2. Documents are tokenized without special tokens (with `chat_wrap`, as one chat turn:
+   `gemmascope.data.chat`); empty ones are skipped.
 3. Within a split, in corpus order, each document contributes its tokens followed by one EOS;
    the concatenated stream is cut into pieces of `seq_len - 1` tokens and each piece is prefixed
    with BOS. A document may therefore continue from one sequence into the next, a sequence may
@@ -22,7 +25,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from gemmascope.data import corpus
+from gemmascope.data import chat, corpus
 
 SPLITS = ("train", "eval")
 _ASSIGNMENT_BLOCK = 4096  # documents whose eval draws come from one generator
@@ -52,22 +55,39 @@ def _check(cfg, tokenizer, split: str) -> None:
             raise ValueError(f"the tokenizer has no {name}; packing needs both BOS and EOS tokens")
 
 
-def _split_documents(cfg, split: str) -> Iterator[str]:
-    """The documents of one split, in corpus order."""
+def split_documents(cfg, split: str) -> Iterator[str]:
+    """The documents of one split, in corpus order.
+
+    `cfg.eval_split == "random"`: document i is eval iff its seeded draw is below
+    `eval_fraction`. `"tail"`: the eval documents are those starting at or after character
+    `int((1 - eval_fraction) * n_chars)` of the corpus (`corpus.located_documents`), the train
+    documents all those before; local files only.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     want_eval = split == "eval"
     fraction = float(cfg.eval_fraction)
+    if cfg.eval_split == "tail":
+        n_chars, located = corpus.located_documents(cfg)
+        cut = int((1.0 - fraction) * n_chars)
+        for start, text in located:
+            if (start >= cut) == want_eval:
+                yield text
+            elif not want_eval:
+                return  # past the cut: the train split (the head) is complete
+        return
     for text, draw in zip(corpus.documents(cfg), _eval_draws(cfg.seed), strict=False):
         if (draw < fraction) == want_eval:
             yield text
 
 
 def _token_stream(cfg, tokenizer, split: str) -> Iterator[list[int]]:
-    """Token ids of each non-empty document of the split, EOS appended, tokenized in batches."""
-    docs = _split_documents(cfg, split)
+    """Token ids of each non-empty document of the split (chat-wrapped if configured), EOS
+    appended, tokenized in batches."""
+    docs = split_documents(cfg, split)
     eos = int(tokenizer.eos_token_id)
     while batch := list(itertools.islice(docs, cfg.tokenize_batch_size)):
-        encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
-        for ids in encoded:
+        for ids in chat.wrapped_token_ids(cfg, tokenizer, batch):
             if ids:
                 yield list(ids) + [eos]
 
