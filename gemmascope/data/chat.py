@@ -81,36 +81,26 @@ def wrapped_token_ids(cfg, tokenizer, texts: list[str]) -> list[list[int]]:
     return [prefix + list(ids) for ids in tokenizer(bodies, add_special_tokens=False)["input_ids"]]
 
 
-def _packed_stream(sequences: np.ndarray, bos_id: int) -> np.ndarray:
-    sequences = np.asarray(sequences)
-    if sequences.ndim != 2 or sequences.shape[1] < 2:
-        raise ValueError(f"sequences must be an (N, T >= 2) array, got shape {sequences.shape}")
-    if len(sequences) and not (sequences[:, 0] == bos_id).all():
-        raise ValueError(
-            "sequences must be packed rows that start with BOS (data.sequences or its first rows)"
-        )
-    return sequences[:, 1:].reshape(-1)
+def _prefix_positions(body: np.ndarray, prefix: list[int], eos_id: int):
+    """(rows, columns) in `body` of every user-prefix token.
 
-
-def prefix_stream_mask(stream: np.ndarray, prefix: list[int], eos_id: int) -> np.ndarray:
-    """bool mask of a 1-D token stream: True on each run of `prefix` at a document start.
-
-    A document starts at position 0 and right after every EOS. A run that the stream's end cuts
-    short (the stream ends inside it) counts too; a partial match elsewhere does not.
+    `body` is the packed rows without their BOS, read row after row as one stream (stream
+    position p is body[p // width, p % width]; no copy is made). A document starts at position 0
+    and right after every EOS; the prefix is the run of its ids there. A run that the stream's
+    end cuts short counts too; a partial match anywhere else does not.
     """
-    stream = np.asarray(stream)
-    mask = np.zeros(stream.shape, bool)
-    if not prefix or stream.size == 0:
-        return mask
-    starts = np.concatenate([[0], np.flatnonzero(stream[:-1] == eos_id) + 1])
-    index = starts[:, None] + np.arange(len(prefix))
-    inside = index < stream.size
-    equal = (stream[np.minimum(index, stream.size - 1)] == np.asarray(prefix)) & inside
+    n_rows, width = body.shape
+    total = n_rows * width
+    eos_rows, eos_cols = np.nonzero(body == eos_id)
+    starts = np.concatenate([[0], eos_rows * width + eos_cols + 1])
+    index = starts[:, None] + np.arange(len(prefix))  # where each document's prefix would be
+    clipped = np.minimum(index, total - 1)
+    equal = (body[clipped // width, clipped % width] == np.asarray(prefix)) & (index < total)
     matched = np.cumprod(equal, axis=1).sum(axis=1)  # leading tokens equal to the prefix
-    whole = (matched == len(prefix)) | (starts + matched == stream.size)
+    is_prefix = (matched == len(prefix)) | (starts + matched == total)
     covered = np.arange(len(prefix)) < matched[:, None]
-    mask[index[whole][covered[whole]]] = True
-    return mask
+    positions = index[is_prefix][covered[is_prefix]]
+    return positions // width, positions % width
 
 
 def user_prefix_mask(cfg, tokenizer, sequences: np.ndarray) -> np.ndarray:
@@ -129,12 +119,16 @@ def user_prefix_mask(cfg, tokenizer, sequences: np.ndarray) -> np.ndarray:
     sequences = np.asarray(sequences)
     prefix = user_prefix_ids(cfg, tokenizer)
     mask = np.zeros(sequences.shape, bool)
-    if not prefix:
+    if not prefix or sequences.size == 0:
         return mask
-    stream = _packed_stream(sequences, int(tokenizer.bos_token_id))
-    mask[:, 1:] = prefix_stream_mask(stream, prefix, int(tokenizer.eos_token_id)).reshape(
-        len(sequences), -1
-    )
+    if sequences.ndim != 2 or sequences.shape[1] < 2:
+        raise ValueError(f"sequences must be an (N, T >= 2) array, got shape {sequences.shape}")
+    if not (sequences[:, 0] == tokenizer.bos_token_id).all():
+        raise ValueError(
+            "sequences must be packed rows that start with BOS (data.sequences or its first rows)"
+        )
+    rows, columns = _prefix_positions(sequences[:, 1:], prefix, int(tokenizer.eos_token_id))
+    mask[rows, columns + 1] = True
     return mask
 
 

@@ -206,8 +206,12 @@ def _file_sha256(path: Path) -> str:
 def identity(cfg) -> dict:
     """A JSON-able description of the corpus: the config plus a content hash of local files."""
     _check_config(cfg)
-    # The tokenizer batch size changes nothing in the output, so it is not part of the identity.
-    described = {key: cfg[key] for key in sorted(cfg.keys()) if key != "tokenize_batch_size"}
+    # Fields that change nothing in the output are not part of the identity: the tokenizer batch
+    # size, and the chat prefixes while chat_wrap is off.
+    unused = {"tokenize_batch_size"}
+    if not cfg.chat_wrap:
+        unused |= {"chat_user_prefix", "chat_model_prefix"}
+    described = {key: cfg[key] for key in sorted(cfg.keys()) if key not in unused}
     path = _local_path(cfg.corpus)
     if path is not None:
         described["file_sha256"] = _file_sha256(path)

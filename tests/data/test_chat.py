@@ -119,6 +119,8 @@ def test_bad_chat_config_raises_clear_errors(tmp_path):
     seqs = data.sequences(off, tok)
     assert data.user_prefix_ids(off, tok) == [] and not data.user_prefix_mask(off, tok, seqs).any()
     assert data.identity(_cfg(path)) != data.identity(_cfg(path, chat_user_prefix="User:"))
+    assert data.identity(off) == data.identity(_cfg(path, chat_wrap=False, seq_len=3))
+    assert data.identity(off) != data.identity(_cfg(path, seq_len=3))
     with pytest.raises(ValueError, match="start with BOS"):
         data.user_prefix_mask(_cfg(path), tok, np.array([[5, 6, 7]]))
 
