@@ -38,11 +38,19 @@ setuptools.setup(
         "matplotlib>=3.7",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        # gs:// workdirs: orbax's checkpoint directories and our small files go through
+        # etils.epath, which reaches GCS through gcsfs when TensorFlow is not installed
+        # (tensorstore has its own GCS driver for the arrays). etils is already an orbax
+        # dependency; naming it pins the epath extra.
+        "etils[epath]>=1.7",
+        "gcsfs>=2024.2",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
+            # A local, in-memory GCS for the gs:// workdir test (tests/gcs_emulator.py).
+            "gcp-storage-emulator==2026.7.19",  # exact: the test fills two of its gaps
             "torch==2.13.0",  # CPU wheel; the reference Gemma2ForCausalLM in tests
         ],
         "dev": ["ruff>=0.6"],

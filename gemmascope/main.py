@@ -32,7 +32,9 @@ from gemmascope import stages
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file `path.py[:arg]`.", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study folder (local or mounted path).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Study folder: a local path or a gs://bucket/prefix URL."
+)
 _MODE = flags.DEFINE_enum("mode", "all", list(stages.MODES), "Which stage(s) to run.")
 _JOBS = flags.DEFINE_multi_string("jobs", [], "Job names or globs (default: all jobs).")
 _MULTIHOST = flags.DEFINE_bool(

@@ -14,17 +14,15 @@ checkpoint, export rewrites its (atomic) files, and evaluation rewrites the tabl
 from __future__ import annotations
 
 import contextlib
-import json
-import os
+import io
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gemmascope import jobs, plan, study
+from gemmascope import files, jobs, plan, study
 
 MODES = ("plan", "cache", "train", "eval", "export", "all")
 
@@ -39,7 +37,8 @@ def run(
 
     Args:
         config: A study config.
-        workdir: The study's folder (a local or mounted path); unused by plan mode.
+        workdir: The study's folder, a local path or a `gs://bucket/prefix` URL; unused by plan
+            mode.
         mode: One of MODES. "all" runs cache, train, export and eval in that order.
         job_selectors: Job names or globs (default: every job).
 
@@ -57,12 +56,10 @@ def run(
         return
     if not workdir:
         raise ValueError(f"--workdir is required for --mode={mode}.")
-    if "://" in workdir:
-        # The cache speaks GCS through tensorstore, but the trainer (orbax + numpy files),
-        # export and eval write through the local file system API.
+    if files.is_url(workdir) and not workdir.startswith("gs://"):
         raise ValueError(
-            f"--workdir={workdir}: object-store URLs are not supported end to end yet; mount the "
-            "bucket with Cloud Storage FUSE (gcsfuse) and pass the mount path (docs/faq.md)."
+            f"--workdir={workdir}: unsupported URL scheme; use a local path or a "
+            "gs://bucket/prefix URL."
         )
     if config.source not in ("cache", "stream"):
         raise ValueError(f"config.source must be 'cache' or 'stream', got {config.source!r}.")
@@ -109,10 +106,10 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
         ValueError: The workdir's config.json differs; the message names each differing field
             with both values.
     """
-    path = Path(workdir) / "config.json"
+    path = files.join(workdir, "config.json")
     resolved = study.to_json_dict(config)
-    if path.exists():
-        stored = json.loads(path.read_text())
+    if files.exists(path):
+        stored = files.read_json(path)
         differences = [
             f"  {key}: workdir has {old!r}, this run has {new!r}"
             for key, old, new in _diff(stored, resolved)
@@ -126,10 +123,8 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
             )
         return
     if is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".config.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        # Atomic: readers see no file or the whole file.
+        files.write_json(path, resolved, sort_keys=True)
 
 
 def _diff(old, new, prefix=""):
@@ -168,8 +163,7 @@ def run_train(
 
     open_source = _source_opener(config, workdir)
     for index, job in enumerate(selected):
-        done = Path(workdir) / "runs" / job.name / "final_params.npz"
-        if done.exists():
+        if files.exists(files.join(workdir, "runs", job.name, "final_params.npz")):
             if is_main_process():
                 print(f"[gemmascope] train {index + 1}/{len(selected)}: {job.name} already done")
             continue
@@ -207,7 +201,7 @@ def run_export(workdir: str, selected: list[ml_collections.ConfigDict]) -> None:
 
     if is_main_process():
         for job in selected:
-            if (Path(workdir) / "runs" / job.name / "final_params.npz").exists():
+            if files.exists(files.join(workdir, "runs", job.name, "final_params.npz")):
                 export.export_run(workdir, job.name)
             else:
                 logging.warning("Export: %s is not trained yet; skipped", job.name)
@@ -229,12 +223,12 @@ def summary(workdir: str, n_best: int = 10) -> str:
     """
     import pandas as pd
 
-    eval_dir = Path(workdir) / "eval"
-    with (eval_dir / "saes.csv").open() as f:
-        table = pd.read_csv(f)
+    eval_dir = files.join(workdir, "eval")
+    table = pd.read_csv(io.BytesIO(files.read_bytes(files.join(eval_dir, "saes.csv"))))
     lines = [
-        f"Metric table ({len(table)} SAEs): {eval_dir / 'saes.md'} (also saes.csv, saes.parquet)",
-        f"Plots: {eval_dir / 'plots'}",
+        f"Metric table ({len(table)} SAEs): {files.join(eval_dir, 'saes.md')} "
+        "(also saes.csv, saes.parquet)",
+        f"Plots: {files.join(eval_dir, 'plots')}",
         "",
     ]
     for arch, rows in table.groupby("architecture"):

@@ -76,5 +76,5 @@ def test_run_rejects_bad_mode_and_missing_workdir():
         ValueError, match="--jobs 'nope-\\*' matches no job; valid jobs: resid_post-L10"
     ):
         stages.run(config, None, "plan", ["nope-*"])
-    with pytest.raises(ValueError, match="mount the bucket with Cloud Storage FUSE"):
-        stages.run(config, "gs://bucket/study", "cache")
+    with pytest.raises(ValueError, match="s3://bucket/study: unsupported URL scheme; use a local"):
+        stages.run(config, "s3://bucket/study", "cache")

@@ -13,8 +13,7 @@ Synopsis::
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 
 import matplotlib
 
@@ -23,20 +22,18 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gemmascope import files  # noqa: E402
 from gemmascope.export.layout import width_label  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=directory)
+    """Renders `fig` to PNG and writes it atomically (local or gs://); closes the figure."""
+    buffer = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    files.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -97,8 +94,8 @@ def _group_plots(group_rows: pd.DataFrame, details: dict, stem: str, out_dir: st
     ax_p.set_title(f"{stem}: reconstruction loss by position")
     ax_p.legend(fontsize="small")
     return [
-        _save(fig_h, os.path.join(out_dir, f"{stem}_firing.png")),
-        _save(fig_p, os.path.join(out_dir, f"{stem}_position.png")),
+        _save(fig_h, files.join(out_dir, f"{stem}_firing.png")),
+        _save(fig_p, files.join(out_dir, f"{stem}_position.png")),
     ]
 
 
@@ -114,13 +111,13 @@ def write_plots(frame: pd.DataFrame, details: dict[str, dict], out_dir: str) -> 
     Returns:
       the written PNG paths.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    files.makedirs(out_dir)
     paths = []
     for (kind, layer), site_rows in frame.groupby(["kind", "layer"], sort=True):
         site = f"{kind}/{layer}"
         paths.append(
             _fidelity_plot(
-                site_rows, site, os.path.join(out_dir, f"{kind}_layer{layer}_fidelity.png")
+                site_rows, site, files.join(out_dir, f"{kind}_layer{layer}_fidelity.png")
             )
         )
         for (width, arch), group_rows in site_rows.groupby(["width", "architecture"], sort=True):

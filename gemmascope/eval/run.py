@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from gemmascope import data, model
+from gemmascope import data, files, model
 from gemmascope.eval import plots, table
 from gemmascope.eval.config import validate
 from gemmascope.eval.sweep_eval import SaeEntry, evaluate_saes
@@ -34,7 +34,7 @@ def find_saes(workdir: str) -> list[SaeEntry]:
     found = layout.list_saes(workdir)
     if not found:
         raise FileNotFoundError(
-            f"no SAEs under {os.path.join(workdir, 'saes')}: each needs params.npz + config.json "
+            f"no SAEs under {files.join(workdir, 'saes')}: each needs params.npz + config.json "
             "in saes/<kind>/layer_<L>/width_<W>/<arch>_<tag>/; run the train stage and "
             "gemmascope.export.export_run (or export.import_released) first"
         )
@@ -56,16 +56,23 @@ def eval_tokens(data_cfg, tokenizer, n_sequences: int) -> np.ndarray:
     return sequences[:n_sequences]
 
 
+def _relative_id(folder: str, root: str) -> str:
+    """`folder` relative to `root`, '/'-separated (the table's ``sae`` column)."""
+    if files.is_url(folder):
+        return folder[len(root) :].strip("/")
+    return os.path.relpath(folder, root).replace(os.sep, "/")
+
+
 def table_rows(
     saes: list[SaeEntry], results: list[tuple[dict, dict]], workdir: str, model_name: str | None
 ) -> tuple[list[dict], dict[str, dict]]:
     """Table rows (identity columns + metrics) and details keyed by the ``sae`` column."""
     rows, details = [], {}
-    root = os.path.join(workdir, "saes")
+    root = files.join(workdir, "saes")
     for entry, (values, info) in zip(saes, results, strict=True):
         config = entry.config
         recorded_model = config.get("model")
-        sae_id = os.path.relpath(entry.folder, root).replace(os.sep, "/")
+        sae_id = _relative_id(entry.folder, root)
         rows.append(
             {
                 "sae": sae_id,
@@ -114,9 +121,9 @@ def evaluate(config, workdir: str) -> pd.DataFrame:
     frame = table.build_table(rows)
     if jax.process_index() != 0:  # multi-host: every process computes, process 0 writes
         return frame
-    out_dir = os.path.join(workdir, "eval")
+    out_dir = files.join(workdir, "eval")
     table.write_table(frame, out_dir)
-    layout.write_json_atomic(os.path.join(out_dir, "details.json"), details)
+    layout.write_json_atomic(files.join(out_dir, "details.json"), details)
     if eval_cfg.plots:
-        plots.write_plots(frame, details, os.path.join(out_dir, "plots"))
+        plots.write_plots(frame, details, files.join(out_dir, "plots"))
     return frame

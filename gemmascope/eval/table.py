@@ -15,11 +15,12 @@ Synopsis::
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 
 import pandas as pd
+
+from gemmascope import files
 
 IDENTITY_COLUMNS = (
     "sae",
@@ -96,36 +97,24 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def write_table(frame: pd.DataFrame, out_dir: str) -> list[str]:
-    """Writes ``saes.parquet``, ``saes.csv`` and ``saes.md`` under ``out_dir`` atomically.
+    """Writes ``saes.parquet``, ``saes.csv`` and ``saes.md`` under ``out_dir`` (local or gs://).
 
-    All three are first written to temporary files in ``out_dir``; only when every one succeeded
-    are they moved into place with ``os.replace``, so a crash never leaves a half table.
+    All three are rendered in memory first, then each is written atomically
+    (``files.write_bytes``), so a failure while rendering leaves the previous table untouched and
+    a crash never leaves a truncated file.
 
     Returns:
       the three final paths.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    writers = {
-        "saes.parquet": lambda path: frame.to_parquet(path, index=False),
-        "saes.csv": lambda path: frame.to_csv(path, index=False),
-        "saes.md": lambda path: _write_text(path, to_markdown(frame)),
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet, index=False)
+    rendered = {
+        "saes.parquet": parquet.getvalue(),
+        "saes.csv": frame.to_csv(index=False).encode("utf-8"),
+        "saes.md": to_markdown(frame).encode("utf-8"),
     }
-    staged = []
-    try:
-        for name, write in writers.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=out_dir)
-            os.close(fd)
-            staged.append((tmp, os.path.join(out_dir, name)))
-            write(tmp)
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return [final for _, final in staged]
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    paths = []
+    for name, payload in rendered.items():
+        paths.append(files.join(out_dir, name))
+        files.write_bytes(paths[-1], payload)
+    return paths

@@ -18,11 +18,10 @@ Synopsis::
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from typing import Any
+
+from gemmascope import files
 
 #: Name of the per-SAE metadata file beside ``params.npz``.
 CONFIG_FILE = "config.json"
@@ -96,31 +95,18 @@ def sae_dir(workdir: str, site: str, width: int, arch: str, tag: str) -> str:
     """Path of one SAE's folder: ``workdir/saes/<kind>/layer_<L>/width_<W>/<arch>_<tag>``."""
     kind, layer = split_site(site)
     name = f"{check_name(arch, 'architecture')}_{check_name(tag, 'tag')}"
-    return os.path.join(
-        workdir, "saes", kind, f"layer_{layer}", f"width_{width_label(width)}", name
-    )
+    return files.join(workdir, "saes", kind, f"layer_{layer}", f"width_{width_label(width)}", name)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes ``obj`` as indented, key-sorted JSON to ``path`` atomically (local or gs://)."""
+    files.write_json(path, obj, sort_keys=True)
 
 
 def read_config(folder: str) -> dict:
     """Reads and checks one SAE folder's ``config.json``."""
-    path = os.path.join(folder, CONFIG_FILE)
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    path = files.join(folder, CONFIG_FILE)
+    config = files.read_json(path)
     required = ("site", "kind", "layer", "d_in", "width", "architecture")
     missing = [k for k in required if k not in config]
     if missing:
@@ -133,9 +119,12 @@ def list_saes(workdir: str) -> list[tuple[str, dict]]:
 
     A folder counts when it holds both ``params.npz`` and ``config.json``.
     """
-    root = os.path.join(workdir, "saes")
     found = []
-    for dirpath, _, filenames in os.walk(root):
-        if PARAMS_FILE in filenames and CONFIG_FILE in filenames:
-            found.append((dirpath, read_config(dirpath)))
+    pending = [files.join(workdir, "saes")]
+    while pending:  # a walk that works on object stores too (os.walk is local only)
+        folder = pending.pop()
+        names = files.listdir(folder)
+        if PARAMS_FILE in names and CONFIG_FILE in names:
+            found.append((folder, read_config(folder)))
+        pending += [files.join(folder, n) for n in names if files.isdir(files.join(folder, n))]
     return sorted(found, key=lambda item: item[0])

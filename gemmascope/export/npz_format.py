@@ -24,13 +24,14 @@ Synopsis::
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
+from gemmascope import files
 from gemmascope.model import sites as model_sites
 
 #: The five arrays of a Gemma Scope ``params.npz``, in file order.
@@ -100,11 +101,11 @@ def check_params(
 def save_npz(path: str | os.PathLike, jumprelu_params: Mapping[str, np.ndarray]) -> None:
     """Writes a Gemma Scope ``params.npz`` (float32, uncompressed) atomically.
 
-    The file is written to a temporary sibling and moved into place with ``os.replace``, so a
-    crash never leaves a truncated ``params.npz``.
+    The file is written atomically (``files.write_bytes``: a temporary sibling moved into place,
+    or one object upload on gs://), so a crash never leaves a truncated ``params.npz``.
 
     Args:
-      path: destination file; its directory must exist.
+      path: destination file, a local path or a gs:// URL.
       jumprelu_params: the five arrays of ``NPZ_KEYS`` in raw (folded) units; any array type
         convertible by ``np.asarray`` (jax arrays included).
 
@@ -113,16 +114,7 @@ def save_npz(path: str | os.PathLike, jumprelu_params: Mapping[str, np.ndarray])
     """
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in jumprelu_params.items()}
     check_params(arrays, source=os.fspath(path))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".params-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: arrays[k] for k in NPZ_KEYS})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    files.save_npz(os.fspath(path), {k: arrays[k] for k in NPZ_KEYS})
 
 
 def load_npz(
@@ -152,7 +144,7 @@ def load_npz(
       ValueError: not an npz, a pickled object inside, a missing key or a wrong shape.
     """
     source = os.fspath(path)
-    if not os.path.exists(source):
+    if not files.exists(source):
         raise FileNotFoundError(f"{source}: no such params.npz")
     if model_cfg is not None or site is not None:
         if model_cfg is None or site is None:
@@ -162,7 +154,7 @@ def load_npz(
             raise ValueError(f"load_npz: d_in={d_in} contradicts site {site} of width {site_dim}")
         d_in = site_dim
     try:
-        npz = np.load(source, allow_pickle=False)
+        npz = np.load(io.BytesIO(files.read_bytes(source)), allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         raise ValueError(f"{source}: not a readable .npz file ({err})") from err
     params = {}

@@ -14,13 +14,12 @@ Synopsis::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import numpy as np
 
-from gemmascope import sae
+from gemmascope import files, sae
 from gemmascope.export import layout
 from gemmascope.export.folding import fold
 from gemmascope.export.npz_format import check_params, load_npz, save_npz
@@ -32,25 +31,22 @@ _RELEASED_TAG = re.compile(r"average_l0_\d+")
 
 def _load_job(workdir: str, job_name: str) -> tuple[dict, dict[str, np.ndarray]]:
     """Reads one run's job.json and its stacked final params."""
-    runs_dir = os.path.join(workdir, "runs")
-    job_path = os.path.join(runs_dir, job_name, "job.json")
-    params_path = os.path.join(runs_dir, job_name, "final_params.npz")
+    runs_dir = files.join(workdir, "runs")
+    job_path = files.join(runs_dir, job_name, "job.json")
+    params_path = files.join(runs_dir, job_name, "final_params.npz")
     for path in (job_path, params_path):
-        if not os.path.exists(path):
-            present = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
+        if not files.exists(path):
+            present = files.listdir(runs_dir)
             raise FileNotFoundError(
                 f"export_run: {path} not found; train job {job_name!r} to completion first "
                 f"(runs present: {present or 'none'})"
             )
-    with open(job_path, encoding="utf-8") as f:
-        job = json.load(f)
+    job = files.read_json(job_path)
     required = ("site", "arch", "width", "norm_scale", "d_in")
     missing = [k for k in required if k not in job]
     if missing:
         raise ValueError(f"{job_path}: missing field(s) {missing}; required: {list(required)}")
-    with np.load(params_path, allow_pickle=False) as npz:
-        stacked = {k: npz[k] for k in npz.files}
-    return job, stacked
+    return job, files.load_npz(params_path)
 
 
 def _member_config(arch, job: dict, sweep_field: str | None, value):
@@ -150,8 +146,7 @@ def export_run(workdir: str, job_name: str) -> list[str]:
             tag += f"_seed{member.get('seed', 0)}"
         folder = layout.sae_dir(workdir, job["site"], width, arch_name, tag)
         _check_not_taken(folder, job_name, width)
-        os.makedirs(folder, exist_ok=True)
-        save_npz(os.path.join(folder, layout.PARAMS_FILE), raw)
+        save_npz(files.join(folder, layout.PARAMS_FILE), raw)
         config = {
             "format": layout.CONFIG_FORMAT,
             "source": "trained",
@@ -173,18 +168,17 @@ def export_run(workdir: str, job_name: str) -> list[str]:
             "encoder": encoder,
             "arch_cfg": _jsonable(member_cfg.to_dict()),
         }
-        layout.write_json_atomic(os.path.join(folder, layout.CONFIG_FILE), config)
+        layout.write_json_atomic(files.join(folder, layout.CONFIG_FILE), config)
         folders.append(folder)
     return folders
 
 
 def _check_not_taken(folder: str, job_name: str, width: int) -> None:
     """Refuses to overwrite an SAE folder that belongs to another job or width."""
-    path = os.path.join(folder, layout.CONFIG_FILE)
-    if not os.path.exists(path):
+    path = files.join(folder, layout.CONFIG_FILE)
+    if not files.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        existing = json.load(f)
+    existing = files.read_json(path)
     if existing.get("job") != job_name or existing.get("width") != width:
         raise ValueError(
             f"{folder} already holds an SAE of job {existing.get('job')!r} (width "
@@ -252,12 +246,11 @@ def import_released(
         tag = match.group(0) if match else "released"
     kind, layer = layout.split_site(site)
     folder = layout.sae_dir(workdir, site, width, arch, tag)
-    os.makedirs(folder, exist_ok=True)
-    save_npz(os.path.join(folder, layout.PARAMS_FILE), params)
+    save_npz(files.join(folder, layout.PARAMS_FILE), params)
     config = {
         "format": layout.CONFIG_FORMAT,
         "source": "released",
-        "origin": os.path.abspath(os.fspath(npz_path)),
+        "origin": npz_path if files.is_url(npz_path) else os.path.abspath(os.fspath(npz_path)),
         "model": model,
         "site": site,
         "kind": kind,
@@ -272,5 +265,5 @@ def import_released(
         "norm_scale": None,
         "encoder": {"type": "jumprelu"},
     }
-    layout.write_json_atomic(os.path.join(folder, layout.CONFIG_FILE), config)
+    layout.write_json_atomic(files.join(folder, layout.CONFIG_FILE), config)
     return folder

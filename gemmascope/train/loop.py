@@ -18,18 +18,16 @@ end job.json and final_params.npz (the exporter's contract, docs/internals.md).
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import logging
 import os
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
-from gemmascope import sae
+from gemmascope import files, sae
 from gemmascope.train import checkpointing, config, metrics_writer, sharding, step
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ class TrainResult:
         tokens_trained: tokens seen by every member (steps x batch size).
         steps: optimizer steps completed.
         preempted: True when SIGTERM stopped the run early (checkpoint saved; rerun to resume).
-        run_dir: workdir/runs/<name>.
+        run_dir: workdir/runs/<name> (an epath.Path: a local path or a gs:// URL).
     """
 
     params: dict
@@ -55,11 +53,16 @@ class TrainResult:
     tokens_trained: int
     steps: int
     preempted: bool
-    run_dir: Path
+    run_dir: epath.Path
 
     def member_params(self, member: int) -> dict:
         """The params of one sweep member (no sweep axis)."""
         return {name: value[member] for name, value in self.params.items()}
+
+
+def _absolute(path: epath.Path) -> epath.Path:
+    """`path` made absolute (orbax needs it), leaving URLs as they are."""
+    return path if files.is_url(os.fspath(path)) else path.absolute()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -109,13 +112,6 @@ def _to_host(tree):
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jax.tree.map(one, tree)
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, path)
 
 
 def _check_finite(state, members, sweep_field, manager) -> None:
@@ -169,10 +165,11 @@ def train_sweep(
         )
 
     # 2. Logging: the run directory; only process 0 writes files.
-    run_dir = Path(workdir) / "runs" / job_cfg.name
+    #    A local path or a gs:// URL: epath.Path joins both (pathlib would break "gs://").
+    run_dir = epath.Path(os.fspath(workdir)) / "runs" / job_cfg.name
     is_writer = jax.process_index() == 0
     if is_writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        files.makedirs(os.fspath(run_dir))
 
     # 3. Mesh and sharding rules (declared once, in the config).
     mesh = sharding.make_mesh(job_cfg.mesh, devices)
@@ -200,7 +197,7 @@ def train_sweep(
     #    (1) the newest checkpoint in run_dir/checkpoints (same job, e.g. after preemption);
     #    (2) otherwise from scratch: state created already sharded from the members' seeds.
     manager = checkpointing.make_manager(
-        (run_dir / "checkpoints").absolute(), job_cfg.keep_checkpoints, job_cfg.async_checkpointing
+        _absolute(run_dir / "checkpoints"), job_cfg.keep_checkpoints, job_cfg.async_checkpointing
     )
     restored = checkpointing.restore_latest(manager, fns.abstract_state, source.state())
     if restored is not None:
@@ -267,9 +264,7 @@ def train_sweep(
     params = _to_host(state["params"])
     history = metrics_writer.read_history(writer.path) if is_writer else []
     if not preempted and is_writer:
-        buffer = io.BytesIO()
-        np.savez(buffer, **params)
-        _write_atomically(run_dir / "final_params.npz", buffer.getvalue())
+        files.save_npz(os.fspath(run_dir / "final_params.npz"), params)
         job = job_cfg.to_dict()
         job.update(
             norm_scale=float(source.norm_scale),
@@ -280,9 +275,7 @@ def train_sweep(
             members=[{"sweep_value": v, "seed": s} for v, s in members],
         )
         job["sae"] = sae_cfg.to_dict()
-        _write_atomically(
-            run_dir / "job.json", json.dumps(job, indent=2, default=_json_default).encode()
-        )
+        files.write_json(os.fspath(run_dir / "job.json"), job, default=_json_default)
     return TrainResult(
         params=params,
         members=[{"sweep_field": sweep_field, "sweep_value": v, "seed": s} for v, s in members],

@@ -1,6 +1,8 @@
 """Training metrics of a sweep job: metrics.jsonl, TensorBoard events and a progress bar.
 
 Only process 0 writes (STYLE practice 13); every other process gets a writer that does nothing.
+On a local disk metrics.jsonl is appended to line by line; an object store (gs://) cannot append,
+so there the whole file is rewritten (one atomic upload) at each logged step.
 Each logged step is one JSON line holding every sweep member:
 
     {"step": 100, "tokens": 409600, "tokens_per_sec": 5.1e5,
@@ -24,27 +26,29 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import tqdm
 
+from gemmascope import files
 
-def read_history(path: Path) -> list[dict]:
+
+def read_history(path: str) -> list[dict]:
     """Reads metrics.jsonl (missing file = empty history)."""
-    if not path.exists():
+    if not files.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
-def truncate_history(path: Path, last_step: int) -> None:
-    """Drops lines logged after `last_step`, atomically (a resumed run logs those steps again)."""
-    history = [h for h in read_history(path) if h["step"] <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
-    os.replace(tmp, path)
+def truncate_history(path: str, last_step: int) -> list[str]:
+    """Drops lines logged after `last_step`, atomically (a resumed run logs those steps again).
+
+    Returns:
+      The JSON lines kept (each ending in a newline).
+    """
+    lines = [json.dumps(h) + "\n" for h in read_history(path) if h["step"] <= last_step]
+    files.write_text(path, "".join(lines))
+    return lines
 
 
 class MetricsWriter:
@@ -52,7 +56,7 @@ class MetricsWriter:
 
     def __init__(
         self,
-        run_dir: Path,
+        run_dir: str | os.PathLike,
         total_steps: int,
         start_step: int,
         batch_size: int,
@@ -63,16 +67,20 @@ class MetricsWriter:
         self.enabled = enabled
         self.tensorboard = tensorboard
         self.batch_size = batch_size
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = files.join(os.fspath(run_dir), "metrics.jsonl")
         self._last_time, self._last_step = time.perf_counter(), start_step
         self._tb = None
         self._bar = None
+        self._lines: list[str] = []  # the whole file, kept only where it cannot be appended to
         if not enabled:
             return
-        if self.path.exists():
-            truncate_history(self.path, start_step)
+        if files.exists(self.path):
+            self._lines = truncate_history(self.path, start_step)
+        if not files.is_url(self.path):
+            self._lines = []
         # TensorBoard's writer is created lazily: many tiny jobs never pay for it until they log.
-        self._tb_dir = Path(run_dir) / "tensorboard"
+        # tensorboardX writes gs:// URLs itself (through google-cloud-storage).
+        self._tb_dir = files.join(os.fspath(run_dir), "tensorboard")
         self._bar = tqdm.tqdm(
             total=total_steps, initial=start_step, unit="step", disable=not progress, leave=False
         )
@@ -96,8 +104,14 @@ class MetricsWriter:
         record.update({name: [float(v) for v in np.asarray(a)] for name, a in metrics.items()})
         if not self.enabled:
             return record
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if files.is_url(self.path):
+            self._lines.append(line)
+            files.write_text(self.path, "".join(self._lines))
+        else:
+            files.makedirs(os.path.dirname(self.path))
+            with open(self.path, "a") as f:
+                f.write(line)
         if self.tensorboard:
             self._write_tensorboard(step, metrics, tokens_per_sec)
         if self._bar is not None:
@@ -110,7 +124,7 @@ class MetricsWriter:
             # Imported here: tensorboardX pulls in torch (seconds), paid only by jobs that log.
             import tensorboardX
 
-            self._tb = tensorboardX.SummaryWriter(str(self._tb_dir))
+            self._tb = tensorboardX.SummaryWriter(self._tb_dir)
         for name, values in metrics.items():
             for member, value in enumerate(np.asarray(values)):
                 self._tb.add_scalar(f"{name}/member{member}", float(value), step)
