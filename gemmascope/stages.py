@@ -182,6 +182,7 @@ def _source_opener(config: ml_collections.ConfigDict, workdir: str):
 
     model_cfg, params, tokenizer = model.load_from_config(config.model)
     sequences = data.sequences(config.data, tokenizer, split="train")
+    user_prefix = data.user_prefix_mask(config.data, tokenizer, sequences)  # chat_wrap only
     return lambda site, seed: activations.StreamingSource(
         model_cfg,
         params,
@@ -192,6 +193,7 @@ def _source_opener(config: ml_collections.ConfigDict, workdir: str):
         forward_batch=int(config.cache.batch_size),
         drop_special=bool(config.cache.drop_special),
         norm_sample_tokens=int(config.cache.norm_sample_tokens),
+        exclude=user_prefix,
     )
 
 

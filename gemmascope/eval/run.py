@@ -115,7 +115,9 @@ def evaluate(config, workdir: str) -> pd.DataFrame:
     saes = find_saes(workdir)
     model_cfg, model_params, tokenizer = model.load_from_config(config.model)
     tokens = eval_tokens(config.data, tokenizer, int(eval_cfg.n_sequences))
-    results = evaluate_saes(model_cfg, model_params, tokens, saes, eval_cfg)
+    # The positions the SAEs were trained on: not BOS/EOS/pad, nor a chat template's user prefix.
+    positions = data.trained_positions(config.data, tokenizer, tokens, model_cfg.special_token_ids)
+    results = evaluate_saes(model_cfg, model_params, tokens, saes, eval_cfg, positions)
     model_name = str(config.model.get("path")) if hasattr(config.model, "get") else None
     rows, details = table_rows(saes, results, workdir, model_name)
     frame = table.build_table(rows)

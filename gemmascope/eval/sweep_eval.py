@@ -105,11 +105,11 @@ def _spliced_logits(cfg, model_params, tokens, prefix, site, fn):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sites"))
-def _clean_pass(model_params, tokens, row_valid, *, cfg, sites):
+def _clean_pass(model_params, tokens, positions, row_valid, *, cfg, sites):
     """The clean forward pass: activations of ``sites`` (and of their prefixes), log-probs,
-    the kept-token mask and the clean CE sum."""
+    the kept-token mask (``positions`` of real rows) and the clean CE sum."""
     logits, acts = model.forward(cfg, model_params, tokens, capture=list(sites))
-    keep = ~model.special_mask(cfg, tokens) & row_valid[:, None]
+    keep = positions & row_valid[:, None]
     logp = metrics.next_token_logp(logits)
     keep_lm = metrics.lm_keep(keep)
     w = keep_lm.astype(jnp.float32)
@@ -234,24 +234,31 @@ def _add(total: dict, batch: dict) -> None:
         total[key] = total[key] + value if key in total else value
 
 
-def _batches(tokens: np.ndarray, batch_size: int):
-    """Yields (tokens, row_valid) with every batch padded to ``batch_size`` rows.
+def _batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int):
+    """Yields (tokens, positions, row_valid) with every batch padded to ``batch_size`` rows.
 
     Padding rows repeat the first row and are masked out by ``row_valid``, so one compiled
     program serves every batch.
     """
     for start in range(0, len(tokens), batch_size):
         chunk = tokens[start : start + batch_size]
+        kept = positions[start : start + batch_size]
         valid = np.ones(len(chunk), dtype=bool)
         if len(chunk) < batch_size:
             pad = batch_size - len(chunk)
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
+            kept = np.concatenate([kept, np.repeat(kept[:1], pad, axis=0)])
             valid = np.concatenate([valid, np.zeros(pad, dtype=bool)])
-        yield jnp.asarray(chunk, jnp.int32), jnp.asarray(valid)
+        yield jnp.asarray(chunk, jnp.int32), jnp.asarray(kept), jnp.asarray(valid)
 
 
 def evaluate_saes(
-    model_cfg, model_params, tokens: np.ndarray, saes: Sequence[SaeEntry], eval_cfg
+    model_cfg,
+    model_params,
+    tokens: np.ndarray,
+    saes: Sequence[SaeEntry],
+    eval_cfg,
+    positions: np.ndarray | None = None,
 ) -> list[tuple[dict, dict]]:
     """Evaluates every SAE on ``tokens`` with one clean pass per batch.
 
@@ -262,6 +269,9 @@ def evaluate_saes(
       saes: the SAEs; each one's ``config["site"]`` must be a site of the model.
       eval_cfg: ``eval.default_config()``-like: ``batch_size``, ``splice_batch``,
         ``dense_threshold``, ``histogram_bins``, ``lm_metrics``.
+      positions: bool (N, T), the positions SAEs are measured and spliced at (the ones they
+        were trained on: ``data.trained_positions``, which also leaves out a chat template's
+        user prefix); default: every position but BOS, EOS and pad.
 
     Returns:
       per SAE, in order, ``(metrics, details)``: ``metrics`` maps table columns to floats
@@ -269,13 +279,21 @@ def evaluate_saes(
       histogram and the reconstruction loss by position.
 
     Raises:
-      ValueError: no SAEs, no tokens, or an SAE whose d_in does not match its site.
+      ValueError: no SAEs, no tokens, an SAE whose d_in does not match its site, or
+        ``positions`` of another shape than ``tokens``.
     """
     if not saes:
         raise ValueError("evaluate_saes: no SAEs to evaluate")
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or len(tokens) == 0 or tokens.shape[1] < 2:
         raise ValueError(f"evaluate_saes: tokens must be (N >= 1, T >= 2), got {tokens.shape}")
+    if positions is None:
+        positions = ~np.isin(tokens, np.asarray(model_cfg.special_token_ids, tokens.dtype))
+    positions = np.asarray(positions, bool)
+    if positions.shape != tokens.shape:
+        raise ValueError(
+            f"evaluate_saes: positions has shape {positions.shape} but tokens {tokens.shape}"
+        )
     groups: dict[tuple, list[int]] = {}
     for index, entry in enumerate(saes):
         site = entry.config["site"]
@@ -304,9 +322,9 @@ def evaluate_saes(
     zero_totals = {site: {} for site in sites}
     group_totals = {key: [{}, {}] for key in groups}
     references: dict[str, jax.Array] = {}
-    for batch, row_valid in _batches(tokens, int(eval_cfg.batch_size)):
+    for batch, kept, row_valid in _batches(tokens, positions, int(eval_cfg.batch_size)):
         acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
-            model_params, batch, row_valid, cfg=model_cfg, sites=captured
+            model_params, batch, kept, row_valid, cfg=model_cfg, sites=captured
         )
         _add(clean_totals, {"ce": clean_ce, "n": n_lm})
         for site in sites:

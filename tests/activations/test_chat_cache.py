@@ -109,3 +109,16 @@ def test_cache_with_other_wrapping_is_refused(chat_cache, change, field):
     other.data.update(change)
     with pytest.raises(activations.CacheError, match=f"corpus.{field}: cache has"):
         activations.build_cache(other, workdir)
+
+
+def test_the_streaming_stage_leaves_out_the_user_prefix(chat_cache):
+    # stages (source="stream") builds its sources from one loaded model: each epoch must hold
+    # exactly the cache's rows (every position but specials and the user prefix).
+    from gemmascope import stages
+
+    config, workdir = chat_cache
+    config = config.copy_and_resolve_references()
+    config.source = "stream"
+    source = stages._source_opener(config, workdir)("resid_post/0", 0)
+    meta = storage.read_meta(storage.site_dir(workdir, "resid_post/0"))
+    assert source._epoch_tokens == meta["n_tokens"]

@@ -76,10 +76,9 @@ def _random(seed, d=D):
 
 
 @jax.jit
-def _direct_forwards(params, tokens, sae):
-    """Clean logits, the site's activations and logits with the SAE spliced at SITE (one
-    compiled program for every SAE of the same shapes)."""
-    keep = ~model.special_mask(CFG, tokens)
+def _direct_forwards(params, tokens, sae, keep):
+    """Clean logits, the site's activations and logits with the SAE spliced at SITE's `keep`
+    positions (one compiled program for every SAE of the same shapes)."""
 
     def splice(a):
         pre = a @ sae["W_enc"] + sae["b_enc"]
@@ -91,10 +90,12 @@ def _direct_forwards(params, tokens, sae):
     return clean, acts[SITE], spliced
 
 
-def _oracle(params, tokens, sae):
-    """Delta loss and KL by a direct spliced forward and numpy cross-entropy."""
-    keep = ~np.isin(tokens, [CFG.pad_token_id, CFG.eos_token_id, CFG.bos_token_id])
-    clean, acts, spliced = _direct_forwards(params, jnp.asarray(tokens), sae)
+def _oracle(params, tokens, sae, keep=None):
+    """Delta loss and KL by a direct spliced forward and numpy cross-entropy, over `keep`
+    (default: every position but BOS, EOS and pad)."""
+    if keep is None:
+        keep = ~np.isin(tokens, [CFG.pad_token_id, CFG.eos_token_id, CFG.bos_token_id])
+    clean, acts, spliced = _direct_forwards(params, jnp.asarray(tokens), sae, jnp.asarray(keep))
 
     def logp(z):
         z = np.asarray(z, np.float64)
@@ -170,6 +171,26 @@ def test_identity_zero_and_random_saes_against_direct_splicing(setup):
     assert random["fvu"] == pytest.approx(
         np.sum((x - x_hat) ** 2) / np.sum((x - x.mean(0)) ** 2), rel=1e-4
     )
+
+
+def test_given_positions_are_the_only_ones_measured_and_spliced(setup):
+    # As with a chat template's user prefix (data.trained_positions): positions 1-2 of every
+    # row are not SAE positions, so they keep their activation and are not scored.
+    params, tokens = setup
+    positions = ~np.isin(tokens, [CFG.pad_token_id, CFG.eos_token_id, CFG.bos_token_id])
+    positions[:, 1:3] = False
+    rnd = {k: jnp.asarray(v, jnp.float32) for k, v in _random(1).items()}
+    oracle = _oracle(params, tokens, rnd, keep=positions)
+    default = _oracle(params, tokens, rnd)
+    assert abs(oracle["delta_loss"] - default["delta_loss"]) > 1e-3  # the mask matters
+    got, _ = evaluate_saes(
+        CFG, params, tokens, [_entry("random", _random(1))], _eval_cfg(), positions
+    )[0]
+    assert got["eval_tokens"] == positions.sum() == len(oracle["x"])
+    assert got["delta_loss"] == pytest.approx(oracle["delta_loss"], rel=1e-4)
+    assert got["kl_div"] == pytest.approx(oracle["kl_div"], rel=1e-4)
+    with pytest.raises(ValueError, match="positions has shape \\(3, 9\\) but tokens \\(3, 10\\)"):
+        evaluate_saes(CFG, params, tokens, [_entry("r", _random(1))], _eval_cfg(), positions[:, 1:])
 
 
 def test_batched_sweep_equals_one_by_one(setup):
