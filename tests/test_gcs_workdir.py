@@ -10,8 +10,10 @@ files) and google-cloud-storage (TensorBoard) through STORAGE_EMULATOR_HOST.
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import gcs_emulator  # tests/gcs_emulator.py
 import numpy as np
@@ -110,3 +112,49 @@ def test_study_in_a_gcs_workdir_matches_a_local_one(gcs_env, tmp_path):
     assert again.returncode == 0 and f"{JOB} already done" in again.stdout
     other = run_cli(gcs_env, remote, "--mode=train", "--config.train.batch_size=128")
     assert other.returncode != 0 and f"{remote} holds a different study" in other.stderr
+
+
+def run_job(env, workdir, *extra):
+    """tests/train/job_runner.py: a tiny sweep job on a (2, 4) mesh of forced CPU devices."""
+    runner = os.path.join(REPO, "tests", "train", "job_runner.py")
+    env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    return subprocess.Popen(
+        [sys.executable, runner, str(workdir), *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(child) -> dict:
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_preempted_job_resumes_from_its_checkpoint_in_the_bucket(gcs_env, tmp_path):
+    local = finish(run_job(gcs_env, tmp_path / "local"))
+    assert not local["preempted"] and local["steps"] == 24
+
+    remote = f"gs://{BUCKET}/preempted"
+    marker = tmp_path / "reached"
+    child = run_job(gcs_env, remote, "--slow-after", "6", str(marker))
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert child.poll() is None, child.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "the job never reached batch 6"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    first = finish(child)
+    assert first["preempted"] and 6 <= first["steps"] < 24
+    run = f"{remote}/runs/tiny"
+    assert "final_params.npz" not in list_gcs(gcs_env, run)
+    assert str(first["steps"]) in list_gcs(gcs_env, f"{run}/checkpoints")
+
+    second = finish(run_job(gcs_env, remote))  # resumes from the bucket's orbax checkpoint
+    assert not second["preempted"] and second["steps"] == 24
+    resumed = np.load(io.BytesIO(read_gcs(gcs_env, f"{run}/final_params.npz")))
+    with np.load(tmp_path / "local" / "runs" / "tiny" / "final_params.npz") as uninterrupted:
+        for key in uninterrupted.files:  # bitwise: the same program on the same devices
+            np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
+    history = read_gcs(gcs_env, f"{run}/metrics.jsonl").decode().splitlines()
+    assert [json.loads(h)["step"] for h in history] == [4, 8, 12, 16, 20, 24]
