@@ -9,10 +9,12 @@ Synopsis:
 Flags:
     --config    an experiment file `experiments/<study>.py[:arg]`, with `--config.a.b=v`
                 overrides of existing fields (the config is locked: a typo is an error)
-    --workdir   the study's folder (DESIGN.md workdir layout): a local path, or a gs:// bucket
-                mounted with Cloud Storage FUSE (docs/faq.md)
+    --workdir   the study's folder (DESIGN.md workdir layout): a local path or a
+                gs://bucket/prefix URL (docs/faq.md)
     --mode      plan | cache | train | eval | export | all
     --jobs      job names or globs to restrict cache/train/export to (comma-separated or repeated)
+    --import_released  PATH@SITE of a released Gemma Scope params.npz (local or gs://; repeated):
+                placed in the workdir's saes/ before export and evaluated with the study's SAEs
     --multihost, --coordinator_address, --num_processes, --process_id: multi-process runs;
                 `--multihost` alone suits Cloud TPU and Slurm, where JAX finds its peers.
 
@@ -37,6 +39,12 @@ _WORKDIR = flags.DEFINE_string(
 )
 _MODE = flags.DEFINE_enum("mode", "all", list(stages.MODES), "Which stage(s) to run.")
 _JOBS = flags.DEFINE_multi_string("jobs", [], "Job names or globs (default: all jobs).")
+_IMPORT_RELEASED = flags.DEFINE_multi_string(
+    "import_released",
+    [],
+    "PATH@SITE of a released Gemma Scope params.npz to evaluate with the study (repeatable), "
+    "e.g. /dl/layer_12/width_16k/average_l0_71/params.npz@resid_post/12.",
+)
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (Cloud TPU, Slurm: no arguments)."
 )
@@ -93,7 +101,7 @@ def main(argv):
         jax.device_count(),
         jax.default_backend(),
     )
-    stages.run(config, _WORKDIR.value, _MODE.value, _JOBS.value)
+    stages.run(config, _WORKDIR.value, _MODE.value, _JOBS.value, _IMPORT_RELEASED.value)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def run(
     workdir: str | None,
     mode: str,
     job_selectors: list[str] | None = None,
+    released: list[str] | None = None,
 ) -> None:
     """Runs `mode` for the study `config` in `workdir`.
 
@@ -41,6 +42,8 @@ def run(
             mode.
         mode: One of MODES. "all" runs cache, train, export and eval in that order.
         job_selectors: Job names or globs (default: every job).
+        released: "PATH@SITE" of released Gemma Scope params.npz files to import into
+            workdir/saes/ (modes export, eval and all), evaluated alongside the study's SAEs.
 
     Raises:
         ValueError: Unknown mode, missing workdir, a selector matching nothing, or a workdir
@@ -70,6 +73,9 @@ def run(
     if mode in ("train", "all"):
         with _stage(f"train ({len(selected)} jobs)"):
             run_train(config, workdir, selected)
+    if released and mode in ("export", "eval", "all"):
+        with _stage(f"import ({len(released)} released SAEs)"):
+            run_import(config, model_cfg, workdir, released)
     if mode in ("export", "all"):
         with _stage("export"):
             run_export(workdir, selected)
@@ -209,6 +215,42 @@ def run_export(workdir: str, selected: list[ml_collections.ConfigDict]) -> None:
                 logging.warning("Export: %s is not trained yet; skipped", job.name)
     if jax.process_count() > 1:  # the other processes evaluate what process 0 just wrote
         multihost_utils.sync_global_devices("gemmascope export done")
+
+
+def parse_released(entry: str) -> tuple[str, str]:
+    """Splits "PATH@SITE" (the last '@' separates them).
+
+    Raises:
+        ValueError: No '@', or an empty path or site.
+    """
+    path, sep, site = entry.rpartition("@")
+    if not sep or not path or not site:
+        raise ValueError(
+            f"--import_released={entry!r}: expected PATH@SITE, e.g. "
+            "/dl/layer_12/width_16k/average_l0_71/params.npz@resid_post/12"
+        )
+    return path, site
+
+
+def run_import(
+    config: ml_collections.ConfigDict, model_cfg, workdir: str, released: list[str]
+) -> None:
+    """Places released Gemma Scope params.npz files in workdir/saes/ (checked against the model)."""
+    from gemmascope import export, model
+
+    entries = [parse_released(entry) for entry in released]  # every entry checked before writing
+    for path, site in entries:
+        model.sites.check(model_cfg, site)
+        if not files.exists(path):
+            raise FileNotFoundError(f"--import_released: {path} does not exist")
+    if is_main_process():
+        for path, site in entries:
+            folder = export.import_released(
+                path, workdir, site, model_cfg=model_cfg, model=str(config.model.path)
+            )
+            print(f"[gemmascope] imported {path} -> {folder}", flush=True)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("gemmascope import done")
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -78,3 +78,52 @@ def test_run_rejects_bad_mode_and_missing_workdir():
         stages.run(config, None, "plan", ["nope-*"])
     with pytest.raises(ValueError, match="s3://bucket/study: unsupported URL scheme; use a local"):
         stages.run(config, "s3://bucket/study", "cache")
+
+
+def test_import_released_saes_and_evaluate_them(tmp_path):
+    # A "released" SAE that reconstructs exactly (W_enc = [I, -I], W_dec = [I; -I], threshold 0:
+    # x_hat = relu(x) - relu(-x) = x) must evaluate to FVU 0 and delta LM loss exactly 0.
+    import numpy as np
+    import pandas as pd
+
+    _, config = study.load_config_file(os.path.join(REPO, "experiments/tiny_demo.py:runlocal"))
+    d = study.model_config(config.model).hidden_size
+    eye = np.eye(d, dtype=np.float32)
+    release = tmp_path / "release" / "layer_0" / f"width_{2 * d}" / "average_l0_64"
+    release.mkdir(parents=True)
+    np.savez(
+        release / "params.npz",
+        W_enc=np.concatenate([eye, -eye], 1), W_dec=np.concatenate([eye, -eye], 0),
+        b_enc=np.zeros(2 * d, np.float32), b_dec=np.zeros(d, np.float32),
+        threshold=np.zeros(2 * d, np.float32),
+    )  # fmt: skip
+    workdir = tmp_path / "study"
+    bad = [
+        (["no-site"], "expected PATH@SITE"),
+        ([f"{release}/params.npz@resid_post/99"], "Unknown site 'resid_post/99'"),
+        ([f"{tmp_path}/missing.npz@resid_post/0"], "missing.npz does not exist"),
+    ]
+    for released, message in bad:
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            stages.run(config, str(workdir), "eval", released=released)
+        assert not (workdir / "saes").exists()  # nothing written before every entry is checked
+
+    stages.run(config, str(workdir), "eval", released=[f"{release}/params.npz@resid_post/0"])
+    table = pd.read_csv(workdir / "eval" / "saes.csv")
+    assert table.sae.tolist() == [f"resid_post/layer_0/width_{2 * d}/gemmascope_average_l0_64"]
+    row = table.iloc[0]
+    assert row.source == "released" and row.site == "resid_post/0"
+    assert row.delta_loss == 0.0 and row.kl_div == 0.0 and row.fvu == 0.0
+
+
+def test_import_released_through_the_cli_flag():
+    from gemmascope import main
+
+    main.parse_flags(
+        ["main", "--config=experiments/gemma2_27b.py", "--import_released=/a/params.npz@attn_z/3"]
+    )
+    assert main._IMPORT_RELEASED.value == ["/a/params.npz@attn_z/3"]
+    assert stages.parse_released("gs://b/x@y/params.npz@mlp_out/2") == (
+        "gs://b/x@y/params.npz",
+        "mlp_out/2",
+    )
