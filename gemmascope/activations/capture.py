@@ -3,8 +3,9 @@
     layout = TokenLayout.build(sequences, special_ids, drop_special=True, exclude=prefix_mask)
     layout.n_tokens; layout.row_start[s]       # first cache row of sequence s
     layout.metadata(lo, hi)                    # int32 (rows, 3): token id, position, sequence id
-    capture = Capturer(model_cfg, params, sites, storage_dtype="float32", batch_size=8)
-    rows = capture(sequences[lo:hi])           # {site: (kept rows of those sequences, d_site)}
+    capture = Capturer(model_cfg, params, sites, storage_dtype="float32", batch_size=8,
+                       model_parallel=4)      # params sharded 4 ways, batch over the rest
+    acts = capture.forward(sequences[lo:hi])   # {site: (B, T, d_site)} host arrays
 
 Rows are the kept tokens of the sequences, sequence by sequence, position by position. The
 layout is a function of the token ids alone (BOS, EOS and pad are dropped unless
@@ -13,12 +14,19 @@ computed from the ids by `data.user_prefix_mask`), so every process can compute 
 before any forward pass;
 this is what lets several processes write disjoint rows of one array, and makes the row order
 independent of how many processes wrote it.
+
+The forward pass runs on a (data, model) mesh of this process's local devices
+(`model.params.lm_mesh`): the params are sharded over "model" by `model.param_shardings` (heads,
+KV heads, MLP hidden units and vocabulary; a dimension the axis does not divide stays replicated)
+and the token rows over "data"; GSPMD partitions the jitted forward. Each process still runs its
+own model copy on its own sequences. `model_parallel=1` is plain data parallelism.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gemmascope import model
+from gemmascope.model import params as lm_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,24 +125,77 @@ def _jitted_capture(model_cfg, sites: tuple[str, ...], storage_dtype: str, mesh:
     return run
 
 
-class Capturer:
-    """One jitted forward pass per batch of sequences, returning the kept rows of every site.
+def place_params(model_cfg, params, mesh: Mesh):
+    """`params` laid out on `mesh` by `model.param_shardings` (no copy if they already are).
 
-    The batch is split over this process's local devices (data parallel; params replicated),
-    so every process runs its own model on its own sequences.
+    Logs which parameters stay replicated because the model axis does not divide them.
+    """
+    model_parallel = mesh.shape["model"]
+    replicated = lm_params.replicated_params(model_cfg, model_parallel)
+    if replicated:
+        kinds = sorted({f"{axis} ({size})" for _, axis, size in replicated})
+        logging.info(
+            "model_parallel=%d does not divide %s: %d parameters stay replicated on the model "
+            "axis (exact, but their memory is not divided)",
+            model_parallel,
+            ", ".join(kinds),
+            len(replicated),
+        )
+    return jax.device_put(params, model.param_shardings(model_cfg, mesh))
+
+
+class Capturer:
+    """One jitted forward pass per batch of sequences, returning every site's activations.
+
+    The params are sharded over the "model" axis of a (data, model) mesh of this process's
+    local devices and each batch is split over "data", so every process runs its own model on
+    its own sequences.
+
+    Attributes:
+      mesh: the (data, model) mesh the model runs on.
+      batch_size: sequences per forward pass (the requested size rounded up to a multiple of
+        the data axis, so that every batch has one compiled shape).
     """
 
-    def __init__(self, model_cfg, params, sites, storage_dtype: str, batch_size: int):
-        if not isinstance(batch_size, int) or batch_size < 1:
+    def __init__(
+        self,
+        model_cfg,
+        params,
+        sites,
+        storage_dtype: str,
+        batch_size: int,
+        model_parallel: int = 1,
+        mesh: Mesh | None = None,
+    ):
+        """Places the params and compiles lazily.
+
+        Args:
+          model_cfg: the model's `Gemma2Config`.
+          params: its params, anywhere (host, one device, or already on `mesh`: loading with
+            `model.load_hf(..., mesh=lm_params.lm_mesh(m))` avoids any replicated copy).
+          sites: concrete sites to capture.
+          storage_dtype: dtype of the returned activations.
+          batch_size: sequences per forward pass.
+          model_parallel: devices on the model axis (`cache.model_parallel`); ignored when
+            `mesh` is given.
+          mesh: a (data, model) mesh to use instead of `lm_mesh(model_parallel)`.
+
+        Raises:
+          ValueError: a bad batch size, or a `model_parallel` that is not a positive divisor
+            of the local device count (the message lists the valid values).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"cache.batch_size must be a positive integer, got {batch_size!r}")
         self.model_cfg = model_cfg
         self.sites = list(sites)
-        devices = jax.local_devices()
-        # Pad each forward batch to a multiple of the local device count: one compiled shape.
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
-        mesh = Mesh(np.array(devices), ("data",))
+        if mesh is None:
+            mesh = lm_params.lm_mesh(model_parallel, field="cache.model_parallel")
+        self.mesh = mesh
+        data_shards = mesh.shape["data"]
+        # Pad each forward batch to a multiple of the data axis: one compiled shape.
+        self.batch_size = -(-batch_size // data_shards) * data_shards
         self._token_sharding = NamedSharding(mesh, P("data", None))
-        self._params = jax.device_put(params, NamedSharding(mesh, P()))
+        self._params = place_params(model_cfg, params, mesh)
         self._run = _jitted_capture(model_cfg, tuple(self.sites), str(storage_dtype), mesh)
 
     def dispatch(self, tokens: np.ndarray):

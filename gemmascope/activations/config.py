@@ -28,8 +28,15 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.drop_special = True
     # Tokens sampled (whole chunks spread over the cache) to estimate the normalisation scalar C.
     cfg.norm_sample_tokens = 1 << 17
-    # Sequences per jitted forward pass (padded to a multiple of the local device count).
+    # Sequences per jitted forward pass (padded to a multiple of the data axis: the local
+    # device count / model_parallel).
     cfg.batch_size = 8
+    # Local devices on the LM's "model" mesh axis when capturing or streaming: the params are
+    # sharded that many ways (heads, KV heads, MLP units, vocabulary; a dimension it does not
+    # divide stays replicated) and batches split over the remaining devices. Must divide the
+    # process's local device count. 1 = params replicated, pure data parallelism. Needed when
+    # the model does not fit one device (docs/scaling.md: Gemma 2 9B/27B).
+    cfg.model_parallel = 1
     # Which split of config.data to cache ("train"; "eval" for held-out activations).
     cfg.split = "train"
     # Show a tqdm progress bar (tokens/s) on process 0.
@@ -44,8 +51,8 @@ def check_config(cfg) -> None:
     """Raises ValueError naming the bad field of a cache config."""
     if cfg.dtype not in storage.DTYPES:
         raise ValueError(f"cache.dtype must be one of {storage.DTYPES}, got {cfg.dtype!r}")
-    for name in ("shard_rows", "chunk_rows", "norm_sample_tokens", "batch_size"):
-        value = cfg[name]
+    for name in ("shard_rows", "chunk_rows", "norm_sample_tokens", "batch_size", "model_parallel"):
+        value = cfg.get(name, 1) if name == "model_parallel" else cfg[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"cache.{name} must be a positive integer, got {value!r}")
     if cfg.shard_rows % cfg.chunk_rows:

@@ -36,6 +36,7 @@ from gemmascope.activations.array_source import check_norm_scale, estimate_norm_
 from gemmascope.activations.capture import Capturer, TokenLayout
 from gemmascope.activations.shuffle import check_seed
 from gemmascope.activations.source_position import PositionState
+from gemmascope.model import params as lm_params
 
 
 class StreamingSource(PositionState):
@@ -61,6 +62,7 @@ class StreamingSource(PositionState):
         norm_scale: float | None = None,
         norm_sample_tokens: int = 1 << 16,
         exclude: np.ndarray | None = None,
+        model_parallel: int = 1,
     ):
         """Sets up the stream (and, if norm_scale is None, estimates C with a forward pass).
 
@@ -78,6 +80,9 @@ class StreamingSource(PositionState):
           exclude: optional bool (N, T), True at positions never emitted, whatever
             `drop_special` says: pass `data.user_prefix_mask(data_cfg, tokenizer, sequences)`
             for chat-wrapped data (`from_config` does).
+          model_parallel: local devices the model's params are sharded over
+            (`cache.model_parallel`); forward batches split over the rest. Params loaded with
+            `model.load_hf(..., mesh=model.params.lm_mesh(model_parallel))` are used in place.
 
         Raises:
           ValueError: for an unknown site (listing valid ones), a bad seed, sizes or scale.
@@ -98,7 +103,9 @@ class StreamingSource(PositionState):
         )
         self.d_in = model.sites.dim(model_cfg, site)
         self.n_tokens = None
-        self._capturer = Capturer(model_cfg, params, [site], "float32", forward_batch)
+        self._capturer = Capturer(
+            model_cfg, params, [site], "float32", forward_batch, model_parallel=model_parallel
+        )
         n_sequences, seq_len = self._layout.sequences.shape
         self._window_sequences = max(1, buffer_tokens // seq_len)
         # This process's share of the sequences: every P-th one, fixed for all epochs.
@@ -120,6 +127,8 @@ class StreamingSource(PositionState):
         """Loads the model (config.model) and sequences (config.data, config.cache.split).
 
         With `config.data.chat_wrap` the user-prefix tokens are excluded (`data.user_prefix_mask`).
+        The params are loaded straight into their shards on `config.cache.model_parallel`
+        devices.
         """
         from gemmascope import data
         from gemmascope.activations import writer
@@ -132,10 +141,12 @@ class StreamingSource(PositionState):
         split = cache.split if cache is not None else "train"
         sequences = data.sequences(config.data, tokenizer, split)
         kwargs.setdefault("exclude", data.user_prefix_mask(config.data, tokenizer, sequences))
-        _, params = model.load_hf(folder, dtype=writer.MODEL_DTYPES[dtype])
         if cache is not None:
             kwargs.setdefault("drop_special", cache.drop_special)
             kwargs.setdefault("forward_batch", cache.batch_size)
+            kwargs.setdefault("model_parallel", cache.get("model_parallel", 1))
+        mesh = lm_params.lm_mesh(kwargs.get("model_parallel", 1), field="cache.model_parallel")
+        _, params = model.load_hf(folder, dtype=writer.MODEL_DTYPES[dtype], mesh=mesh)
         return cls(model_cfg, params, sequences, site, seed=seed, **kwargs)
 
     def _kept_rows(self, sequence_ids: np.ndarray) -> np.ndarray:

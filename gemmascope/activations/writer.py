@@ -12,7 +12,9 @@
 2. checks every target directory (the per-token metadata array and each site) before writing
    anything: an existing cache must have the same fingerprint, else a CacheError names what
    differs; a directory with data but no (or a corrupt) meta.json is refused, never overwritten;
-3. gives each JAX process a contiguous range of shards; the process runs the model on the
+3. gives each JAX process a contiguous range of shards; the process runs the model (its params
+   sharded over `cache.model_parallel` of its local devices, loaded straight into their shards,
+   batches over the rest: `Capturer`) on the
    sequences covering the shards it still lacks and writes each shard whole (atomic), so the
    shards present on disk are the progress record. SIGKILL at any moment and rerun: the missing
    shards are recomputed from the same deterministic inputs, bit for bit;
@@ -38,6 +40,7 @@ from gemmascope.activations import storage
 from gemmascope.activations.array_source import estimate_norm_scale
 from gemmascope.activations.capture import Capturer, TokenLayout
 from gemmascope.activations.config import check_config, default_config
+from gemmascope.model import params as lm_params
 
 MODEL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _SAMPLED_HASH_BYTES = 1 << 20
@@ -285,6 +288,8 @@ def build_cache(config, workdir: str) -> dict[str, str]:
     """
     cache_cfg = config.get("cache") or default_config()
     check_config(cache_cfg)
+    # Before anything is written: a model_parallel the local devices cannot take is refused.
+    mesh = lm_params.lm_mesh(cache_cfg.get("model_parallel", 1), field="cache.model_parallel")
     model_cfg, folder, tokenizer, sites, dtype = load_inputs(config)
     seqs = data.sequences(config.data, tokenizer, cache_cfg.split)
     user_prefix = data.user_prefix_ids(config.data, tokenizer)
@@ -326,9 +331,12 @@ def build_cache(config, workdir: str) -> dict[str, str]:
     pending = sorted(set().union(*missing.values()))
     capturer = None
     if any(missing[t.path] for t in todo if t.site is not None):
-        _, params = model.load_hf(folder, dtype=MODEL_DTYPES[dtype])
+        # Each tensor goes straight into its shards on the (data, model) mesh.
+        _, params = model.load_hf(folder, dtype=MODEL_DTYPES[dtype], mesh=mesh)
         todo_sites = [t.site for t in todo if t.site is not None]
-        capturer = Capturer(model_cfg, params, todo_sites, cache_cfg.dtype, cache_cfg.batch_size)
+        capturer = Capturer(
+            model_cfg, params, todo_sites, cache_cfg.dtype, cache_cfg.batch_size, mesh=mesh
+        )
     total = sum(min((s + 1) * shard_rows, layout.n_tokens) - s * shard_rows for s in pending)
     with tqdm(
         total=total,

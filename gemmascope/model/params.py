@@ -21,7 +21,16 @@ table, so they cannot disagree.
 Sharding: logical axes map to mesh axes through ``rules`` (pairs ``(logical, mesh_axis)``, the
 flax ``logical_axis_rules`` convention). The default is Megatron-style: heads, KV heads, the MLP
 hidden axis and the vocabulary split over ``model``; everything else replicated. A dimension that
-the mesh axis does not divide is replicated rather than padded (e.g. one KV head on 4 devices).
+the mesh axis does not divide is replicated rather than padded (e.g. two KV heads on 4 devices):
+the forward pass stays exact, only that parameter's memory is not divided.
+``replicated_params(cfg, model_parallel)`` lists such fallbacks and ``bytes_per_device`` counts
+them, without devices (for plan mode).
+
+The LM's (data, model) mesh over this process's devices, used by activation capture, streaming
+and evaluation, is ``lm_mesh(model_parallel)``:
+
+    mesh = lm_mesh(4)                                     # 8 local devices -> (2, 4)
+    cfg, params = load_hf(path, mesh=mesh)                # each device holds its shards only
 """
 
 from __future__ import annotations
@@ -216,6 +225,31 @@ def _rules_dict(rules: Rules | None) -> dict[str, str | None]:
     return dict(rules.items()) if isinstance(rules, Mapping) else dict(rules)
 
 
+def _mesh_axes(
+    shape: Sequence[int],
+    axes: Sequence[str],
+    mesh_shape: Mapping[str, int],
+    rules: Rules | None,
+) -> list[str | None]:
+    """The mesh axis (or None) of each dimension; ``mesh_shape`` maps mesh axis -> size."""
+    mapping = _rules_dict(rules)
+    entries: list[str | None] = []
+    used: set[str] = set()
+    for size, axis in zip(shape, axes, strict=True):
+        mesh_axis = mapping.get(axis)
+        if mesh_axis is not None and mesh_axis not in mesh_shape:
+            raise ValueError(
+                f"Sharding rule maps logical axis {axis!r} to mesh axis {mesh_axis!r}, but the "
+                f"mesh axes are {list(mesh_shape)}."
+            )
+        if mesh_axis is None or mesh_axis in used or size % mesh_shape[mesh_axis]:
+            entries.append(None)
+        else:
+            entries.append(mesh_axis)
+            used.add(mesh_axis)
+    return entries
+
+
 def partition_spec(
     shape: Sequence[int], axes: Sequence[str], mesh: Mesh, rules: Rules | None = None
 ) -> PartitionSpec:
@@ -224,22 +258,7 @@ def partition_spec(
     Raises:
         ValueError: If a rule names a mesh axis the mesh does not have.
     """
-    mapping = _rules_dict(rules)
-    entries = []
-    used: set[str] = set()
-    for size, axis in zip(shape, axes, strict=True):
-        mesh_axis = mapping.get(axis)
-        if mesh_axis is not None and mesh_axis not in mesh.shape:
-            raise ValueError(
-                f"Sharding rule maps logical axis {axis!r} to mesh axis {mesh_axis!r}, but the "
-                f"mesh axes are {list(mesh.shape)}."
-            )
-        if mesh_axis is None or mesh_axis in used or size % mesh.shape[mesh_axis]:
-            entries.append(None)
-        else:
-            entries.append(mesh_axis)
-            used.add(mesh_axis)
-    return PartitionSpec(*entries)
+    return PartitionSpec(*_mesh_axes(shape, axes, dict(mesh.shape), rules))
 
 
 def param_shardings(cfg: Gemma2Config, mesh: Mesh, rules: Rules | None = None) -> Params:
@@ -248,6 +267,87 @@ def param_shardings(cfg: Gemma2Config, mesh: Mesh, rules: Rules | None = None) -
         cfg,
         lambda spec: NamedSharding(mesh, partition_spec(spec.shape, spec.axes, mesh, rules)),
     )
+
+
+def check_model_parallel(model_parallel: Any, field: str = "model_parallel") -> int:
+    """``model_parallel`` as an int, or ValueError naming ``field`` when it is not >= 1."""
+    if isinstance(model_parallel, bool) or not isinstance(model_parallel, (int, np.integer)):
+        raise ValueError(f"{field} must be a positive integer, got {model_parallel!r}")
+    if model_parallel < 1:
+        raise ValueError(f"{field} must be a positive integer, got {model_parallel!r}")
+    return int(model_parallel)
+
+
+def lm_mesh(
+    model_parallel: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+    field: str = "model_parallel",
+) -> Mesh:
+    """The (data, model) mesh over this process's devices for running the LM.
+
+    The params shard over ``model`` (``param_shardings``), token rows over ``data``. Each
+    process builds its own mesh from its local devices, so several processes run independent
+    model copies on their own sequences.
+
+    Args:
+        model_parallel: Devices on the ``model`` axis; ``data`` gets the rest.
+        devices: Default ``jax.local_devices()``.
+        field: The config field to name in errors, e.g. ``"cache.model_parallel"``.
+
+    Raises:
+        ValueError: ``model_parallel`` is not a positive integer or does not divide the number
+            of devices (the message lists the valid values).
+    """
+    model_parallel = check_model_parallel(model_parallel, field)
+    devices = list(jax.local_devices() if devices is None else devices)
+    if len(devices) % model_parallel:
+        valid = [m for m in range(1, len(devices) + 1) if len(devices) % m == 0]
+        raise ValueError(
+            f"{field}={model_parallel} does not divide the {len(devices)} local devices of "
+            f"this process; valid values: {valid}"
+        )
+    grid = np.array(devices).reshape(len(devices) // model_parallel, model_parallel)
+    return Mesh(grid, ("data", "model"))
+
+
+def replicated_params(
+    cfg: Gemma2Config, model_parallel: int, rules: Rules | None = None
+) -> list[tuple[str, str, int]]:
+    """Parameters whose sharded dimension ``model_parallel`` does not divide (so replicated).
+
+    Returns:
+        One ``(param path, logical axis, size)`` per such parameter, e.g.
+        ``("layers.0.k", "kv_heads", 2)`` for two KV heads on a model axis of 4.
+    """
+    model_parallel = check_model_parallel(model_parallel)
+    mapping = _rules_dict(rules)
+    found = []
+    if model_parallel == 1:
+        return found
+    for spec in param_specs(cfg):
+        for size, axis in zip(spec.shape, spec.axes, strict=True):
+            if mapping.get(axis) == "model" and size % model_parallel:
+                found.append((".".join(str(k) for k in spec.path), axis, size))
+                break
+    return found
+
+
+def bytes_per_device(
+    cfg: Gemma2Config, model_parallel: int, dtype: Any, rules: Rules | None = None
+) -> int:
+    """Parameter bytes each device holds on a model axis of ``model_parallel`` (no devices needed).
+
+    Counts exactly what ``param_shardings`` does: a dimension split over ``model`` divides that
+    parameter's bytes by ``model_parallel``; replicated parameters count whole.
+    """
+    model_parallel = check_model_parallel(model_parallel)
+    itemsize = jnp.dtype(dtype).itemsize
+    total = 0
+    for spec in param_specs(cfg):
+        n = int(np.prod(spec.shape)) * itemsize
+        axes = _mesh_axes(spec.shape, spec.axes, {"data": 1, "model": model_parallel}, rules)
+        total += n // model_parallel if "model" in axes else n
+    return total
 
 
 # ---------------------------------------------------------------------------- init
