@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -125,25 +124,6 @@ def _jitted_capture(model_cfg, sites: tuple[str, ...], storage_dtype: str, mesh:
     return run
 
 
-def place_params(model_cfg, params, mesh: Mesh):
-    """`params` laid out on `mesh` by `model.param_shardings` (no copy if they already are).
-
-    Logs which parameters stay replicated because the model axis does not divide them.
-    """
-    model_parallel = mesh.shape["model"]
-    replicated = lm_params.replicated_params(model_cfg, model_parallel)
-    if replicated:
-        kinds = sorted({f"{axis} ({size})" for _, axis, size in replicated})
-        logging.info(
-            "model_parallel=%d does not divide %s: %d parameters stay replicated on the model "
-            "axis (exact, but their memory is not divided)",
-            model_parallel,
-            ", ".join(kinds),
-            len(replicated),
-        )
-    return jax.device_put(params, model.param_shardings(model_cfg, mesh))
-
-
 class Capturer:
     """One jitted forward pass per batch of sequences, returning every site's activations.
 
@@ -195,7 +175,7 @@ class Capturer:
         # Pad each forward batch to a multiple of the data axis: one compiled shape.
         self.batch_size = -(-batch_size // data_shards) * data_shards
         self._token_sharding = NamedSharding(mesh, P("data", None))
-        self._params = place_params(model_cfg, params, mesh)
+        self._params = lm_params.place_params(model_cfg, params, mesh)
         self._run = _jitted_capture(model_cfg, tuple(self.sites), str(storage_dtype), mesh)
 
     def dispatch(self, tokens: np.ndarray):

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
+
+from gemmascope.model import params as lm_params
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -31,7 +34,21 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.lm_metrics = True
     # Write the Figure-2-style plots and the firing-frequency histograms.
     cfg.plots = True
+    # Local devices on the LM's "model" mesh axis: its params are sharded that many ways
+    # (heads, KV heads, MLP units, vocabulary; a dimension it does not divide stays replicated)
+    # and each batch is split over the remaining devices (batch_size is rounded up to a multiple
+    # of them). Must divide the process's local device count; 1 = params replicated.
+    cfg.model_parallel = 1
     return cfg
+
+
+def lm_mesh(cfg: ml_collections.ConfigDict) -> Mesh:
+    """The (data, model) mesh of this process's local devices for ``cfg.model_parallel``.
+
+    Raises:
+      ValueError: ``eval.model_parallel`` is not a positive divisor of the local device count.
+    """
+    return lm_params.lm_mesh(cfg.get("model_parallel", 1), field="eval.model_parallel")
 
 
 def splice_batch(cfg: ml_collections.ConfigDict) -> int:
@@ -48,6 +65,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         smallest = 0 if field == "splice_batch" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
             raise ValueError(f"eval.{field} must be an integer >= {smallest}, got {value!r}")
+    lm_params.check_model_parallel(cfg.get("model_parallel", 1), "eval.model_parallel")
     threshold = cfg.get("dense_threshold")
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f"eval.dense_threshold must be in (0, 1), got {threshold!r}")

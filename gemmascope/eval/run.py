@@ -20,7 +20,7 @@ import pandas as pd
 
 from gemmascope import data, files, model
 from gemmascope.eval import plots, table
-from gemmascope.eval.config import validate
+from gemmascope.eval.config import lm_mesh, validate
 from gemmascope.eval.sweep_eval import SaeEntry, evaluate_saes
 from gemmascope.export import layout
 
@@ -112,8 +112,10 @@ def evaluate(config, workdir: str) -> pd.DataFrame:
     """
     eval_cfg = config.eval
     validate(eval_cfg)
+    mesh = lm_mesh(eval_cfg)  # before loading: a model_parallel the devices refuse fails fast
     saes = find_saes(workdir)
-    model_cfg, model_params, tokenizer = model.load_from_config(config.model)
+    # Each tensor goes straight into its shards on the (data, model) mesh.
+    model_cfg, model_params, tokenizer = model.load_from_config(config.model, mesh=mesh)
     tokens = eval_tokens(config.data, tokenizer, int(eval_cfg.n_sequences))
     # The positions the SAEs were trained on: not BOS/EOS/pad, nor a chat template's user prefix.
     positions = data.trained_positions(config.data, tokenizer, tokens, model_cfg.special_token_ids)

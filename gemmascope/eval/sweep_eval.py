@@ -16,6 +16,11 @@ Spliced passes at a site of layer L resume from the clean ``resid_post/{L-1}``
 (``model.forward_from``), so only layers L.. are recomputed. Only sums leave the device; the host
 accumulates them in float64 (``metrics.finalize``).
 
+Every pass runs on a (data, model) mesh of this process's local devices
+(``model.params.lm_mesh(eval_cfg.model_parallel)``): the LM's params are sharded over "model"
+(``model.param_shardings``), the SAEs replicated, and the batch rows split over "data"; GSPMD
+partitions the jitted passes. With several processes each evaluates everything on its own devices.
+
 Synopsis::
 
     saes = [SaeEntry.load(folder) for folder, _ in export.list_saes(workdir)]
@@ -32,12 +37,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gemmascope import model
 from gemmascope.eval import config as eval_config
 from gemmascope.eval import metrics
 from gemmascope.export import layout
 from gemmascope.export.npz_format import NPZ_KEYS, load_npz
+from gemmascope.model import params as lm_params
 
 
 @dataclasses.dataclass
@@ -234,12 +242,15 @@ def _add(total: dict, batch: dict) -> None:
         total[key] = total[key] + value if key in total else value
 
 
-def _batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int):
-    """Yields (tokens, positions, row_valid) with every batch padded to ``batch_size`` rows.
+def _batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int, mesh: Mesh):
+    """Yields (tokens, positions, row_valid) with every batch padded to ``batch_size`` rows,
+    the rows split over the mesh's "data" axis.
 
     Padding rows repeat the first row and are masked out by ``row_valid``, so one compiled
     program serves every batch.
     """
+    rows_2d = NamedSharding(mesh, P("data", None))
+    rows_1d = NamedSharding(mesh, P("data"))
     for start in range(0, len(tokens), batch_size):
         chunk = tokens[start : start + batch_size]
         kept = positions[start : start + batch_size]
@@ -249,7 +260,11 @@ def _batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int):
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
             kept = np.concatenate([kept, np.repeat(kept[:1], pad, axis=0)])
             valid = np.concatenate([valid, np.zeros(pad, dtype=bool)])
-        yield jnp.asarray(chunk, jnp.int32), jnp.asarray(kept), jnp.asarray(valid)
+        yield (
+            jax.device_put(np.asarray(chunk, np.int32), rows_2d),
+            jax.device_put(np.asarray(kept, bool), rows_2d),
+            jax.device_put(valid, rows_1d),
+        )
 
 
 def evaluate_saes(
@@ -268,7 +283,9 @@ def evaluate_saes(
       tokens: int (N, T) held-out sequences, BOS first.
       saes: the SAEs; each one's ``config["site"]`` must be a site of the model.
       eval_cfg: ``eval.default_config()``-like: ``batch_size``, ``splice_batch``,
-        ``dense_threshold``, ``histogram_bins``, ``lm_metrics``.
+        ``dense_threshold``, ``histogram_bins``, ``lm_metrics``, ``model_parallel`` (local
+        devices the LM's params are sharded over; the batch, rounded up to a multiple of the
+        remaining "data" devices, is split over them).
       positions: bool (N, T), the positions SAEs are measured and spliced at (the ones they
         were trained on: ``data.trained_positions``, which also leaves out a chat template's
         user prefix); default: every position but BOS, EOS and pad.
@@ -279,11 +296,13 @@ def evaluate_saes(
       histogram and the reconstruction loss by position.
 
     Raises:
-      ValueError: no SAEs, no tokens, an SAE whose d_in does not match its site, or
-        ``positions`` of another shape than ``tokens``.
+      ValueError: no SAEs, no tokens, an SAE whose d_in does not match its site,
+        ``positions`` of another shape than ``tokens``, or an ``eval_cfg.model_parallel`` that
+        does not divide the local device count.
     """
     if not saes:
         raise ValueError("evaluate_saes: no SAEs to evaluate")
+    mesh = eval_config.lm_mesh(eval_cfg)
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or len(tokens) == 0 or tokens.shape[1] < 2:
         raise ValueError(f"evaluate_saes: tokens must be (N >= 1, T >= 2), got {tokens.shape}")
@@ -309,10 +328,13 @@ def evaluate_saes(
     captured = tuple(sorted(set(sites) | {p for p in prefixes.values() if p is not None}))
     with_lm = bool(eval_cfg.lm_metrics)
     splice_batch = eval_config.splice_batch(eval_cfg)
+    model_params = lm_params.place_params(model_cfg, model_params, mesh)
+    replicated = NamedSharding(mesh, P())
     stacked, k_maxes, chunks = {}, {}, {}
     for key, members in groups.items():
         chunks[key] = min(splice_batch, len(members))
-        stacked[key] = _stack_group([saes[i] for i in members], chunks[key])
+        group = _stack_group([saes[i] for i in members], chunks[key])
+        stacked[key] = jax.device_put(group, replicated)
         k_maxes[key] = None
         if key[2] == "topk":
             k_maxes[key] = max(int(saes[i].encoder["k"]) for i in members)
@@ -322,7 +344,9 @@ def evaluate_saes(
     zero_totals = {site: {} for site in sites}
     group_totals = {key: [{}, {}] for key in groups}
     references: dict[str, jax.Array] = {}
-    for batch, kept, row_valid in _batches(tokens, positions, int(eval_cfg.batch_size)):
+    data_shards = mesh.shape["data"]
+    batch_size = -(-int(eval_cfg.batch_size) // data_shards) * data_shards
+    for batch, kept, row_valid in _batches(tokens, positions, batch_size, mesh):
         acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
             model_params, batch, kept, row_valid, cfg=model_cfg, sites=captured
         )

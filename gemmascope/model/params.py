@@ -31,12 +31,14 @@ and evaluation, is ``lm_mesh(model_parallel)``:
 
     mesh = lm_mesh(4)                                     # 8 local devices -> (2, 4)
     cfg, params = load_hf(path, mesh=mesh)                # each device holds its shards only
+    params = place_params(cfg, params, mesh)              # or: reshard params from anywhere
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -348,6 +350,25 @@ def bytes_per_device(
         axes = _mesh_axes(spec.shape, spec.axes, {"data": 1, "model": model_parallel}, rules)
         total += n // model_parallel if "model" in axes else n
     return total
+
+
+def place_params(cfg: Gemma2Config, params: Params, mesh: Mesh, rules: Rules | None = None):
+    """``params`` laid out on ``mesh`` by ``param_shardings`` (no copy where they already are).
+
+    Logs which parameters stay replicated because the model axis does not divide them.
+    """
+    model_parallel = mesh.shape.get("model", 1)
+    replicated = replicated_params(cfg, model_parallel, rules)
+    if replicated:
+        kinds = sorted({f"{axis} ({size})" for _, axis, size in replicated})
+        logging.info(
+            "model_parallel=%d does not divide %s: %d parameters stay replicated on the model "
+            "axis (exact, but their memory is not divided)",
+            model_parallel,
+            ", ".join(kinds),
+            len(replicated),
+        )
+    return jax.device_put(params, param_shardings(cfg, mesh, rules))
 
 
 # ---------------------------------------------------------------------------- init
