@@ -4,6 +4,8 @@ Synopsis:
     from gemmascope import hardware
     chip = hardware.get("tpu_v3")       # hardware.Accelerator
     chip.peak_flops, chip.memory_bytes  # 123e12 FLOP/s (bf16 matmul peak), 32 GiB
+    chip.device_memory_bytes            # 16 GiB: a v3 chip is two JAX devices (TensorCores)
+    chip.devices_per_host               # 8: the local devices one process shards the LM over
 
 Every figure is the vendor's published per-chip peak for dense bf16 matrix products (no structured
 sparsity) and the per-chip high-bandwidth memory; the source of each is in `source` and in
@@ -29,6 +31,10 @@ class Accelerator:
         peak_flops: Peak dense bf16 matmul FLOP/s per chip (no sparsity).
         memory_bytes: High-bandwidth memory per chip, in bytes.
         source: Where the figures come from.
+        devices_per_chip: JAX devices per chip (TPU v3: one per TensorCore, each with half the
+            chip's HBM; megacore TPUs and GPUs: one).
+        chips_per_host: Chips attached to one host, i.e. one JAX process (TPU VMs: 4; a typical
+            HGX/DGX GPU server: 8).
     """
 
     name: str
@@ -36,6 +42,18 @@ class Accelerator:
     peak_flops: float
     memory_bytes: float
     source: str
+    devices_per_chip: int = 1
+    chips_per_host: int = 4
+
+    @property
+    def device_memory_bytes(self) -> float:
+        """HBM of one JAX device, the unit a model-parallel LM shard must fit in."""
+        return self.memory_bytes / self.devices_per_chip
+
+    @property
+    def devices_per_host(self) -> int:
+        """JAX devices local to one process on a full host."""
+        return self.devices_per_chip * self.chips_per_host
 
 
 ACCELERATORS = {
@@ -46,35 +64,44 @@ ACCELERATORS = {
             "Cloud TPU v3 chip (2 TensorCores)",
             123e12,
             32 * GiB,
-            "https://cloud.google.com/tpu/docs/v3 (123 TFLOPs bf16, 32 GiB HBM2 per chip)",
+            "https://cloud.google.com/tpu/docs/v3 (123 TFLOPs bf16, 32 GiB HBM2 per chip; "
+            "2 TensorCores per chip, each a JAX device with 16 GiB; 4 chips per host)",
+            devices_per_chip=2,
+            chips_per_host=4,
         ),
         Accelerator(
             "tpu_v4",
             "Cloud TPU v4 chip",
             275e12,
             32 * GiB,
-            "https://cloud.google.com/tpu/docs/v4 (275 TFLOPs bf16, 32 GiB HBM2 per chip)",
+            "https://cloud.google.com/tpu/docs/v4 (275 TFLOPs bf16, 32 GiB HBM2 per chip; "
+            "megacore: one JAX device per chip; 4 chips per host)",
         ),
         Accelerator(
             "tpu_v5p",
             "Cloud TPU v5p chip",
             459e12,
             95e9,
-            "https://cloud.google.com/tpu/docs/v5p (459 TFLOPs bf16, 95 GB HBM2e per chip)",
+            "https://cloud.google.com/tpu/docs/v5p (459 TFLOPs bf16, 95 GB HBM2e per chip; "
+            "megacore: one JAX device per chip; 4 chips per host)",
         ),
         Accelerator(
             "a100",
             "NVIDIA A100 SXM4 80GB",
             312e12,
             80e9,
-            "NVIDIA A100 datasheet (312 TFLOPS BF16 Tensor Core dense; 624 with sparsity)",
+            "NVIDIA A100 datasheet (312 TFLOPS BF16 Tensor Core dense; 624 with sparsity); "
+            "8 GPUs per HGX A100 host",
+            chips_per_host=8,
         ),
         Accelerator(
             "h100",
             "NVIDIA H100 SXM5 80GB",
             989.4e12,
             80e9,
-            "NVIDIA H100 datasheet (1,979 TFLOPS BF16 with sparsity; half that dense)",
+            "NVIDIA H100 datasheet (1,979 TFLOPS BF16 with sparsity; half that dense); "
+            "8 GPUs per HGX H100 host",
+            chips_per_host=8,
         ),
     )
 }

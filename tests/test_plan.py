@@ -2,7 +2,7 @@
 
 import pytest
 
-from gemmascope import hardware, jobs, plan, study
+from gemmascope import hardware, jobs, model, plan, study
 
 TiB = 2**40
 
@@ -96,3 +96,90 @@ def test_resolve_mesh():
     assert plan.resolve_mesh((2, -1), 8) == (2, 4)
     with pytest.raises(ValueError, match="does not use 8 chips"):
         plan.resolve_mesh((3, 1), 8)
+
+
+def _lm_plan(experiment, accelerator, dtype, cache_mp, eval_mp=1):
+    _, config = study.load_config_file(experiment)
+    config.unlock()
+    config.plan.accelerator = accelerator
+    config.model.dtype = dtype
+    config.cache.model_parallel = cache_mp
+    config.eval.model_parallel = eval_mp
+    study_plan = plan.make_plan(config, study.model_config(config.model))
+    return study_plan, {lm.stage: lm for lm in study_plan.lm}
+
+
+def _gemma2_27b_sharded_and_whole(model_parallel):
+    """Hand count of Gemma 2 27B's parameters (SPEC §1.1): split over the model axis, and
+    replicated (the RMSNorm gains)."""
+    d, v, m, layers, heads, kv_heads, head_dim = 4608, 256000, 36864, 46, 32, 16, 128
+    attention = d * head_dim * (heads + 2 * kv_heads + heads)  # q, k, v, o
+    sharded = v * d + layers * (attention + 3 * d * m)
+    whole = layers * 4 * d + d
+    return sharded / model_parallel, whole
+
+
+def test_lm_memory_per_device_gemma2_27b():
+    # bf16 27B over a model axis of 4 on a TPU v4 host (4 chips of 32 GiB): 13.6 GB per chip.
+    study_plan, lms = _lm_plan("experiments/gemma2_27b.py", "tpu_v4", "bfloat16", 4)
+    sharded, whole = _gemma2_27b_sharded_and_whole(4)
+    capture = lms["capture"]
+    assert capture.params_bytes_per_device == 2 * (sharded + whole)
+    assert capture.params_bytes_per_device / 1e9 == pytest.approx(13.6, rel=0.01)
+    assert capture.local_devices == 4 and capture.valid and capture.fits
+    assert capture.replicated == []
+    assert 0 < capture.activation_bytes_per_device < capture.params_bytes_per_device
+    # eval.model_parallel=1 replicates 54 GB on each 32 GiB chip: flagged, with the fix.
+    evaluation = lms["eval"]
+    assert evaluation.params_bytes_per_device == 2 * (4 * sharded + whole)
+    assert not evaluation.fits and evaluation.fitting == [4]
+    text = plan.format_plan(study_plan)
+    assert "capture  cache.model_parallel=4 (x 1 data): params 12.7 GiB" in text
+    assert "! exceeds the 32.0 GiB of one device: set eval.model_parallel to 4" in text
+    # A v4 host has 4 chips, so a model axis of 8 cannot be built inside one process.
+    study_plan, lms = _lm_plan("experiments/gemma2_27b.py", "tpu_v4", "bfloat16", 8)
+    assert not lms["capture"].valid
+    assert "! cache.model_parallel=8 does not divide the 4 devices of one process" in (
+        plan.format_plan(study_plan)
+    )
+    # On a TPU v3 host (8 TensorCores of 16 GiB) a model axis of 8: 6.8 GB per device.
+    _, lms = _lm_plan("experiments/gemma2_27b.py", "tpu_v3", "bfloat16", 8)
+    sharded, whole = _gemma2_27b_sharded_and_whole(8)
+    assert lms["capture"].params_bytes_per_device == 2 * (sharded + whole)
+    assert lms["capture"].device_memory_bytes == 16 * 2**30
+
+
+def test_lm_memory_gemma2_9b_on_tpu_v3_needs_model_parallel():
+    # 9.24B bf16 parameters = 18.5 GB > the 16 GiB of one v3 TensorCore.
+    study_plan, lms = _lm_plan("experiments/gemma2_9b.py", "tpu_v3", "bfloat16", 1)
+    capture = lms["capture"]
+    assert capture.params_bytes_per_device == 2 * study_plan.lm_params
+    assert not capture.fits and capture.fitting[0] > 1
+    assert "! exceeds the 16.0 GiB of one device" in plan.format_plan(study_plan)
+
+
+def test_lm_memory_counts_replicated_kv_heads():
+    # Gemma 2 2B has 4 KV heads: on a model axis of 8 its k and v projections stay whole.
+    _, lms = _lm_plan("experiments/gemma2_2b.py", "a100", "float32", 8)
+    d, v, m, layers, heads, kv_heads, head_dim = 2304, 256000, 9216, 26, 8, 4, 256
+    sharded = v * d + layers * (d * head_dim * 2 * heads + 3 * d * m)
+    whole = layers * (4 * d + 2 * d * kv_heads * head_dim) + d
+    assert lms["capture"].params_bytes_per_device == 4 * (sharded / 8 + whole)
+    assert lms["capture"].replicated == ["kv_heads (4)"]
+
+
+def test_lm_activation_estimate_by_hand():
+    cfg = model.presets.gemma2_2b()
+    got = plan.lm_activation_bytes(
+        cfg, stage="eval", sequences=2, seq_len=1024, model_parallel=4, compute_bytes=2,
+        site_dims=[2304], site_bytes=2, splice_batch=4,
+    )  # fmt: skip
+    tokens = 2 * 1024
+    layer = tokens * (4 * 2304 + 3 * 9216 // 4) * 2 + 2 * (8 // 4) * 1024 * 1024 * 4 * 2
+    logits = tokens * (256000 // 4) * 4 * (1 + 3 * 4)
+    assert got == layer + tokens * 2304 * 2 + logits
+    with pytest.raises(ValueError, match="stage must be 'capture' or 'eval', got 'train'"):
+        plan.lm_activation_bytes(
+            cfg, stage="train", sequences=1, seq_len=1, model_parallel=1, compute_bytes=2,
+            site_dims=[], site_bytes=2,
+        )  # fmt: skip
