@@ -24,11 +24,9 @@ bytes. The estimates follow SPEC §7:
   axis for latent-sharded SAEs, plus the step's (batch, latent) activations, about 4 fp32 arrays
   of (batch / data shards) x (width / model shards) x S.
 
-For the language model (capture, streaming and evaluation run it on one host's devices, its params
-sharded over `cache.model_parallel` / `eval.model_parallel` of them): the exact parameter bytes
-per device (`model.params.bytes_per_device`; a dimension the model axis does not divide stays
-whole) plus an activation estimate per device (`lm_activation_bytes`), flagged when the sum
-exceeds one device's memory, with the model_parallel values that would fit.
+For the language model (capture, streaming and evaluation): its memory per device with
+`cache.model_parallel` / `eval.model_parallel`, flagged against one device's memory
+(`gemmascope.lm_memory`).
 """
 
 from __future__ import annotations
@@ -37,8 +35,7 @@ import dataclasses
 
 import ml_collections
 
-from gemmascope import hardware, jobs
-from gemmascope.model import params as lm_params
+from gemmascope import hardware, jobs, lm_memory
 from gemmascope.model import sites as model_sites
 
 # Gated SAEs run the decoder twice per step (SPEC §5: ~1.5x compute).
@@ -46,7 +43,7 @@ ARCH_FLOP_FACTOR = {"gated": 1.5}
 # fp32 arrays of shape (batch, latents) alive in one step: pre-activations, codes, and their
 # cotangents (an estimate; XLA may fuse some away).
 BATCH_LATENT_ARRAYS = 4
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+BYTES = lm_memory.BYTES  # bytes per element of a dtype name
 
 
 def sae_param_count(d_in: int, width: int) -> int:
@@ -95,139 +92,6 @@ def activation_storage_bytes(n_tokens: float, d_in: int, dtype: str = "float32")
     return float(n_tokens) * d_in * BYTES[dtype]
 
 
-def lm_activation_bytes(
-    model_cfg,
-    *,
-    stage: str,
-    sequences: int,
-    seq_len: int,
-    model_parallel: int,
-    compute_bytes: int,
-    site_dims: list[int],
-    site_bytes: int,
-    splice_batch: int = 1,
-) -> float:
-    """Estimated activation bytes on one device of the LM's (data, model) mesh.
-
-    Counts, for the `sequences` rows of a batch this device holds: one layer's working set (the
-    residual stream and ~3 temporaries of it, the gate/up/product MLP arrays and the fp32
-    attention scores and probabilities, the last two split over the model axis), plus the
-    captured sites held to the end (`site_dims` x `site_bytes`), plus for evaluation the fp32
-    log-probabilities over the vocabulary: the clean pass's and, per spliced SAE of a vmapped
-    chunk, its logits, log-probs and the reference's (1 + 3 x `splice_batch` arrays). XLA may
-    fuse or rematerialise some of these; treat the figure as an order of magnitude.
-    """
-    if stage not in ("capture", "eval"):
-        raise ValueError(f"stage must be 'capture' or 'eval', got {stage!r}")
-    tokens = sequences * seq_len
-    heads = -(-model_cfg.num_attention_heads // model_parallel)
-    mlp = -(-model_cfg.intermediate_size // model_parallel)
-    layer = tokens * (4 * model_cfg.hidden_size + 3 * mlp) * compute_bytes
-    layer += sequences * heads * seq_len * seq_len * 4 * 2
-    captured = tokens * sum(site_dims) * site_bytes
-    logits = 0.0
-    if stage == "eval":
-        vocab = -(-model_cfg.vocab_size // model_parallel)
-        logits = tokens * vocab * 4 * (1 + 3 * splice_batch)
-    return float(layer + captured + logits)
-
-
-@dataclasses.dataclass
-class LmPlan:
-    """Memory of the language model on one device, when capturing or evaluating.
-
-    Attributes:
-        stage: "capture" (the cache and the streaming source) or "eval".
-        field: The config field setting `model_parallel`.
-        model_parallel: Devices on the model axis.
-        local_devices: Devices of one process (one host, or `n_chips` if fewer).
-        params_bytes_per_device: Exact parameter bytes per device.
-        activation_bytes_per_device: The `lm_activation_bytes` estimate.
-        device_memory_bytes: Memory of one device of the accelerator.
-        replicated: Sharded logical axes the model axis does not divide ("kv_heads (8)").
-        fitting: model_parallel values (divisors of `local_devices`) whose total fits.
-    """
-
-    stage: str
-    field: str
-    model_parallel: int
-    local_devices: int
-    params_bytes_per_device: float
-    activation_bytes_per_device: float
-    device_memory_bytes: float
-    replicated: list[str]
-    fitting: list[int]
-
-    @property
-    def bytes_per_device(self) -> float:
-        """Parameters + activations per device."""
-        return self.params_bytes_per_device + self.activation_bytes_per_device
-
-    @property
-    def valid(self) -> bool:
-        """Whether `model_parallel` divides the local device count."""
-        return self.local_devices % self.model_parallel == 0
-
-    @property
-    def fits(self) -> bool:
-        """Valid and within one device's memory."""
-        return self.valid and self.bytes_per_device <= self.device_memory_bytes
-
-
-def plan_lm(config: ml_collections.ConfigDict, model_cfg, accelerator, n_chips: int) -> list:
-    """LmPlans of capture (`cache.model_parallel`) and eval (`eval.model_parallel`)."""
-    dtype = config.model.get("dtype", "float32") or "float32"
-    compute_bytes = BYTES[dtype]
-    local_devices = min(accelerator.devices_per_host, n_chips * accelerator.devices_per_chip)
-    seq_len = int(config.data.seq_len)
-    sites = model_sites.resolve(model_cfg, list(config.sites))
-    site_dims = [model_sites.dim(model_cfg, site) for site in sites]
-    stages = {
-        "capture": ("cache", int(config.cache.batch_size), BYTES[config.cache.dtype], 1),
-        "eval": ("eval", int(config.eval.batch_size), compute_bytes, config.eval.splice_batch or 4),
-    }
-    plans = []
-    for stage, (section, batch_size, site_bytes, splice_batch) in stages.items():
-        field = f"{section}.model_parallel"
-        model_parallel = lm_params.check_model_parallel(
-            config[section].get("model_parallel", 1), field
-        )
-
-        def total(m, stage=stage, batch_size=batch_size, site_bytes=site_bytes, sb=splice_batch):
-            data_shards = max(local_devices // m, 1)
-            params_bytes = lm_params.bytes_per_device(model_cfg, m, dtype)
-            activations = lm_activation_bytes(
-                model_cfg,
-                stage=stage,
-                sequences=-(-batch_size // data_shards),
-                seq_len=seq_len,
-                model_parallel=m,
-                compute_bytes=compute_bytes,
-                site_dims=site_dims,
-                site_bytes=site_bytes,
-                splice_batch=sb,
-            )
-            return params_bytes, activations
-
-        params_bytes, activations = total(model_parallel)
-        divisors = [m for m in range(1, local_devices + 1) if local_devices % m == 0]
-        replicated = lm_params.replicated_params(model_cfg, model_parallel)
-        plans.append(
-            LmPlan(
-                stage=stage,
-                field=field,
-                model_parallel=model_parallel,
-                local_devices=local_devices,
-                params_bytes_per_device=params_bytes,
-                activation_bytes_per_device=activations,
-                device_memory_bytes=accelerator.device_memory_bytes,
-                replicated=sorted({f"{axis} ({size})" for _, axis, size in replicated}),
-                fitting=[m for m in divisors if sum(total(m)) <= accelerator.device_memory_bytes],
-            )
-        )
-    return plans
-
-
 @dataclasses.dataclass
 class JobPlan:
     """The estimate for one job (all its stacked SAEs)."""
@@ -271,7 +135,7 @@ class StudyPlan:
     cache_tokens: dict[str, float]
     storage_bytes: dict[str, float]
     lm_params: int
-    lm: list[LmPlan] = dataclasses.field(default_factory=list)
+    lm: list[lm_memory.LmPlan] = dataclasses.field(default_factory=list)
 
     @property
     def cache_flops(self) -> float:
@@ -400,7 +264,7 @@ def make_plan(
         cache_tokens=cache_tokens,
         storage_bytes=storage,
         lm_params=lm_param_count(model_cfg),
-        lm=plan_lm(config, model_cfg, accelerator, n_chips),
+        lm=lm_memory.plan_lm(config, model_cfg, accelerator, n_chips),
     )
 
 
@@ -477,20 +341,19 @@ def format_plan(study_plan: StudyPlan, max_rows: int = 40) -> str:
         f"{p.n_chips} chips if jobs run one after another "
         f"({p.total_wall_seconds * p.n_chips / 3600:,.0f} chip-hours).",
     ]
-    return "\n".join(lines + format_lm(p))
+    return "\n".join(lines + format_lm(p.lm, p.lm_params))
 
 
-def format_lm(p: StudyPlan) -> list[str]:
+def format_lm(lms: list[lm_memory.LmPlan], n_params: int) -> list[str]:
     """The plan's lines about the language model's memory per device."""
-    if not p.lm:
+    if not lms:
         return []
-    first = p.lm[0]
     lines = [
         "",
-        f"Language model per device ({p.lm_params / 1e9:.3g}B parameters; one process runs it on "
-        f"{first.local_devices} devices of {human_bytes(first.device_memory_bytes)}):",
+        f"Language model per device ({n_params / 1e9:.3g}B parameters; one process runs it on "
+        f"{lms[0].local_devices} devices of {human_bytes(lms[0].device_memory_bytes)}):",
     ]
-    for lm in p.lm:
+    for lm in lms:
         lines.append(
             f"  {lm.stage:<8} {lm.field}={lm.model_parallel} "
             f"(x {max(lm.local_devices // lm.model_parallel, 1)} data): params "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gemmascope import hardware, jobs, model, plan, study
+from gemmascope import hardware, jobs, lm_memory, model, plan, study
 
 TiB = 2**40
 
@@ -170,7 +170,7 @@ def test_lm_memory_counts_replicated_kv_heads():
 
 def test_lm_activation_estimate_by_hand():
     cfg = model.presets.gemma2_2b()
-    got = plan.lm_activation_bytes(
+    got = lm_memory.activation_bytes(
         cfg, stage="eval", sequences=2, seq_len=1024, model_parallel=4, compute_bytes=2,
         site_dims=[2304], site_bytes=2, splice_batch=4,
     )  # fmt: skip
@@ -179,7 +179,12 @@ def test_lm_activation_estimate_by_hand():
     logits = tokens * (256000 // 4) * 4 * (1 + 3 * 4)
     assert got == layer + tokens * 2304 * 2 + logits
     with pytest.raises(ValueError, match="stage must be 'capture' or 'eval', got 'train'"):
-        plan.lm_activation_bytes(
+        lm_memory.activation_bytes(
             cfg, stage="train", sequences=1, seq_len=1, model_parallel=1, compute_bytes=2,
             site_dims=[], site_bytes=2,
         )  # fmt: skip
+
+
+def test_plan_refuses_a_bad_model_parallel():
+    with pytest.raises(ValueError, match="eval.model_parallel must be a positive integer, got 0"):
+        _lm_plan("experiments/gemma2_2b.py", "a100", "float32", 1, eval_mp=0)
