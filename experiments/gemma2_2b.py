@@ -58,6 +58,9 @@ def get_config(arg=None):
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 8
     config.plan.mfu = 0.508
+    # The LM per 16 GiB v3 device (`--mode=plan`, docs/scaling.md): capture fits replicated;
+    # eval's 256k-vocab logits need the model split over 2 devices.
+    config.eval.model_parallel = 2
 
     if arg.runlocal:
         study.shrink_for_local(config)

@@ -73,6 +73,12 @@ def get_config(arg=None):
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 8
     config.plan.mfu = 0.508
+    # The fp32 9B (34 GiB) per 16 GiB v3 device (`--mode=plan`, docs/scaling.md): split over 4
+    # devices to capture, over all 8 to evaluate, with small forward batches.
+    config.cache.model_parallel = 4
+    config.cache.batch_size = 4
+    config.eval.model_parallel = 8
+    config.eval.batch_size = 2
 
     if arg.runlocal:
         study.shrink_for_local(config)

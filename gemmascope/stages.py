@@ -105,8 +105,9 @@ def is_main_process() -> bool:
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes workdir/config.json, or checks that the workdir holds this same study.
 
-    Sections in study.NON_STUDY_SECTIONS (plan, eval, distributed) may differ: they do not change
-    what is cached or trained.
+    Sections in study.NON_STUDY_SECTIONS (plan, eval, distributed) and fields in
+    study.NON_STUDY_FIELDS (cache.model_parallel) may differ: they do not change what is cached
+    or trained.
 
     Raises:
         ValueError: The workdir's config.json differs; the message names each differing field
@@ -120,6 +121,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
             f"  {key}: workdir has {old!r}, this run has {new!r}"
             for key, old, new in _diff(stored, resolved)
             if key.split(".")[0] not in study.NON_STUDY_SECTIONS
+            and key not in study.NON_STUDY_FIELDS
         ]
         if differences:
             raise ValueError(
@@ -185,8 +187,11 @@ def _source_opener(config: ml_collections.ConfigDict, workdir: str):
     if config.source == "cache":
         return lambda site, seed: activations.open_source(workdir, site, seed=seed)
     from gemmascope import data, model
+    from gemmascope.model import params as lm_params
 
-    model_cfg, params, tokenizer = model.load_from_config(config.model)
+    model_parallel = int(config.cache.get("model_parallel", 1))
+    mesh = lm_params.lm_mesh(model_parallel, field="cache.model_parallel")
+    model_cfg, params, tokenizer = model.load_from_config(config.model, mesh=mesh)
     sequences = data.sequences(config.data, tokenizer, split="train")
     user_prefix = data.user_prefix_mask(config.data, tokenizer, sequences)  # chat_wrap only
     return lambda site, seed: activations.StreamingSource(
@@ -200,6 +205,7 @@ def _source_opener(config: ml_collections.ConfigDict, workdir: str):
         drop_special=bool(config.cache.drop_special),
         norm_sample_tokens=int(config.cache.norm_sample_tokens),
         exclude=user_prefix,
+        model_parallel=model_parallel,
     )
 
 

@@ -39,6 +39,8 @@ import ml_collections
 # Config sections that do not change what a study computes: a workdir may be reused with
 # different values here (see stages.check_workdir_config).
 NON_STUDY_SECTIONS = ("plan", "eval", "distributed")
+# Fields that change how the work is spread over devices, not what is cached or trained.
+NON_STUDY_FIELDS = ("cache.model_parallel",)
 
 
 def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
@@ -301,6 +303,9 @@ def shrink_for_local(config: ml_collections.ConfigDict) -> None:
     config.train.log_every_tokens = 1024
     config.train.ckpt_every_tokens = 2048
     config.mesh.shard_latents_from = 0
+    config.cache.model_parallel = 1  # the tiny model fits any one device
+    config.cache.batch_size = 8
+    config.eval.model_parallel = 1
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 1
 

@@ -54,6 +54,7 @@ def test_workdir_holding_another_study(tmp_path):
     stages.check_workdir_config(config, str(tmp_path))  # the same study: accepted
     config.unlock()
     config.eval.n_sequences = 7  # evaluation settings may change
+    config.cache.model_parallel = 8  # and how the LM is spread over devices
     stages.check_workdir_config(config, str(tmp_path))
 
     result = run_cli(

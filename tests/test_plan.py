@@ -105,6 +105,7 @@ def _lm_plan(experiment, accelerator, dtype, cache_mp, eval_mp=1):
     config.model.dtype = dtype
     config.cache.model_parallel = cache_mp
     config.eval.model_parallel = eval_mp
+    config.cache.batch_size, config.eval.batch_size = 8, 4  # the defaults, whatever the study sets
     study_plan = plan.make_plan(config, study.model_config(config.model))
     return study_plan, {lm.stage: lm for lm in study_plan.lm}
 
@@ -188,3 +189,18 @@ def test_lm_activation_estimate_by_hand():
 def test_plan_refuses_a_bad_model_parallel():
     with pytest.raises(ValueError, match="eval.model_parallel must be a positive integer, got 0"):
         _lm_plan("experiments/gemma2_2b.py", "a100", "float32", 1, eval_mp=0)
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    ["gemma2_2b.py", "gemma2_9b.py", "gemma2_9b.py:variant=it", "gemma2_27b.py"],
+)
+def test_gemma_studies_fit_their_planned_accelerator(experiment):
+    # Each study's model_parallel and forward batch sizes are chosen so that capture and eval
+    # fit one device of the accelerator its plan names (16 GiB TPU v3 devices).
+    _, config = study.load_config_file(f"experiments/{experiment}")
+    study_plan = plan.make_plan(config, study.model_config(config.model))
+    assert [lm.stage for lm in study_plan.lm] == ["capture", "eval"]
+    for lm in study_plan.lm:
+        assert lm.valid and lm.fits, (lm.stage, lm)
+    assert "! exceeds" not in plan.format_plan(study_plan)

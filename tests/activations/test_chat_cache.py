@@ -119,6 +119,8 @@ def test_the_streaming_stage_leaves_out_the_user_prefix(chat_cache):
     config, workdir = chat_cache
     config = config.copy_and_resolve_references()
     config.source = "stream"
+    config.cache.model_parallel = 4  # and the stage runs the LM split over 4 of the 8 devices
     source = stages._source_opener(config, workdir)("resid_post/0", 0)
     meta = storage.read_meta(storage.site_dir(workdir, "resid_post/0"))
     assert source._epoch_tokens == meta["n_tokens"]
+    assert dict(source._capturer.mesh.shape) == {"data": 2, "model": 4}
