@@ -9,6 +9,7 @@ identity splice must still give delta loss and KL of exactly 0.
 import ml_collections
 import numpy as np
 import pytest
+from oracle_saes import identity_sae
 from tiny_model import random_params
 
 from gemmascope import eval as gs_eval
@@ -37,17 +38,6 @@ def _entry(name, params, site, encoder=None):
     )
 
 
-def _identity(d):
-    eye = np.eye(d)
-    return {
-        "W_enc": np.concatenate([eye, -eye], 1),
-        "W_dec": np.concatenate([eye, -eye], 0),
-        "b_enc": np.zeros(2 * d),
-        "b_dec": np.zeros(d),
-        "threshold": np.zeros(2 * d),
-    }
-
-
 def _random(seed, d, width=2 * D):
     rng = np.random.default_rng(seed)
     return {
@@ -74,10 +64,10 @@ def test_model_parallel_metrics_equal_replicated():
     tokens[:, 0] = CFG.bos_token_id
     assert CFG.is_sliding(0) and tokens.shape[1] > CFG.sliding_window  # the window binds
     saes = [
-        _entry("identity", _identity(D), "resid_post/1"),
+        _entry("identity", identity_sae(D), "resid_post/1"),
         _entry("random", _random(1, D), "resid_post/1"),
         _entry("mlp0", _random(2, D), "mlp_out/0"),  # layer 0: spliced from the embedding
-        _entry("identity_mlp0", _identity(D), "mlp_out/0"),
+        _entry("identity_mlp0", identity_sae(D), "mlp_out/0"),
     ]
     replicated = evaluate_saes(CFG, params, tokens, saes, _eval_cfg(1))
     sharded = evaluate_saes(CFG, params, tokens, saes, _eval_cfg(4))
@@ -116,7 +106,7 @@ def test_model_parallel_metrics_equal_replicated():
     ],
 )
 def test_bad_model_parallel_is_refused(value, message):
-    entry = _entry("identity", _identity(D), "resid_post/0")
+    entry = _entry("identity", identity_sae(D), "resid_post/0")
     tokens = np.full((1, 4), 5, np.int32)
     with pytest.raises(ValueError, match=message):
         evaluate_saes(CFG, {}, tokens, [entry], _eval_cfg(value))

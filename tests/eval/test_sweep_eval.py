@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from oracle_saes import identity_sae, zero_sae
 from tiny_model import random_params
 
 from gemmascope import eval as gs_eval
@@ -47,21 +48,6 @@ def _entry(name, params, site=SITE):
         config=config,
         params={k: np.asarray(v, np.float32) for k, v in params.items()},
     )
-
-
-def _identity(d=D):
-    eye = np.eye(d)
-    return {
-        "W_enc": np.concatenate([eye, -eye], 1),
-        "W_dec": np.concatenate([eye, -eye], 0),
-        "b_enc": np.zeros(2 * d),
-        "b_dec": np.zeros(d),
-        "threshold": np.zeros(2 * d),
-    }
-
-
-def _zeros(d=D):
-    return {k: np.zeros_like(v) for k, v in _identity(d).items()}
 
 
 def _random(seed, d=D):
@@ -129,13 +115,13 @@ def _eval_cfg(**overrides):
 def test_identity_zero_and_random_saes_against_direct_splicing(setup):
     params, tokens = setup
     saes = [
-        _entry("identity", _identity()),
-        _entry("zeros", _zeros()),
+        _entry("identity", identity_sae(D)),
+        _entry("zeros", zero_sae(D)),
         _entry("random", _random(1)),
-        _entry("identity0", _identity(), site="mlp_out/0"),
+        _entry("identity0", identity_sae(D), site="mlp_out/0"),
         # Chunks of 2: [references], [identity, zeros], [random, identity_late]: identities
         # at both positions of a chunk, in the first and a later chunk.
-        _entry("identity_late", _identity()),
+        _entry("identity_late", identity_sae(D)),
     ]
     results = evaluate_saes(CFG, params, tokens, saes, _eval_cfg())
     identity, zeros, random, identity0, identity_late = (r[0] for r in results)
@@ -152,7 +138,7 @@ def test_identity_zero_and_random_saes_against_direct_splicing(setup):
     assert identity["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert zeros["l0"] == 0.0 and zeros["frac_dead"] == 1.0
     oracle_zero = _oracle(
-        params, tokens, {k: jnp.asarray(v, jnp.float32) for k, v in _zeros().items()}
+        params, tokens, {k: jnp.asarray(v, jnp.float32) for k, v in zero_sae(D).items()}
     )
     assert zeros["spliced_loss"] == pytest.approx(oracle_zero["spliced_loss"], rel=1e-5)
     assert zeros["clean_loss"] == pytest.approx(oracle_zero["clean_loss"], rel=1e-5)
@@ -214,4 +200,4 @@ def test_bad_inputs_are_clear_errors(setup):
     with pytest.raises(ValueError, match="no SAEs"):
         evaluate_saes(CFG, params, tokens, [], _eval_cfg())
     with pytest.raises(ValueError, match="does not match site"):
-        evaluate_saes(CFG, params, tokens, [_entry("x", _identity(8))], _eval_cfg())
+        evaluate_saes(CFG, params, tokens, [_entry("x", identity_sae(8))], _eval_cfg())
