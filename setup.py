@@ -9,7 +9,7 @@ import setuptools
 setuptools.setup(
     name="gemmascope",
     version="0.1.0",
-    description="Train, evaluate and export JumpReLU/Gated SAEs on Gemma 2, in JAX (Gemma Scope, open).",
+    description="JumpReLU/Gated SAE sweeps on Gemma 2 in JAX: Gemma Scope, open.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
