@@ -50,7 +50,7 @@ setuptools.setup(
             "pytest>=8",
             "pytest-xdist>=3.5",
             # A local, in-memory GCS for the gs:// workdir test (tests/gcs_emulator.py).
-            "gcp-storage-emulator==2026.7.19",  # exact: the test fills two of its gaps
+            "gcp-storage-emulator==2026.7.19",  # exact: the test patches three of its gaps
             "torch==2.13.0",  # CPU wheel; the reference Gemma2ForCausalLM in tests
         ],
         "dev": ["ruff>=0.6"],
