@@ -171,9 +171,7 @@ class Capturer:
         if mesh is None:
             mesh = lm_params.lm_mesh(model_parallel, field="cache.model_parallel")
         self.mesh = mesh
-        data_shards = mesh.shape["data"]
-        # Pad each forward batch to a multiple of the data axis: one compiled shape.
-        self.batch_size = -(-batch_size // data_shards) * data_shards
+        self.batch_size = lm_params.batch_for_mesh(batch_size, mesh)
         self._token_sharding = NamedSharding(mesh, P("data", None))
         self._params = lm_params.place_params(model_cfg, params, mesh)
         self._run = _jitted_capture(model_cfg, tuple(self.sites), str(storage_dtype), mesh)

@@ -344,8 +344,7 @@ def evaluate_saes(
     zero_totals = {site: {} for site in sites}
     group_totals = {key: [{}, {}] for key in groups}
     references: dict[str, jax.Array] = {}
-    data_shards = mesh.shape["data"]
-    batch_size = -(-int(eval_cfg.batch_size) // data_shards) * data_shards
+    batch_size = lm_params.batch_for_mesh(int(eval_cfg.batch_size), mesh)
     for batch, kept, row_valid in _batches(tokens, positions, batch_size, mesh):
         acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
             model_params, batch, kept, row_valid, cfg=model_cfg, sites=captured

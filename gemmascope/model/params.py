@@ -312,6 +312,13 @@ def lm_mesh(
     return Mesh(grid, ("data", "model"))
 
 
+def batch_for_mesh(batch_size: int, mesh: Mesh) -> int:
+    """``batch_size`` rounded up to a multiple of the mesh's "data" axis, so that every batch
+    splits evenly over it and has one compiled shape."""
+    data_shards = mesh.shape["data"]
+    return -(-batch_size // data_shards) * data_shards
+
+
 def replicated_params(
     cfg: Gemma2Config, model_parallel: int, rules: Rules | None = None
 ) -> list[tuple[str, str, int]]:
@@ -324,11 +331,11 @@ def replicated_params(
     model_parallel = check_model_parallel(model_parallel)
     mapping = _rules_dict(rules)
     found = []
-    if model_parallel == 1:
-        return found
     for spec in param_specs(cfg):
+        if "model" in _model_axis_placement(spec, model_parallel, rules):
+            continue  # split over the model axis
         for size, axis in zip(spec.shape, spec.axes, strict=True):
-            if mapping.get(axis) == "model" and size % model_parallel:
+            if mapping.get(axis) == "model":  # meant to be split, but not divisible
                 found.append((".".join(str(k) for k in spec.path), axis, size))
                 break
     return found
@@ -347,9 +354,17 @@ def bytes_per_device(
     total = 0
     for spec in param_specs(cfg):
         n = int(np.prod(spec.shape)) * itemsize
-        axes = _mesh_axes(spec.shape, spec.axes, {"data": 1, "model": model_parallel}, rules)
-        total += n // model_parallel if "model" in axes else n
+        split = "model" in _model_axis_placement(spec, model_parallel, rules)
+        total += n // model_parallel if split else n
     return total
+
+
+def _model_axis_placement(
+    spec: ParamSpec, model_parallel: int, rules: Rules | None
+) -> list[str | None]:
+    """The mesh axis of each dimension of ``spec`` on a (data, model) mesh of any data size,
+    by the same rule as ``partition_spec`` (no devices needed)."""
+    return _mesh_axes(spec.shape, spec.axes, {"data": 1, "model": model_parallel}, rules)
 
 
 def place_params(cfg: Gemma2Config, params: Params, mesh: Mesh, rules: Rules | None = None):
