@@ -21,6 +21,7 @@ import functools
 import ml_collections
 
 from gemmascope import hardware
+from gemmascope.eval import config as eval_config
 from gemmascope.model import params as lm_params
 from gemmascope.model import sites as model_sites
 
@@ -143,7 +144,14 @@ def plan_lm(
     )
     stages = {  # stage: (config section, its arguments to _lm_bytes)
         "capture": ("cache", dict(site_bytes=BYTES[config.cache.dtype], splice_batch=1)),
-        "eval": ("eval", dict(site_bytes=BYTES[dtype], splice_batch=config.eval.splice_batch or 4)),
+        # Plans are for accelerators: eval's accelerator default of splice_batch.
+        "eval": (
+            "eval",
+            dict(
+                site_bytes=BYTES[dtype],
+                splice_batch=eval_config.splice_batch(config.eval, backend="tpu"),
+            ),
+        ),
     }
     plans = []
     for stage, (section, args) in stages.items():

@@ -51,11 +51,12 @@ def lm_mesh(cfg: ml_collections.ConfigDict) -> Mesh:
     return lm_params.lm_mesh(cfg.get("model_parallel", 1), field="eval.model_parallel")
 
 
-def splice_batch(cfg: ml_collections.ConfigDict) -> int:
-    """SAEs spliced per vmapped pass: ``cfg.splice_batch``, or for 0 the backend's default."""
+def splice_batch(cfg: ml_collections.ConfigDict, backend: str | None = None) -> int:
+    """SAEs spliced per vmapped pass: ``cfg.splice_batch``, or for 0 the default of ``backend``
+    (JAX's default backend unless given): 1 on CPU, where vmapped splices do not pay, else 4."""
     if cfg.splice_batch:
         return int(cfg.splice_batch)
-    return 1 if jax.default_backend() == "cpu" else 4
+    return 1 if (backend or jax.default_backend()) == "cpu" else 4
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
