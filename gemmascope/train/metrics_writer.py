@@ -74,10 +74,11 @@ class MetricsWriter:
         self._lines: list[str] = []  # the whole file, kept only where it cannot be appended to
         if not enabled:
             return
-        if files.exists(self.path):
-            self._lines = truncate_history(self.path, start_step)
-        if not files.is_url(self.path):
-            self._lines = []
+        kept = truncate_history(self.path, start_step) if files.exists(self.path) else []
+        if files.is_url(self.path):
+            self._lines = kept
+        else:
+            files.makedirs(os.path.dirname(self.path))
         # TensorBoard's writer is created lazily: many tiny jobs never pay for it until they log.
         # tensorboardX writes gs:// URLs itself (through google-cloud-storage).
         self._tb_dir = files.join(os.fspath(run_dir), "tensorboard")
@@ -109,7 +110,6 @@ class MetricsWriter:
             self._lines.append(line)
             files.write_text(self.path, "".join(self._lines))
         else:
-            files.makedirs(os.path.dirname(self.path))
             with open(self.path, "a") as f:
                 f.write(line)
         if self.tensorboard:
