@@ -34,10 +34,15 @@ from gemmascope import files
 
 
 def read_history(path: str) -> list[dict]:
-    """Reads metrics.jsonl (missing file = empty history)."""
+    """Reads metrics.jsonl (missing file = empty history).
+
+    Every record ends with a newline, so text after the last newline is a line that a kill cut
+    short while it was being appended: it is left out (a resumed run logs that step again).
+    """
     if not files.exists(path):
         return []
-    return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
+    *complete, _cut_short = files.read_text(path).split("\n")
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def truncate_history(path: str, last_step: int) -> list[str]:
