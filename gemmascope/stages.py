@@ -189,8 +189,9 @@ def _source_opener(config: ml_collections.ConfigDict, workdir: str):
     from gemmascope import data, model
     from gemmascope.model import params as lm_params
 
-    model_parallel = int(config.cache.get("model_parallel", 1))
-    mesh = lm_params.lm_mesh(model_parallel, field="cache.model_parallel")
+    # lm_mesh checks the field (a clear error before the model is loaded).
+    mesh = lm_params.lm_mesh(config.cache.get("model_parallel", 1), field="cache.model_parallel")
+    model_parallel = mesh.shape["model"]
     model_cfg, params, tokenizer = model.load_from_config(config.model, mesh=mesh)
     sequences = data.sequences(config.data, tokenizer, split="train")
     user_prefix = data.user_prefix_mask(config.data, tokenizer, sequences)  # chat_wrap only
