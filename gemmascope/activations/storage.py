@@ -26,6 +26,9 @@ from typing import Any
 
 import tensorstore as ts
 
+# The one path join of the workdir, for local paths and URLs alike (re-exported: storage.join).
+from gemmascope.files import join
+
 FORMAT = "gemmascope.activations/1"
 META = "meta.json"
 TOKENS = "tokens"  # directory of the per-token metadata array, beside the <kind>/ directories
@@ -35,14 +38,6 @@ DTYPES = ("float32", "bfloat16")
 
 class CacheError(ValueError):
     """A cache cannot be used as asked (missing, corrupted, incomplete or mismatched)."""
-
-
-def join(base: str, *parts: str) -> str:
-    """Joins path components with '/', for local paths and URLs alike."""
-    out = str(base).rstrip("/")
-    for part in parts:
-        out += "/" + str(part).strip("/")
-    return out
 
 
 def cache_root(workdir: str) -> str:
