@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorstore as ts
 
+from gemmascope import files
 from gemmascope.activations import storage
 
 _MISSING = np.uint64(2**64 - 1)
@@ -90,6 +91,6 @@ class LocalChunkReader:
 
 def chunk_reader(path: str, array: ts.TensorStore, chunk_rows: int, shard_rows: int):
     """The fastest reader for `path`: local files directly, anything else through tensorstore."""
-    if "://" in path:
+    if files.is_url(path):
         return TensorstoreChunkReader(array, chunk_rows)
     return LocalChunkReader(path, array, chunk_rows, shard_rows)

@@ -27,7 +27,7 @@ from typing import Any
 import tensorstore as ts
 
 # The one path join of the workdir, for local paths and URLs alike (re-exported: storage.join).
-from gemmascope.files import join
+from gemmascope.files import is_url, join
 
 FORMAT = "gemmascope.activations/1"
 META = "meta.json"
@@ -52,7 +52,7 @@ def site_dir(workdir: str, site: str) -> str:
 
 def _kvstore(path: str) -> Any:
     """A tensorstore kvstore spec for a directory (trailing '/' so keys live inside it)."""
-    if "://" in path:
+    if is_url(path):
         return path.rstrip("/") + "/"
     return {"driver": "file", "path": os.path.abspath(os.path.expanduser(path)) + "/"}
 
