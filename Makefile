@@ -19,7 +19,7 @@ $(VENV)/.test: setup.py $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(PY) -m gemmascope.main --config=experiments/tiny_demo.py --workdir=$(DEMO_WORKDIR) --mode=all
+	$(PY) -m gemmascope --config=experiments/tiny_demo.py --workdir=$(DEMO_WORKDIR) --mode=all
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests

@@ -2,12 +2,12 @@ r"""Gemma Scope's Gemma 2 27B study (SPEC §2.2, GS Table 1): the 27B PT residua
 
 Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
 
-    python -m gemmascope.main --config=experiments/gemma2_27b.py --mode=plan
+    python -m gemmascope --config=experiments/gemma2_27b.py --mode=plan
 
 Run it (Gemma 2 27B in Hugging Face format in ./gemma-2-27b, see docs/faq.md; the model itself
 needs a sharded mesh, docs/scaling.md):
 
-    python -m gemmascope.main --config=experiments/gemma2_27b.py:model_dir=gemma-2-27b \
+    python -m gemmascope --config=experiments/gemma2_27b.py:model_dir=gemma-2-27b \
         --workdir=/mnt/gcs/gemma2_27b --mode=all
 
 What it trains (PT, 46 layers): residual SAEs of width 2^17 at layers 10, 22 and 34, 8B tokens
@@ -19,7 +19,10 @@ Arguments: model_dir, arch, runlocal (the same file on the shipped tiny model, a
 tokens: CI and laptops).
 """
 
-from gemmascope import jobs, study
+import common
+
+from gemmascope import study
+from gemmascope.study import jobs
 
 
 def get_config(arg=None):
@@ -38,8 +41,8 @@ def get_config(arg=None):
     config.data.seq_len = 1024
 
     config.sites = ("resid_post/10", "resid_post/22", "resid_post/34")
-    config.jobs.groups.res_131k = study.gemma_scope_group(config.sites, [2**17])
-    config.jobs.archs = study.gemma_scope_archs(arg.arch)
+    config.jobs.groups.res_131k = common.gemma_scope_group(config.sites, [2**17])
+    config.jobs.archs = common.gemma_scope_archs(arg.arch)
 
     # Activations per step (SPEC §4.5).
     config.train.batch_size = 4096
@@ -55,7 +58,7 @@ def get_config(arg=None):
     config.eval.batch_size = 2
 
     if arg.runlocal:
-        study.shrink_for_local(config)
+        common.shrink_for_local(config)
     return config
 
 

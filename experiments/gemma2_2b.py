@@ -2,11 +2,11 @@ r"""Gemma Scope's Gemma 2 2B study (SPEC §2.2, GS Table 1): every SAE of the 2B
 
 Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
 
-    python -m gemmascope.main --config=experiments/gemma2_2b.py --mode=plan
+    python -m gemmascope --config=experiments/gemma2_2b.py --mode=plan
 
 Run it (Gemma 2 2B in Hugging Face format in ./gemma-2-2b, see docs/faq.md):
 
-    python -m gemmascope.main --config=experiments/gemma2_2b.py:model_dir=gemma-2-2b \
+    python -m gemmascope --config=experiments/gemma2_2b.py:model_dir=gemma-2-2b \
         --workdir=/mnt/gcs/gemma2_2b --mode=all
 
 What it trains (PT, 26 layers; widths in latents, tokens per SAE):
@@ -24,7 +24,10 @@ Arguments: model_dir, arch, runlocal (the same file on the shipped tiny model, a
 tokens: CI and laptops).
 """
 
-from gemmascope import jobs, study
+import common
+
+from gemmascope import study
+from gemmascope.study import jobs
 
 
 def get_config(arg=None):
@@ -41,15 +44,15 @@ def get_config(arg=None):
     config.data.seq_len = 1024
 
     config.sites = ("*/*",)
-    config.jobs.groups.all_16k = study.gemma_scope_group(["*/*"], [2**14])
-    config.jobs.groups.res_L12_8b = study.gemma_scope_group(
+    config.jobs.groups.all_16k = common.gemma_scope_group(["*/*"], [2**14])
+    config.jobs.groups.res_L12_8b = common.gemma_scope_group(
         ["resid_post/12"], [2**15, 2**17, 2**18, 2**19]
     )
-    config.jobs.groups.all_65k = study.gemma_scope_group(["*/*"], [2**16])
-    config.jobs.groups.res_1m = study.gemma_scope_group(
+    config.jobs.groups.all_65k = common.gemma_scope_group(["*/*"], [2**16])
+    config.jobs.groups.res_1m = common.gemma_scope_group(
         ["resid_post/5", "resid_post/12", "resid_post/19"], [2**20]
     )
-    config.jobs.archs = study.gemma_scope_archs(arg.arch)
+    config.jobs.archs = common.gemma_scope_archs(arg.arch)
 
     # Activations per step (SPEC §4.5).
     config.train.batch_size = 4096
@@ -63,7 +66,7 @@ def get_config(arg=None):
     config.eval.model_parallel = 2
 
     if arg.runlocal:
-        study.shrink_for_local(config)
+        common.shrink_for_local(config)
     return config
 
 

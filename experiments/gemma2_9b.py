@@ -2,12 +2,12 @@ r"""Gemma Scope's Gemma 2 9B study (SPEC §2.2, GS Table 1): every SAE of the 9B
 
 Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
 
-    python -m gemmascope.main --config=experiments/gemma2_9b.py --mode=plan
+    python -m gemmascope --config=experiments/gemma2_9b.py --mode=plan
 
 Run it (Gemma 2 9B in Hugging Face format in ./gemma-2-9b, see docs/faq.md; about 17 PiB of
 activations with every site cached, so see docs/scaling.md for streaming and launchers):
 
-    python -m gemmascope.main --config=experiments/gemma2_9b.py:model_dir=gemma-2-9b \
+    python -m gemmascope --config=experiments/gemma2_9b.py:model_dir=gemma-2-9b \
         --workdir=/mnt/gcs/gemma2_9b --mode=all
 
 What it trains (PT, 42 layers; widths in latents, tokens per SAE):
@@ -29,7 +29,10 @@ Arguments: model_dir, variant (pt | it), arch, runlocal (the same file on the sh
 a few thousand tokens: CI and laptops).
 """
 
-from gemmascope import jobs, study
+import common
+
+from gemmascope import study
+from gemmascope.study import jobs
 
 
 def get_config(arg=None):
@@ -50,20 +53,20 @@ def get_config(arg=None):
     layers_1m = ("resid_post/9", "resid_post/20", "resid_post/31")
     if arg.variant == "pt":
         config.sites = ("*/*",)
-        config.jobs.groups.all_16k = study.gemma_scope_group(["*/*"], [2**14])
-        config.jobs.groups.res_L20_8b = study.gemma_scope_group(
+        config.jobs.groups.all_16k = common.gemma_scope_group(["*/*"], [2**14])
+        config.jobs.groups.res_L20_8b = common.gemma_scope_group(
             ["resid_post/20"], [2**15, 2**16, 2**18, 2**19]
         )
-        config.jobs.groups.all_131k = study.gemma_scope_group(["*/*"], [2**17])
-        config.jobs.groups.res_1m = study.gemma_scope_group(layers_1m, [2**20])
+        config.jobs.groups.all_131k = common.gemma_scope_group(["*/*"], [2**17])
+        config.jobs.groups.res_1m = common.gemma_scope_group(layers_1m, [2**20])
     elif arg.variant == "it":
         config.name = "gemma2_9b_it"
         config.sites = layers_1m
-        config.jobs.groups.res_16k = study.gemma_scope_group(layers_1m, [2**14])
-        config.jobs.groups.res_131k = study.gemma_scope_group(layers_1m, [2**17])
+        config.jobs.groups.res_16k = common.gemma_scope_group(layers_1m, [2**14])
+        config.jobs.groups.res_131k = common.gemma_scope_group(layers_1m, [2**17])
     else:
         raise ValueError(f"variant must be 'pt' or 'it', got {arg.variant!r}.")
-    config.jobs.archs = study.gemma_scope_archs(arg.arch)
+    config.jobs.archs = common.gemma_scope_archs(arg.arch)
 
     # Activations per step (SPEC §4.5).
     config.train.batch_size = 4096
@@ -81,7 +84,7 @@ def get_config(arg=None):
     config.eval.batch_size = 2
 
     if arg.runlocal:
-        study.shrink_for_local(config)
+        common.shrink_for_local(config)
     if arg.variant == "it":
         # GS §4.5: pretraining documents wrapped as one user turn of Gemma 2's chat template;
         # SAEs skip the user-prefix tokens (constant and of much larger norm). Set after

@@ -1,6 +1,6 @@
 r"""The embedded demo (`make demo`): Gemma Scope's whole pipeline on the shipped tiny Gemma 2.
 
-    python -m gemmascope.main --config=experiments/tiny_demo.py --workdir=workdir/demo --mode=all
+    python -m gemmascope --config=experiments/tiny_demo.py --workdir=workdir/demo --mode=all
 
 Caches every layer x {resid_post, mlp_out, attn_z} of the tiny model (4 layers, d_model 128) on
 the training part of Tiny Shakespeare, trains JumpReLU, Gated and TopK SAEs at widths 128 and 256
@@ -18,7 +18,8 @@ learning rate and warmups of tens of steps instead of 1k/10k.
 Arguments: runlocal (a two-site, few-step version for tests and CI).
 """
 
-from gemmascope import assets, jobs, study
+from gemmascope import assets, study
+from gemmascope.study import jobs
 
 
 def get_config(arg=None):
@@ -97,7 +98,7 @@ def get_config(arg=None):
 def sweep(add, arg=None):
     """Launcher tasks (launch/): one per site kind x architecture, each running its jobs in turn.
 
-    `python -m gemmascope.main --mode=all` does not need this; `python -m launch.local
+    `python -m gemmascope --mode=all` does not need this; `python -m launch.local
     --config=experiments/tiny_demo.py --workdir=workdir/demo --parallel=2` runs these tasks two at
     a time.
     """

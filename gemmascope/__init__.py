@@ -1,15 +1,21 @@
 """gemmascope: Gemma Scope-style sparse autoencoders for Gemma 2, in JAX.
 
-Subpackages (import them directly, e.g. ``from gemmascope import model, sae``):
+The packages, in the order a study runs through them (import them directly, e.g.
+``from gemmascope import model, sae``):
 
-- ``model``: Gemma 2 in Flax with named capture points; presets; HF safetensors loading.
+- ``model``: Gemma 2 in JAX with named capture points; presets; HF safetensors loading.
 - ``data``: text corpora -> tokenized, packed sequences with a held-out split.
 - ``activations``: the sharded, resumable activation cache; readers; streaming; ArraySource.
 - ``sae``: JumpReLU, Gated, TopK, BatchTopK, ReLU-L1 and Matryoshka SAEs; optimizer.
 - ``train``: the sharded, stacked-sweep trainer with orbax checkpoints.
 - ``eval``: per-SAE metrics (L0, FVU, delta LM loss, KL, ...), tables and plots.
 - ``export``: Gemma Scope ``params.npz`` writer and reader.
-- ``main``: the absl command line.
+- ``study``: the study config schema, its jobs, the pipeline stages and the command line
+  (``python -m gemmascope``, gemmascope/study/main.py).
+- ``plan``: the cost model behind ``--mode=plan`` (FLOPs, time, memory, storage).
+
+One foundation module sits beside them: ``files``, through which every stage reads and writes the
+workdir's small files (atomic, local or ``gs://``).
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""A study's launcher tasks and the `gemmascope.main` command lines that run them.
+"""A study's launcher tasks and the `python -m gemmascope` command lines that run them.
 
 Synopsis:
     from launch import tasks
@@ -19,7 +19,7 @@ import dataclasses
 import shlex
 import sys
 
-from gemmascope import jobs, study
+from gemmascope import study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ def load_tasks(config_spec: str) -> list[Task]:
     sweep = getattr(module, "sweep", None)
     if sweep is None:
         model_cfg = study.model_config(config.model)
-        return [Task(jobs=job.name) for job in jobs.expand(config, model_cfg)]
+        return [Task(jobs=job.name) for job in study.expand(config, model_cfg)]
     added: list[Task] = []
 
     def add(jobs: str | None = None, **overrides):
@@ -82,17 +82,17 @@ def main_argv(
     python: str = sys.executable,
     extra_flags: tuple[str, ...] = (),
 ) -> list[str]:
-    """Returns the argv of one `python -m gemmascope.main` run.
+    """Returns the argv of one `python -m gemmascope` run.
 
     Args:
         config_spec: `path.py[:arg]`.
         workdir: The study's workdir.
-        mode: A gemmascope.main mode.
+        mode: A `--mode` of the command line (gemmascope.study.MODES).
         task: Restricts the run to a task's jobs and adds its overrides (None: every job).
         python: The Python interpreter.
         extra_flags: Appended flags, e.g. ("--multihost",).
     """
-    argv = [python, "-m", "gemmascope.main", f"--config={config_spec}", f"--workdir={workdir}"]
+    argv = [python, "-m", "gemmascope", f"--config={config_spec}", f"--workdir={workdir}"]
     argv.append(f"--mode={mode}")
     if task is not None:
         argv.append(f"--jobs={task.jobs}")

@@ -57,7 +57,7 @@ def on_all_workers(args, remote: str) -> list[str]:
 
 
 def remote_main(args, mode: str, task=None) -> str:
-    """The shell line that runs gemmascope.main on a worker."""
+    """The shell line that runs `python -m gemmascope` on a worker."""
     argv = tasks_lib.main_argv(
         args.config, args.workdir, mode, task, python=args.python, extra_flags=("--multihost",)
     )

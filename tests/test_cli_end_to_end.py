@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cli(workdir, *extra):
     argv = [
-        sys.executable, "-m", "gemmascope.main", "--config=experiments/tiny_demo.py:runlocal",
+        sys.executable, "-m", "gemmascope", "--config=experiments/tiny_demo.py:runlocal",
         f"--workdir={workdir}", "--mode=all", "--config.eval.n_sequences=4", *extra,
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -59,7 +59,8 @@ def test_tiny_demo_kill_and_rerun(tmp_path):
 
 
 def test_streaming_source_trains_without_a_cache(tmp_path):
-    from gemmascope import stages, study
+    from gemmascope import study
+    from gemmascope.study import stages
 
     _, config = study.load_config_file(os.path.join(REPO, "experiments/tiny_demo.py:runlocal"))
     config.unlock()

@@ -37,7 +37,7 @@ def gcs_env():
 
 def run_cli(env, workdir, *extra):
     argv = [
-        sys.executable, "-m", "gemmascope.main", "--config=experiments/tiny_demo.py:runlocal",
+        sys.executable, "-m", "gemmascope", "--config=experiments/tiny_demo.py:runlocal",
         f"--workdir={workdir}", "--mode=all", f"--jobs={JOB}", "--config.eval.n_sequences=4",
         "--config.eval.plots=True", *extra,
     ]  # fmt: skip

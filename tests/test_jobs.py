@@ -2,7 +2,8 @@
 
 import pytest
 
-from gemmascope import jobs, study
+from gemmascope import study
+from gemmascope.study import jobs
 
 
 def tiny_study():
@@ -58,14 +59,6 @@ def test_select():
     assert jobs.select(all_jobs, None) == all_jobs
     with pytest.raises(ValueError, match="--jobs 'mlp_out-\\*' matches no job; valid jobs: attn_z"):
         jobs.select(all_jobs, ["mlp_out-*"])
-
-
-def test_token_budget_rule():
-    assert [jobs.gemma_scope_token_budget(2**p) for p in (14, 15, 17, 19, 20)] == [
-        4e9, 8e9, 8e9, 8e9, 16e9,
-    ]  # fmt: skip
-    with pytest.raises(ValueError, match="different Gemma Scope budgets"):
-        study.gemma_scope_group(["*/*"], [2**14, 2**16])
 
 
 def test_bad_job_configs():

@@ -56,7 +56,7 @@ def test_local_dry_run_round_trips_quoting(config_spec, capsys):
         "--mode=eval",
     ]
     for argv in argvs:
-        assert argv[:3] == [sys.executable, "-m", "gemmascope.main"]
+        assert argv[:3] == [sys.executable, "-m", "gemmascope"]
         assert f"--workdir={ODD_WORKDIR}" in argv
         assert f"--config={config_spec}" in argv
     assert "--jobs=mlp_out-L1-w64-gated,attn_z-*" in argvs[3]

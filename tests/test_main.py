@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from gemmascope import stages, study
+from gemmascope import study
+from gemmascope.study import stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_cli(*flags):
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     return subprocess.run(
-        [sys.executable, "-m", "gemmascope.main", *flags],
+        [sys.executable, "-m", "gemmascope", *flags],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -30,6 +31,19 @@ def test_plan_through_the_cli():
     )
 
 
+def test_plan_from_another_directory(tmp_path):
+    # The experiment file imports experiments/common.py; absl's config_flags loads it by path,
+    # and that must work whatever the current directory is.
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    config = os.path.join(REPO, "experiments", "gemma2_2b.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "gemmascope", f"--config={config}:runlocal", "--mode=plan"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Plan for study 'gemma2_2b_pt_runlocal': 4 jobs, 12 SAEs" in result.stdout
+
+
 def test_bad_override_through_the_cli():
     result = run_cli(
         "--config=experiments/gemma2_27b.py", "--mode=plan", "--config.train.batch_sz=3"
@@ -40,7 +54,7 @@ def test_bad_override_through_the_cli():
 
 
 def test_unknown_mode_is_a_flag_error():
-    from gemmascope import main
+    from gemmascope.study import main
 
     with pytest.raises(SystemExit, match="flag --mode=fly: value should be one of <plan|cache"):
         main.parse_flags(["main", "--config=experiments/gemma2_27b.py", "--mode=fly"])
@@ -118,7 +132,7 @@ def test_import_released_saes_and_evaluate_them(tmp_path):
 
 
 def test_import_released_through_the_cli_flag():
-    from gemmascope import main
+    from gemmascope.study import main
 
     main.parse_flags(
         ["main", "--config=experiments/gemma2_27b.py", "--import_released=/a/params.npz@attn_z/3"]

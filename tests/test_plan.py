@@ -2,7 +2,9 @@
 
 import pytest
 
-from gemmascope import hardware, jobs, lm_memory, model, plan, study
+from gemmascope import model, plan, study
+from gemmascope.plan import accelerators, lm_memory
+from gemmascope.study import jobs
 
 TiB = 2**40
 
@@ -76,7 +78,7 @@ def test_plan_other_studies_and_accelerators():
     gated, jumprelu = study_plan.jobs[:2]
     assert gated.flops == pytest.approx(1.5 * jumprelu.flops)  # the decoder runs twice (SPEC §5)
     assert jumprelu.d_in == 4608
-    h100 = hardware.get("h100")
+    h100 = accelerators.get("h100")
     assert jumprelu.step_seconds == pytest.approx(
         6 * 2 * 4608 * 2**17 * 4096 * 6 / (8 * h100.peak_flops * 0.508)
     )
@@ -86,8 +88,8 @@ def test_plan_other_studies_and_accelerators():
 
 
 def test_every_accelerator_has_a_source():
-    assert set(hardware.ACCELERATORS) >= {"tpu_v3", "tpu_v4", "tpu_v5p", "a100", "h100"}
-    for chip in hardware.ACCELERATORS.values():
+    assert set(accelerators.ACCELERATORS) >= {"tpu_v3", "tpu_v4", "tpu_v5p", "a100", "h100"}
+    for chip in accelerators.ACCELERATORS.values():
         assert chip.peak_flops > 1e14 and chip.memory_bytes > 1e10 and chip.source
 
 

@@ -114,7 +114,7 @@ def test_cache_with_other_wrapping_is_refused(chat_cache, change, field):
 def test_the_streaming_stage_leaves_out_the_user_prefix(chat_cache):
     # stages (source="stream") builds its sources from one loaded model: each epoch must hold
     # exactly the cache's rows (every position but specials and the user prefix).
-    from gemmascope import stages
+    from gemmascope.study import stages
 
     config, workdir = chat_cache
     config = config.copy_and_resolve_references()

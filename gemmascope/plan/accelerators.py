@@ -1,8 +1,8 @@
 """Peak figures of the accelerators that `--mode=plan` can estimate wall time for.
 
 Synopsis:
-    from gemmascope import hardware
-    chip = hardware.get("tpu_v3")       # hardware.Accelerator
+    from gemmascope import plan
+    chip = plan.accelerators.get("tpu_v3")   # plan.Accelerator
     chip.peak_flops, chip.memory_bytes  # 123e12 FLOP/s (bf16 matmul peak), 32 GiB
     chip.device_memory_bytes            # 16 GiB: a v3 chip is two JAX devices (TensorCores)
     chip.devices_per_host               # 8: the local devices one process shards the LM over

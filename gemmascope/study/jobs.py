@@ -1,11 +1,11 @@
 """Expands a study config into training jobs with stable names.
 
 Synopsis:
-    from gemmascope import jobs
+    from gemmascope.study import jobs                 # also re-exported as study.expand, ...
     all_jobs = jobs.expand(config, model_cfg)         # list of train job ConfigDicts, sorted
     chosen = jobs.select(all_jobs, ["resid_post-*", "mlp_out-L3-w512-gated"])
     jobs.job_name("resid_post/12", 16384, "jumprelu") # "resid_post-L12-w16384-jumprelu"
-    jobs.gemma_scope_token_budget(2**20)              # 16e9 (SPEC §2.2 width rule)
+    jobs.sites_of(chosen)                             # the distinct sites they train on
 
 A job is one (site, width, architecture): the S sparsity settings of the architecture's sweep are
 stacked on a leading axis inside the job and share every batch (DESIGN.md). The study config lists
@@ -28,15 +28,6 @@ def job_name(site: str, width: int, arch: str) -> str:
     """Returns the stable job name `<kind>-L<layer>-w<width>-<arch>`."""
     kind, layer = model_sites.parse(site)
     return f"{kind}-L{layer}-w{width}-{arch}"
-
-
-def gemma_scope_token_budget(width: int) -> float:
-    """Gemma Scope's training tokens per SAE: 4B for 16k-wide, 16B for 1M-wide, else 8B."""
-    if width <= 2**14:
-        return 4e9
-    if width >= 2**20:
-        return 16e9
-    return 8e9
 
 
 def mesh_shape(mesh_section: ml_collections.ConfigDict, width: int) -> tuple[int, int]:

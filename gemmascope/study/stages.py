@@ -1,9 +1,9 @@
-"""The pipeline stages behind `gemmascope.main`: cache -> train -> export -> eval, each resumable.
+"""The pipeline stages behind `python -m gemmascope`: cache -> train -> export -> eval, resumable.
 
 Synopsis:
-    from gemmascope import stages
-    stages.run(config, workdir, mode="all", job_selectors=["resid_post-*"])
-    stages.check_workdir_config(config, workdir)     # writes or checks workdir/config.json
+    from gemmascope import study
+    study.run(config, workdir, mode="all", job_selectors=["resid_post-*"])
+    study.check_workdir_config(config, workdir)     # writes or checks workdir/config.json
 
 Every stage skips or resumes finished work, so the same command rerun after a kill finishes the
 study: the cache writer resumes from its atomic progress record, a job whose
@@ -22,7 +22,9 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from gemmascope import files, jobs, plan, study
+from gemmascope import files
+from gemmascope.study import config as study_config
+from gemmascope.study import jobs
 
 MODES = ("plan", "cache", "train", "eval", "export", "all")
 
@@ -51,9 +53,11 @@ def run(
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}.")
-    model_cfg = study.model_config(config.model)
+    model_cfg = study_config.model_config(config.model)
     selected = jobs.select(jobs.expand(config, model_cfg), job_selectors)
     if mode == "plan":
+        from gemmascope import plan
+
         if is_main_process():
             print(plan.format_plan(plan.make_plan(config, model_cfg, selected)))
         return
@@ -105,8 +109,8 @@ def is_main_process() -> bool:
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes workdir/config.json, or checks that the workdir holds this same study.
 
-    Sections in study.NON_STUDY_SECTIONS (plan, eval, distributed) and fields in
-    study.NON_STUDY_FIELDS (cache.model_parallel) may differ: they do not change what is cached
+    Sections in `study.NON_STUDY_SECTIONS` (plan, eval, distributed) and fields in
+    `study.NON_STUDY_FIELDS` (cache.model_parallel) may differ: they do not change what is cached
     or trained.
 
     Raises:
@@ -114,14 +118,14 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
             with both values.
     """
     path = files.join(workdir, "config.json")
-    resolved = study.to_json_dict(config)
+    resolved = study_config.to_json_dict(config)
     if files.exists(path):
         stored = files.read_json(path)
         differences = [
             f"  {key}: workdir has {old!r}, this run has {new!r}"
             for key, old, new in _diff(stored, resolved)
-            if key.split(".")[0] not in study.NON_STUDY_SECTIONS
-            and key not in study.NON_STUDY_FIELDS
+            if key.split(".")[0] not in study_config.NON_STUDY_SECTIONS
+            and key not in study_config.NON_STUDY_FIELDS
         ]
         if differences:
             raise ValueError(

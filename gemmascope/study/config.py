@@ -6,6 +6,7 @@ Synopsis:
     config = study.base_config()          # every section with each package's defaults
     module, config = study.load_config_file("experiments/tiny_demo.py:runlocal")
     model_cfg = study.model_config(config.model)   # Gemma2Config without loading weights
+    with study.importable_folder("experiments/gemma2_2b.py"): ...   # its siblings import
 
 A study config (an `ml_collections.ConfigDict`) has these sections (docs/configuration.md):
 
@@ -18,26 +19,32 @@ A study config (an `ml_collections.ConfigDict`) has these sections (docs/configu
     source    "cache" or "stream": where training reads activations
     train     defaults shared by every job (gemmascope.train.default_config())
     jobs      the expansion into jobs: `groups` (sites x widths, each with a token budget) and
-              `archs` (each architecture with its sweep values and SAE overrides); see jobs.py
+              `archs` (each architecture with its sweep values and SAE overrides); see
+              gemmascope/study/jobs.py
     eval      the evaluation (gemmascope.eval.default_config())
     mesh      the (data, model) device mesh and when to shard latents
     plan      the accelerator that `--mode=plan` estimates for
     distributed  whether to call jax.distributed.initialize
 
-The experiment files only fill values in; no sweep logic lives here (STYLE.md practice 4).
+The experiment files only fill values in; no sweep logic lives here (STYLE.md practice 4). An
+experiment file may import the modules beside it (`import common`: experiments/common.py holds
+the Gemma Scope recipe data) from any current directory: `load_config_file` and the command line
+(gemmascope/study/main.py) run it inside `importable_folder`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import json
 import os
+import sys
 import types
 
 import ml_collections
 
 # Config sections that do not change what a study computes: a workdir may be reused with
-# different values here (see stages.check_workdir_config).
+# different values here (see gemmascope.study.stages.check_workdir_config).
 NON_STUDY_SECTIONS = ("plan", "eval", "distributed")
 # Fields that change how the work is spread over devices, not what is cached or trained.
 NON_STUDY_FIELDS = ("cache.model_parallel",)
@@ -96,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
     """
     from gemmascope import activations, data, train
     from gemmascope import eval as evaluation
-    from gemmascope import jobs as jobs_module
+    from gemmascope.study import jobs as jobs_module
 
     config = ml_collections.ConfigDict()
     # A short name for the study (recorded in config.json).
@@ -163,6 +170,8 @@ def base_config() -> ml_collections.ConfigDict:
 def load_config_file(spec: str) -> tuple[types.ModuleType, ml_collections.ConfigDict]:
     """Loads `path.py[:arg]` the way `--config` does and returns (module, get_config(arg)).
 
+    The file runs inside `importable_folder`, so it may import the modules beside it.
+
     Raises:
         FileNotFoundError: The config file does not exist.
         ValueError: The file has no get_config function.
@@ -174,11 +183,39 @@ def load_config_file(spec: str) -> tuple[types.ModuleType, ml_collections.Config
     loader = importlib.machinery.SourceFileLoader(name, path)
     module = types.ModuleType(name)
     module.__file__ = path
-    loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"Config file {path!r} has no get_config(arg) function.")
-    config = module.get_config(arg) if arg else module.get_config()
+    with importable_folder(path):
+        loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ValueError(f"Config file {path!r} has no get_config(arg) function.")
+        config = module.get_config(arg) if arg else module.get_config()
     return module, config
+
+
+@contextlib.contextmanager
+def importable_folder(path: str):
+    """Makes the modules beside the config file `path` importable while the block runs.
+
+    An experiment file imports its siblings as top-level modules (`import common` for
+    experiments/common.py) whatever the current directory is: the file's folder goes first on
+    `sys.path` for the block and is removed after it. Sibling modules imported in the block are
+    then dropped from `sys.modules` (the config module keeps its reference), so two config
+    folders with a `common.py` each do not see each other's. Import siblings at the top of the
+    file, not inside functions that run later.
+
+    Args:
+        path: The config file (a `:arg` suffix is not part of it).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+        for name in set(sys.modules) - before:
+            module_file = getattr(sys.modules[name], "__file__", None) or ""
+            if os.path.dirname(os.path.abspath(module_file)) == folder:
+                del sys.modules[name]
 
 
 def model_config(model_section: ml_collections.ConfigDict):
@@ -202,115 +239,3 @@ def model_config(model_section: ml_collections.ConfigDict):
 def to_json_dict(config: ml_collections.ConfigDict) -> dict:
     """Returns `config` as plain JSON types (tuples become lists), for config.json."""
     return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-# Sweep values per architecture for the Gemma Scope studies. JumpReLU: λ of SPEC §4.2 on inputs
-# normalised to E||x||² = 1; GS names 6e-4 (L0 ≈ 50, 9B L20 residual) and 1e-3 (9B 131k) and its
-# released L0 ladders roughly double per step (SPEC §9), so six values spaced by about 2x around
-# them. The per-SAE λ values were not published (SPEC §10.6): these are our choice. TopK-style
-# baselines sweep k over the same L0 ladder.
-GEMMA_SCOPE_SWEEPS = {
-    "jumprelu": (1.5e-4, 3e-4, 6e-4, 1.2e-3, 2.4e-3, 4.8e-3),
-    "gated": (3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2, 9.6e-2),
-    "relu": (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2),
-    "topk": (16, 32, 64, 128, 256, 512),
-    "batchtopk": (16, 32, 64, 128, 256, 512),
-    "matryoshka": (16, 32, 64, 128, 256, 512),
-}
-
-
-def gemma_scope_archs(names: str) -> ml_collections.ConfigDict:
-    """Returns `config.jobs.archs` for "+"-separated architecture names ("jumprelu+gated").
-
-    JumpReLU follows the Gemma Scope recipe exactly (SPEC §4: log θ from 1e-3, ε = 1e-3, λ·L0
-    with a 10k-step warmup, lr 7e-5 with a 1k-step cosine warmup, Adam(0, 0.999)); the other
-    architectures use their package defaults.
-
-    Raises:
-        ValueError: An architecture without Gemma Scope sweep values.
-    """
-    archs = ml_collections.ConfigDict()
-    for name in names.split("+"):
-        if name not in GEMMA_SCOPE_SWEEPS:
-            raise ValueError(
-                f"Unknown architecture {name!r}; valid: {', '.join(GEMMA_SCOPE_SWEEPS)} "
-                "(join several with '+')."
-            )
-        archs[name] = ml_collections.ConfigDict()
-        # Values of the architecture's sweep field, stacked in one job.
-        archs[name].sweep_values = GEMMA_SCOPE_SWEEPS[name]
-        # Overrides of the architecture's SAE config.
-        archs[name].sae = ml_collections.ConfigDict()
-    if "jumprelu" in archs:
-        archs.jumprelu.sae = ml_collections.ConfigDict(
-            dict(
-                sparsity_form="coeff",
-                threshold_param="log",
-                threshold_init=1e-3,
-                bandwidth=1e-3,
-                lr=7e-5,
-                lr_warmup_steps=1_000,
-                lr_warmup_start=0.1,
-                sparsity_warmup_steps=10_000,
-                adam_b1=0.0,
-                adam_b2=0.999,
-                adam_eps=1e-8,
-            )
-        )
-    return archs
-
-
-def gemma_scope_group(sites, widths) -> ml_collections.ConfigDict:
-    """A jobs group with Gemma Scope's token budget for its widths (SPEC §2.2 width rule).
-
-    Raises:
-        ValueError: The widths have different budgets (put them in separate groups).
-    """
-    from gemmascope import jobs as jobs_module
-
-    budgets = {jobs_module.gemma_scope_token_budget(w) for w in widths}
-    if len(budgets) != 1:
-        raise ValueError(f"Widths {widths} have different Gemma Scope budgets {budgets}.")
-    return ml_collections.ConfigDict(
-        dict(sites=tuple(sites), widths=tuple(widths), total_tokens=budgets.pop())
-    )
-
-
-def shrink_for_local(config: ml_collections.ConfigDict) -> None:
-    """The `runlocal` switch of the Gemma studies: the shipped tiny model and a few steps.
-
-    Keeps the study's architectures and sweep values; replaces the model by the embedded one,
-    the jobs by one residual and one MLP site at two small widths, and every budget by a few
-    thousand tokens, so CI and laptops run the same file end to end.
-    """
-    config.name = config.name + "_runlocal"
-    config.model.path = "embedded"
-    config.model.preset = ""
-    config.model.dtype = "float32"
-    config.data = _data_defaults()
-    config.data.corpus = "embedded"
-    config.sites = ("resid_post/0", "mlp_out/1")
-    config.jobs.groups = ml_collections.ConfigDict()
-    config.jobs.groups.local = ml_collections.ConfigDict(
-        dict(sites=("resid_post/0", "mlp_out/1"), widths=(64, 128), total_tokens=4096.0)
-    )
-    for arch in config.jobs.archs.values():
-        arch.sweep_values = tuple(arch.sweep_values[:3])
-        if "lr_warmup_steps" in arch.sae:
-            arch.sae.lr_warmup_steps = 2
-            arch.sae.sparsity_warmup_steps = 4
-    config.train.batch_size = 256
-    config.train.log_every_tokens = 1024
-    config.train.ckpt_every_tokens = 2048
-    config.mesh.shard_latents_from = 0
-    config.cache.model_parallel = 1  # the tiny model fits any one device
-    config.cache.batch_size = 8
-    config.eval.model_parallel = 1
-    config.plan.accelerator = "tpu_v3"
-    config.plan.n_chips = 1
-
-
-def _data_defaults() -> ml_collections.ConfigDict:
-    from gemmascope import data
-
-    return data.default_config()

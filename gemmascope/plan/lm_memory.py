@@ -1,16 +1,19 @@
 """The language model's memory per device when capturing, streaming or evaluating (plan mode).
 
 Synopsis:
-    lms = plan_lm(config, model_cfg, hardware.get("tpu_v3"), n_chips=8)   # [capture, eval]
+    from gemmascope.plan import accelerators, lm_memory
+    lms = lm_memory.plan_lm(config, model_cfg, accelerators.get("tpu_v3"), n_chips=8)
+    lms[0].stage       # "capture"; lms[1] is "eval"
     lms[0].params_bytes_per_device, lms[0].activation_bytes_per_device, lms[0].fits
-    activation_bytes(model_cfg, stage="eval", sequences=2, seq_len=1024, model_parallel=4, ...)
+    lm_memory.activation_bytes(model_cfg, stage="eval", sequences=2, seq_len=1024,
+                               model_parallel=4, ...)
 
 Capture and streaming (`cache.model_parallel`) and evaluation (`eval.model_parallel`) run the LM
 on one process's local devices, its params sharded over the model axis. Per device this counts
 the exact parameter bytes (`model.params.bytes_per_device`: a dimension the model axis does not
 divide stays whole) plus an activation estimate (`activation_bytes`), and lists the
 model_parallel values whose total fits one device (docs/scaling.md). One process is assumed to
-hold min(one host, `plan.n_chips`) chips (`hardware.Accelerator.devices_per_host`).
+hold min(one host, `plan.n_chips`) chips (`accelerators.Accelerator.devices_per_host`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import functools
 
 import ml_collections
 
-from gemmascope import hardware
 from gemmascope.eval import config as eval_config
 from gemmascope.model import params as lm_params
 from gemmascope.model import sites as model_sites
+from gemmascope.plan import accelerators
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -129,7 +132,10 @@ def _lm_bytes(
 
 
 def plan_lm(
-    config: ml_collections.ConfigDict, model_cfg, accelerator: hardware.Accelerator, n_chips: int
+    config: ml_collections.ConfigDict,
+    model_cfg,
+    accelerator: accelerators.Accelerator,
+    n_chips: int,
 ) -> list[LmPlan]:
     """LmPlans of capture (`cache.model_parallel`) and eval (`eval.model_parallel`)."""
     dtype = config.model.get("dtype", "float32") or "float32"

@@ -1,9 +1,9 @@
 """Command line of gemmascope: plan, cache, train, export and evaluate a study.
 
 Synopsis:
-    python -m gemmascope.main --config=experiments/tiny_demo.py --workdir=workdir/demo --mode=all
-    python -m gemmascope.main --config=experiments/gemma2_9b.py --mode=plan
-    python -m gemmascope.main --config=experiments/tiny_demo.py:runlocal --workdir=/tmp/d \
+    python -m gemmascope --config=experiments/tiny_demo.py --workdir=workdir/demo --mode=all
+    python -m gemmascope --config=experiments/gemma2_9b.py --mode=plan
+    python -m gemmascope --config=experiments/tiny_demo.py:runlocal --workdir=/tmp/d \
         --mode=train --jobs='resid_post-*' --config.train.batch_size=256
 
 Flags:
@@ -18,7 +18,10 @@ Flags:
     --multihost, --coordinator_address, --num_processes, --process_id: multi-process runs;
                 `--multihost` alone suits Cloud TPU and Slurm, where JAX finds its peers.
 
-The entry point stays thin (STYLE.md practice 1); the stages live in gemmascope.stages.
+`python -m gemmascope` runs `run()` (gemmascope/__main__.py). The entry point stays thin
+(STYLE.md practice 1): it parses flags, starts JAX's multi-process runtime when asked, and hands
+over to `gemmascope.study.run` (gemmascope/study/stages.py). The config file runs with its own
+folder importable (`study.importable_folder`), as with `study.load_config_file`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gemmascope import stages
+from gemmascope.study import config as study_config
+from gemmascope.study import stages
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment file `path.py[:arg]`.", lock_config=True
@@ -55,6 +59,27 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 flags.mark_flags_as_required(["config"])
+
+
+class _SiblingImportsParser(flags.ArgumentParser):
+    """absl's config-file parser, run with the config file's folder importable."""
+
+    def __init__(self, parser: flags.ArgumentParser):
+        self._parser = parser
+
+    def parse(self, argument):
+        """Loads `path.py[:arg]` with absl's parser inside `study.importable_folder(path)`."""
+        with study_config.importable_folder(argument.split(":", 1)[0]):
+            return self._parser.parse(argument)
+
+    def flag_type(self):
+        """The wrapped parser's flag type (for --help)."""
+        return self._parser.flag_type()
+
+
+# config_flags loads the file itself; its folder must be importable while it runs, so that
+# `import common` (experiments/common.py) works from any current directory.
+flags.FLAGS[_CONFIG.name].parser = _SiblingImportsParser(flags.FLAGS[_CONFIG.name].parser)
 
 
 def initialize_distributed(config) -> None:
@@ -104,6 +129,7 @@ def main(argv):
     stages.run(config, _WORKDIR.value, _MODE.value, _JOBS.value, _IMPORT_RELEASED.value)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Runs the command line (`python -m gemmascope`)."""
     jax.config.config_with_absl()
     app.run(main, flags_parser=parse_flags)
