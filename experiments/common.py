@@ -17,11 +17,12 @@ import ml_collections
 
 from gemmascope import data
 
-# Sweep values per architecture for the Gemma Scope studies. JumpReLU: λ of SPEC §4.2 on inputs
-# normalised to E||x||² = 1; GS names 6e-4 (L0 ≈ 50, 9B L20 residual) and 1e-3 (9B 131k) and its
-# released L0 ladders roughly double per step (SPEC §9), so six values spaced by about 2x around
-# them. The per-SAE λ values were not published (SPEC §10.6): these are our choice. TopK-style
-# baselines sweep k over the same L0 ladder.
+# Sweep values per architecture for the Gemma Scope studies. JumpReLU: λ of
+# docs/recipe.md#jumprelu-loss on inputs normalised to E||x||² = 1; GS names 6e-4 (L0 ≈ 50, 9B L20
+# residual) and 1e-3 (9B 131k) and its released L0 ladders roughly double per step
+# (docs/recipe.md#targets), so six values spaced by about 2x around them. The per-SAE λ values were
+# not published (docs/recipe.md#open-questions): these are our choice. TopK-style baselines sweep k
+# over the same L0 ladder.
 GEMMA_SCOPE_SWEEPS = {
     "jumprelu": (1.5e-4, 3e-4, 6e-4, 1.2e-3, 2.4e-3, 4.8e-3),
     "gated": (3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2, 9.6e-2),
@@ -44,9 +45,9 @@ def gemma_scope_token_budget(width: int) -> float:
 def gemma_scope_archs(names: str) -> ml_collections.ConfigDict:
     """Returns `config.jobs.archs` for "+"-separated architecture names ("jumprelu+gated").
 
-    JumpReLU follows the Gemma Scope recipe exactly (SPEC §4: log θ from 1e-3, ε = 1e-3, λ·L0
-    with a 10k-step warmup, lr 7e-5 with a 1k-step cosine warmup, Adam(0, 0.999)); the other
-    architectures use their package defaults.
+    JumpReLU follows the Gemma Scope recipe exactly (docs/recipe.md#jumprelu: log θ from 1e-3, ε =
+    1e-3, λ·L0 with a 10k-step warmup, lr 7e-5 with a 1k-step cosine warmup, Adam(0, 0.999)); the
+    other architectures use their package defaults.
 
     Raises:
         ValueError: An architecture without Gemma Scope sweep values.
@@ -83,7 +84,7 @@ def gemma_scope_archs(names: str) -> ml_collections.ConfigDict:
 
 
 def gemma_scope_group(sites, widths) -> ml_collections.ConfigDict:
-    """A jobs group with Gemma Scope's token budget for its widths (SPEC §2.2 width rule).
+    """A jobs group with Gemma Scope's token budget for its widths (docs/recipe.md#token-budgets).
 
     Raises:
         ValueError: The widths have different budgets (put them in separate groups).

@@ -1,4 +1,4 @@
-r"""Gemma Scope's Gemma 2 27B study (SPEC §2.2, GS Table 1): the 27B PT residual SAEs.
+r"""Gemma Scope's Gemma 2 27B study: the 27B PT residual SAEs (docs/recipe.md#release).
 
 Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
 
@@ -10,10 +10,10 @@ needs a sharded mesh, docs/scaling.md):
     python -m gemmascope --config=experiments/gemma2_27b.py:model_dir=gemma-2-27b \
         --workdir=/mnt/gcs/gemma2_27b --mode=all
 
-What it trains (PT, 46 layers): residual SAEs of width 2^17 at layers 10, 22 and 34, 8B tokens
-each, every job a λ sweep of 6 JumpReLU SAEs (recipe of SPEC §4), latent-sharded (SPEC §7).
-`arch=gated`, `arch=topk`, `arch=batchtopk`, `arch=relu`, `arch=matryoshka` or
-`arch=jumprelu+gated` swap or add architectures.
+What it trains (PT, 46 layers): residual SAEs of width 2^17 at layers 10, 22 and 34, 8B tokens each,
+every job a λ sweep of 6 JumpReLU SAEs (recipe of docs/recipe.md#jumprelu), latent-sharded
+(docs/recipe.md#sharding). `arch=gated`, `arch=topk`, `arch=batchtopk`, `arch=relu`,
+`arch=matryoshka` or `arch=jumprelu+gated` swap or add architectures.
 
 Arguments: model_dir, arch, runlocal (the same file on the shipped tiny model, a few thousand
 tokens: CI and laptops).
@@ -34,19 +34,20 @@ def get_config(arg=None):
     config.model.preset = "gemma2_27b"
     # The 27B does not fit one accelerator in fp32: load it in bf16 (docs/scaling.md).
     config.model.dtype = "bfloat16"
-    # Gemma 1's pretraining mix is not public (SPEC §3): any large English web corpus stands in.
+    # Gemma 1's pretraining mix is not public (docs/recipe.md#training-data): any large English web
+    # corpus stands in.
     config.data.corpus = "monology/pile-uncopyrighted"
     config.data.text_field = "text"
-    # Sequence length of Gemma Scope (SPEC §3).
+    # Sequence length of Gemma Scope (docs/recipe.md#training-data).
     config.data.seq_len = 1024
 
     config.sites = ("resid_post/10", "resid_post/22", "resid_post/34")
     config.jobs.groups.res_131k = common.gemma_scope_group(config.sites, [2**17])
     config.jobs.archs = common.gemma_scope_archs(arg.arch)
 
-    # Activations per step (SPEC §4.5).
+    # Activations per step (docs/recipe.md#optimiser).
     config.train.batch_size = 4096
-    # Every 27B SAE is 131k wide: latent-sharded (SPEC §7).
+    # Every 27B SAE is 131k wide: latent-sharded (docs/recipe.md#sharding).
     config.mesh.shard_latents_from = 2**15
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 8

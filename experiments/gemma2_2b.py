@@ -1,4 +1,4 @@
-r"""Gemma Scope's Gemma 2 2B study (SPEC §2.2, GS Table 1): every SAE of the 2B PT release.
+r"""Gemma Scope's Gemma 2 2B study: every SAE of the 2B PT release (docs/recipe.md#release).
 
 Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
 
@@ -15,10 +15,10 @@ What it trains (PT, 26 layers; widths in latents, tokens per SAE):
     2^16                attention, MLP and residual SAEs at every layer     8B
     2^17, 2^18, 2^19    residual, layer 12                                  8B
     2^20                residual, layers 5, 12, 19                          16B
-(The 2B transcoders of the release are not an SAE of one site and are not part of this study.)
-Each job stacks a λ sweep of 6 JumpReLU SAEs (recipe of SPEC §4); `arch=gated`, `arch=topk`,
-`arch=batchtopk`, `arch=relu`, `arch=matryoshka` or `arch=jumprelu+gated` swap or add
-architectures. 16k SAEs train data-parallel, wider ones shard latents (SPEC §7).
+(The 2B transcoders of the release are not an SAE of one site and are not part of this study.) Each
+job stacks a λ sweep of 6 JumpReLU SAEs (recipe of docs/recipe.md#jumprelu); `arch=gated`,
+`arch=topk`, `arch=batchtopk`, `arch=relu`, `arch=matryoshka` or `arch=jumprelu+gated` swap or add
+architectures. 16k SAEs train data-parallel, wider ones shard latents (docs/recipe.md#sharding).
 
 Arguments: model_dir, arch, runlocal (the same file on the shipped tiny model, a few thousand
 tokens: CI and laptops).
@@ -37,10 +37,11 @@ def get_config(arg=None):
     # Hugging Face folder of google/gemma-2-2b; the preset gives shapes for plan mode.
     config.model.path = arg.model_dir
     config.model.preset = "gemma2_2b"
-    # Gemma 1's pretraining mix is not public (SPEC §3): any large English web corpus stands in.
+    # Gemma 1's pretraining mix is not public (docs/recipe.md#training-data): any large English web
+    # corpus stands in.
     config.data.corpus = "monology/pile-uncopyrighted"
     config.data.text_field = "text"
-    # Sequence length of Gemma Scope (SPEC §3).
+    # Sequence length of Gemma Scope (docs/recipe.md#training-data).
     config.data.seq_len = 1024
 
     config.sites = ("*/*",)
@@ -54,9 +55,10 @@ def get_config(arg=None):
     )
     config.jobs.archs = common.gemma_scope_archs(arg.arch)
 
-    # Activations per step (SPEC §4.5).
+    # Activations per step (docs/recipe.md#optimiser).
     config.train.batch_size = 4096
-    # Gemma Scope: 16k SAEs maximally data-parallel, every wider SAE latent-sharded (SPEC §7).
+    # Gemma Scope: 16k SAEs maximally data-parallel, every wider SAE latent-sharded
+    # (docs/recipe.md#sharding).
     config.mesh.shard_latents_from = 2**15
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 8

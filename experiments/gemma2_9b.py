@@ -1,4 +1,4 @@
-r"""Gemma Scope's Gemma 2 9B study (SPEC §2.2, GS Table 1): every SAE of the 9B PT release.
+r"""Gemma Scope's Gemma 2 9B study: every SAE of the 9B PT release (docs/recipe.md#release).
 
 Plan it (no weights needed; prints jobs, storage, FLOPs, memory and time on 8 TPU v3 chips):
 
@@ -19,11 +19,11 @@ What it trains (PT, 42 layers; widths in latents, tokens per SAE):
 and with `variant=it` the 9B IT suite: residual layers 9, 20, 31 at 2^14 (4B) and 2^17 (8B),
 on Gemma 2 9B IT (model_dir=gemma-2-9b-it) and chat-wrapped pretraining text as GS §4.5 trains
 them: every document becomes `<start_of_turn>user\n` + document +
-`<end_of_turn>\n<start_of_turn>model\n` (data.chat_wrap), and the user-prefix tokens are left
-out of the cache, training and evaluation (docs/data.md).
-Each job stacks a λ sweep of 6 JumpReLU SAEs (recipe of SPEC §4); `arch=gated`, `arch=topk`,
-`arch=batchtopk`, `arch=relu`, `arch=matryoshka` or `arch=jumprelu+gated` swap or add
-architectures. 16k SAEs train data-parallel, wider ones shard latents (SPEC §7).
+`<end_of_turn>\n<start_of_turn>model\n` (data.chat_wrap), and the user-prefix tokens are left out of
+the cache, training and evaluation (docs/data.md). Each job stacks a λ sweep of 6 JumpReLU SAEs
+(recipe of docs/recipe.md#jumprelu); `arch=gated`, `arch=topk`, `arch=batchtopk`, `arch=relu`,
+`arch=matryoshka` or `arch=jumprelu+gated` swap or add architectures. 16k SAEs train data-parallel,
+wider ones shard latents (docs/recipe.md#sharding).
 
 Arguments: model_dir, variant (pt | it), arch, runlocal (the same file on the shipped tiny model,
 a few thousand tokens: CI and laptops).
@@ -44,10 +44,11 @@ def get_config(arg=None):
     # Hugging Face folder of google/gemma-2-9b (or -it); the preset gives shapes for plan mode.
     config.model.path = arg.model_dir
     config.model.preset = "gemma2_9b"
-    # Gemma 1's pretraining mix is not public (SPEC §3): any large English web corpus stands in.
+    # Gemma 1's pretraining mix is not public (docs/recipe.md#training-data): any large English web
+    # corpus stands in.
     config.data.corpus = "monology/pile-uncopyrighted"
     config.data.text_field = "text"
-    # Sequence length of Gemma Scope (SPEC §3).
+    # Sequence length of Gemma Scope (docs/recipe.md#training-data).
     config.data.seq_len = 1024
 
     layers_1m = ("resid_post/9", "resid_post/20", "resid_post/31")
@@ -68,11 +69,12 @@ def get_config(arg=None):
         raise ValueError(f"variant must be 'pt' or 'it', got {arg.variant!r}.")
     config.jobs.archs = common.gemma_scope_archs(arg.arch)
 
-    # Activations per step (SPEC §4.5).
+    # Activations per step (docs/recipe.md#optimiser).
     config.train.batch_size = 4096
-    # Gemma Scope: 16k SAEs maximally data-parallel, every wider SAE latent-sharded (SPEC §7).
+    # Gemma Scope: 16k SAEs maximally data-parallel, every wider SAE latent-sharded
+    # (docs/recipe.md#sharding).
     config.mesh.shard_latents_from = 2**15
-    # The throughput example of SPEC §7: 8 TPU v3 chips at 50.8% MFU.
+    # The throughput example of docs/recipe.md#throughput: 8 TPU v3 chips at 50.8% MFU.
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 8
     config.plan.mfu = 0.508

@@ -8,12 +8,12 @@ with 3 sparsity settings each (one stacked job per site x width x architecture: 
 exports them as Gemma Scope params.npz and evaluates every SAE on the last 10% of Tiny Shakespeare,
 the text the tiny model was not trained on (data.eval_split="tail"). Ends by printing
 where the metric table and plots are and the table's best rows.
-About 8 minutes on 2 CPU cores (12 on a busy host) (measured: docs/quickstart.md).
+Run time: docs/quickstart.md, "Demo timing".
 
-The recipe is Gemma Scope's (SPEC §4) with the changes a run of a few hundred steps needs
-(SPEC §4.8): a raw threshold (log θ barely moves in a short run), the target-L0 form of the
-sparsity loss (the user says which L0 they want; sparsity rises as the target falls), a 20x larger
-learning rate and warmups of tens of steps instead of 1k/10k.
+The recipe is Gemma Scope's (docs/recipe.md#jumprelu) with the changes a run of a few hundred steps
+needs (docs/recipe.md#short-runs): a raw threshold (log θ barely moves in a short run), the
+target-L0 form of the sparsity loss (the user says which L0 they want; sparsity rises as the target
+falls), a 20x larger learning rate and warmups of tens of steps instead of 1k/10k.
 
 Arguments: runlocal (a two-site, few-step version for tests and CI).
 """

@@ -51,7 +51,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the parameter init and of the b
 # Tokenizer and data.
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 2048, "BPE vocabulary, special tokens included.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Training sequence length, BOS included.")
-# Architecture (Gemma 2 layout; SPEC §1).
+# Architecture (Gemma 2 layout; docs/recipe.md#gemma-2).
 _HIDDEN_SIZE = flags.DEFINE_integer("hidden_size", 128, "d_model.")
 _INTERMEDIATE_SIZE = flags.DEFINE_integer("intermediate_size", 512, "d_mlp (gate and up width).")
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", 4, "Decoder blocks; even ones are local.")

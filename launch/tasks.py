@@ -6,11 +6,10 @@ Synopsis:
     argv = tasks.main_argv("experiments/tiny_demo.py", "/tmp/w", "train", study_tasks[0])
     print(tasks.shell_join(argv))     # safely quoted for a POSIX shell
 
-A task is one `add(jobs=..., **overrides)` call of the experiment file's `sweep(add, arg)`
-(STYLE.md practice 4): a job selector (names or globs) plus `--config.<key>=<value>` overrides.
-Without a `sweep` function every job is its own task. Every launcher runs the same three
-phases: cache (one command), train + export (one command pair per task, the parallel part),
-eval (one command).
+A task is one `add(jobs=..., **overrides)` call of the experiment file's `sweep(add, arg)`: a
+job selector (names or globs) plus `--config.<key>=<value>` overrides. Without a `sweep` function
+every job is its own task. Every launcher runs the same three phases: cache (one command), train
++ export (one command pair per task, the parallel part), eval (one command).
 """
 
 from __future__ import annotations

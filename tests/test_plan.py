@@ -1,4 +1,4 @@
-"""Plan mode: the SPEC §7 figures, and plans of the Gemma Scope studies."""
+"""Plan mode: the figures of docs/recipe.md#throughput and #storage; the Gemma studies."""
 
 import pytest
 
@@ -10,8 +10,9 @@ TiB = 2**40
 
 
 def test_spec7_step_time_example():
-    # SPEC §7: one 4,096-token step of a 9B (d = 3584) 131k SAE takes 45 ms on 8 TPU v3 chips at
-    # 50.8% MFU. 6 x 2 x 3584 x 131072 x 4096 FLOPs / (8 x 123e12 x 0.508) = 46.2 ms.
+    # docs/recipe.md#throughput: one 4,096-token step of a 9B (d = 3584) 131k SAE takes 45 ms on 8
+    # TPU v3 chips at 50.8% MFU. 6 x 2 x 3584 x 131072 x 4096 FLOPs / (8 x 123e12 x 0.508) = 46.2
+    # ms.
     seconds = plan.sae_step_seconds(
         d_in=3584, width=2**17, batch_size=4096, n_saes=1, accelerator="tpu_v3", n_chips=8,
         mfu=0.508,
@@ -21,7 +22,8 @@ def test_spec7_step_time_example():
 
 
 def test_spec7_storage_example():
-    # SPEC §7: 8B tokens of one 9B site in fp32 is "about 100 TiB" (3584 x 4 B x 8e9 = 104 TiB).
+    # docs/recipe.md#storage: 8B tokens of one 9B site in fp32 is "about 100 TiB" (3584 x 4 B x 8e9
+    # = 104 TiB).
     n_bytes = plan.activation_storage_bytes(8e9, 3584, "float32")
     assert n_bytes == 3584 * 4 * 8e9
     assert 95 < n_bytes / TiB < 110
@@ -39,7 +41,8 @@ def test_gemma2_9b_study_plan():
     assert study_plan.n_saes == 6 * len(study_plan.jobs)
     by_name = {job.name: job for job in study_plan.jobs}
     job = by_name["resid_post-L20-w131072-jumprelu"]
-    # The SPEC §7 example, for each of the 6 stacked SAEs, latent-sharded over 8 chips.
+    # The docs/recipe.md#throughput example, for each of the 6 stacked SAEs, latent-sharded over 8
+    # chips.
     assert job.step_seconds / job.n_saes == pytest.approx(0.045, rel=0.05)
     assert job.mesh == (1, 8) and job.total_tokens == 8e9 and job.steps == 1_953_125
     assert by_name["attn_z-L3-w16384-jumprelu"].mesh == (8, 1)
@@ -76,7 +79,8 @@ def test_plan_other_studies_and_accelerators():
         "resid_post-L10-w131072-jumprelu",
     ]
     gated, jumprelu = study_plan.jobs[:2]
-    assert gated.flops == pytest.approx(1.5 * jumprelu.flops)  # the decoder runs twice (SPEC §5)
+    # The decoder runs twice (docs/recipe.md#gated).
+    assert gated.flops == pytest.approx(1.5 * jumprelu.flops)
     assert jumprelu.d_in == 4608
     h100 = accelerators.get("h100")
     assert jumprelu.step_seconds == pytest.approx(
@@ -113,8 +117,10 @@ def _lm_plan(experiment, accelerator, dtype, cache_mp, eval_mp=1):
 
 
 def _gemma2_27b_sharded_and_whole(model_parallel):
-    """Hand count of Gemma 2 27B's parameters (SPEC §1.1): split over the model axis, and
-    replicated (the RMSNorm gains)."""
+    """Hand count of Gemma 2 27B's parameters (docs/recipe.md#gemma-2-sizes).
+
+    Split over the model axis, and replicated (the RMSNorm gains).
+    """
     d, v, m, layers, heads, kv_heads, head_dim = 4608, 256000, 36864, 46, 32, 16, 128
     attention = d * head_dim * (heads + 2 * kv_heads + heads)  # q, k, v, o
     sharded = v * d + layers * (attention + 3 * d * m)

@@ -26,7 +26,10 @@ from gemmascope.activations.source_position import PositionState
 
 
 def estimate_norm_scale(x: np.ndarray) -> float:
-    """The scalar C with mean ||x / C||^2 = 1 over the rows of x (SPEC §3), in float64."""
+    """The scalar C with mean ||x / C||^2 = 1 over the rows of x, in float64.
+
+    docs/recipe.md#normalisation.
+    """
     squared_norms = np.sum(np.square(np.asarray(x, np.float64)), axis=1)
     mean = float(np.mean(squared_norms))
     if not math.isfinite(mean) or mean <= 0.0:
@@ -65,7 +68,8 @@ class ArraySource(PositionState):
         Args:
           array: (n_tokens, d_in) floating array (numpy or jax). Kept in host memory.
           seed: non-negative integer fixing the shuffle.
-          norm_scale: C to divide by; None estimates it from the whole array (SPEC §3).
+          norm_scale: C to divide by; None estimates it from the whole array
+          (docs/recipe.md#normalisation).
 
         Raises:
           ValueError: if the array is not a non-empty 2-D floating array of finite values, or

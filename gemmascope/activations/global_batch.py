@@ -7,7 +7,7 @@ this process's devices:
     batch = global_batch(rows, d_in, sharding, read_rows)   # read_rows(int64 rows) -> (n, d_in) f32
 
 Every host-to-device copy here is an explicit `jax.device_put` onto one device, so the pipeline
-works under `jax.config.update("jax_transfer_guard", "disallow")` (STYLE practice 9).
+works under `jax.config.update("jax_transfer_guard", "disallow")`: no copy is implicit.
 """
 
 from __future__ import annotations

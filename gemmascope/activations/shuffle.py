@@ -16,9 +16,9 @@ built in two levels so that it needs only one window of memory yet mixes globall
 
 A window therefore holds blocks drawn at random from the whole cache, not a contiguous slice of
 it: mixing is at least as strong as Gemma Scope's shuffled buckets of 1e6 consecutive activations
-(SPEC §3) whenever `window_tokens >= 1e6`, and equals a full uniform permutation when one window
-covers everything. The mapping is a pure function of (seed, position), so resuming is just
-remembering a position.
+(docs/recipe.md#training-data) whenever `window_tokens >= 1e6`, and equals a full uniform
+permutation when one window covers everything. The mapping is a pure function of (seed, position),
+so resuming is just remembering a position.
 """
 
 from __future__ import annotations

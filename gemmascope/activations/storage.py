@@ -46,7 +46,7 @@ def cache_root(workdir: str) -> str:
 
 
 def site_dir(workdir: str, site: str) -> str:
-    """`workdir/activations/<kind>/<layer>` (DESIGN's workdir contract)."""
+    """`workdir/activations/<kind>/<layer>` (the workdir layout of docs/concepts.md)."""
     return join(cache_root(workdir), site)
 
 

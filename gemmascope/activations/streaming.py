@@ -1,6 +1,7 @@
 """`StreamingSource`: the trainer's source interface fed straight by the model's forward pass.
 
-For runs that do not store activations (SPEC §7: storing pays only when many runs reuse them):
+For runs that do not store activations (docs/recipe.md#storage: storing pays only when many runs
+reuse them):
 
     src = StreamingSource.from_config(config, "resid_post/12", seed=0)   # study config
     src = StreamingSource(model_cfg, params, sequences, "resid_post/12")  # or explicit parts

@@ -7,8 +7,8 @@
 
 Gemma Scope trains its IT SAEs on pretraining documents wrapped as one chat turn, the user-turn
 prefix before the document and the model-turn prefix after it, on every position except the
-user-prefix tokens, which are constant and have a much larger norm (GS §4.5; SPEC §2.2). The
-default strings are Gemma 2's chat template.
+user-prefix tokens, which are constant and have a much larger norm (GS §4.5;
+docs/recipe.md#it-saes). The default strings are Gemma 2's chat template.
 
 The user prefix is tokenized on its own and its ids are put before the tokens of
 `document + model_prefix`, so every wrapped document starts with the same run of ids. That makes

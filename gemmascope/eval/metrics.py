@@ -31,7 +31,7 @@ import numpy as np
 
 
 def jumprelu_encode(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
-    """Gemma Scope inference encoder on raw activations (SPEC §8.3).
+    """Gemma Scope inference encoder on raw activations (docs/recipe.md#params-npz).
 
     ``f = relu(x @ W_enc + b_enc) * (x @ W_enc + b_enc > threshold)``, in float32.
 

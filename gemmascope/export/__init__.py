@@ -5,7 +5,7 @@ Synopsis::
     from gemmascope import export
     export.save_npz(path, jumprelu_params)          # raw Gemma Scope format, atomic
     params = export.load_npz(path, model_cfg=cfg, site="resid_post/12")
-    raw = export.fold(jr_params, norm_scale)        # SPEC §3 folding of C and b_dec
+    raw = export.fold(jr_params, norm_scale)        # folds C and b_dec: docs/recipe.md#folding
     export.export_run(workdir, job_name)            # runs/<job> -> saes/<kind>/layer_<L>/...
     export.import_released(npz_path, workdir, site, model_cfg=cfg)
 """

@@ -1,4 +1,6 @@
-"""Fold the normalisation scalar C and the pre-encoder bias into JumpReLU weights (SPEC §3).
+"""Fold the normalisation scalar C and the pre-encoder bias into JumpReLU weights.
+
+The rule is docs/recipe.md#folding.
 
 During training an SAE sees ``x = x_raw / C`` and computes
 ``f = JumpReLU_θ((x − b_dec) @ W_enc + b_enc)``, ``x̂ = C (f @ W_dec + b_dec)``. Released Gemma

@@ -1,4 +1,4 @@
-"""Where exported SAEs live in a workdir, and how their folders are named (DESIGN contract).
+"""Where exported SAEs live in a workdir, and how their folders are named (docs/concepts.md).
 
 Every SAE, trained here or released by Gemma Scope, is one folder::
 

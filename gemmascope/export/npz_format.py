@@ -1,6 +1,7 @@
 """Gemma Scope's released ``params.npz`` format: write, read and check it.
 
-A released Gemma Scope SAE is one uncompressed ``.npz`` with five float32 arrays (SPEC §8.3):
+A released Gemma Scope SAE is one uncompressed ``.npz`` with five float32 arrays
+(docs/recipe.md#params-npz):
 
 ====================  ============  ===================================
 key                   shape         meaning (raw, unnormalised units)
@@ -37,7 +38,8 @@ from gemmascope.model import sites as model_sites
 #: The five arrays of a Gemma Scope ``params.npz``, in file order.
 NPZ_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
-# SAELens tolerates these spellings in third-party files; we map them back (SPEC §8.3).
+# SAELens tolerates these spellings in third-party files; we map them back
+# (docs/recipe.md#params-npz).
 _ALIASES = {"w_enc": "W_enc", "w_dec": "W_dec"}
 
 

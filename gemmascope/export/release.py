@@ -1,10 +1,10 @@
 """Turn a finished training run into Gemma Scope SAE folders, and import released SAEs.
 
-``export_run`` reads ``workdir/runs/<job>/job.json`` and ``final_params.npz`` (training-form
-params stacked on a leading sweep axis), converts each sweep member to JumpReLU form with
-``gemmascope.sae.to_jumprelu``, folds C and ``b_dec`` (SPEC §3) and writes one folder per member
-(layout in ``gemmascope.export.layout``). ``import_released`` places a released Gemma Scope
-``params.npz`` in the same layout, so the evaluation treats it as one more SAE.
+``export_run`` reads ``workdir/runs/<job>/job.json`` and ``final_params.npz`` (training-form params
+stacked on a leading sweep axis), converts each sweep member to JumpReLU form with
+``gemmascope.sae.to_jumprelu``, folds C and ``b_dec`` (docs/recipe.md#folding) and writes one folder
+per member (layout in ``gemmascope.export.layout``). ``import_released`` places a released Gemma
+Scope ``params.npz`` in the same layout, so the evaluation treats it as one more SAE.
 
 Synopsis::
 

@@ -7,8 +7,8 @@ Synopsis:
     cfg.is_sliding(layer)                                    # local (sliding-window) layer?
 
 Field names follow the Hugging Face ``Gemma2Config`` so that a reader who knows one knows the other
-(SPEC §1.1 gives the values of the released sizes). Defaults are HF's defaults, which are the 2B
-model, because transformers fills missing ``config.json`` keys with them too.
+(docs/recipe.md#gemma-2-sizes gives the values of the released sizes). Defaults are HF's defaults,
+which are the 2B model, because transformers fills missing ``config.json`` keys with them too.
 """
 
 from __future__ import annotations
@@ -55,13 +55,15 @@ _IGNORED_HF_KEYS = frozenset(
 
 
 def _default_layer_types(n_layers: int) -> tuple[str, ...]:
-    """Gemma 2 alternates local and global attention, starting local at layer 0 (SPEC §1.2)."""
+    """Local and global attention alternate, local at layer 0 (docs/recipe.md#gemma-2-layers)."""
     return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers))
 
 
 @dataclasses.dataclass(frozen=True)
 class Gemma2Config:
-    """Architecture of one Gemma 2 model (SPEC §1.1); hashable, so it can be a jit static arg.
+    """Architecture of one Gemma 2 model; hashable, so it can be a jit static arg.
+
+    The released sizes: docs/recipe.md#gemma-2-sizes.
 
     Attributes:
         vocab_size: Rows of the (tied) embedding table.

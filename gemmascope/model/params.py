@@ -30,7 +30,7 @@ The LM's (data, model) mesh over this process's devices, used by activation capt
 and evaluation, is ``lm_mesh(model_parallel)``:
 
     mesh = lm_mesh(4)                                     # 8 local devices -> (2, 4)
-    cfg, params = load_hf(path, mesh=mesh)                # each device holds its shards only
+    cfg, params = model.load_hf(path, mesh=mesh)          # each device holds its shards only
     params = place_params(cfg, params, mesh)              # or: reshard params from anywhere
 """
 

@@ -1,13 +1,14 @@
 """Named Gemma 2 configurations: the three released sizes and tiny ones for tests.
 
 Synopsis:
-    cfg = presets.gemma2_2b()         # every number of SPEC §1.1
+    cfg = presets.gemma2_2b()         # every number of docs/recipe.md#gemma-2-sizes
     cfg = presets.get("gemma2_9b")    # by name, for config files
     cfg = presets.tiny()              # a few thousand parameters, for tests and examples
     cfg = presets.tiny(num_key_value_heads=1)   # any field can be overridden
 
-The released numbers are from HF's config.json files and google-deepmind/gemma (SPEC §1.1).
-Vocabulary is the HF checkpoint's 256,000 rows (the original JAX checkpoints pad to 256,128).
+The released numbers are from HF's config.json files and google-deepmind/gemma
+(docs/recipe.md#gemma-2-sizes). Vocabulary is the HF checkpoint's 256,000 rows (the original JAX
+checkpoints pad to 256,128).
 """
 
 from __future__ import annotations

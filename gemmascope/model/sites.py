@@ -1,4 +1,4 @@
-"""Capture sites: the named activations of Gemma 2 that SAEs read (DESIGN.md contract).
+"""Capture sites: the named activations of Gemma 2 that SAEs read (docs/concepts.md).
 
 Synopsis:
     sites.parse("mlp_out/3")                       -> ("mlp_out", 3)

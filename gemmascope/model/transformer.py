@@ -1,4 +1,6 @@
-"""The Gemma 2 forward pass (SPEC §1.3) as pure functions, with named capture and replace sites.
+"""The Gemma 2 forward pass as pure functions, with named capture and replace sites.
+
+The order of operations is docs/recipe.md#gemma-2-forward.
 
 Synopsis:
     logits, acts = forward(cfg, params, tokens, capture=["resid_post/3", "attn_z/0"])

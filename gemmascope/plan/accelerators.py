@@ -11,7 +11,7 @@ Every figure is the vendor's published per-chip peak for dense bf16 matrix produ
 sparsity) and the per-chip high-bandwidth memory; the source of each is in `source` and in
 docs/scaling.md. Estimated wall time = FLOPs / (chips x peak x MFU), with MFU (model FLOP
 utilisation) a config field: Gemma Scope reports 50.8% for a 131k-wide SAE on 8 TPU v3 chips
-(SPEC §7).
+(docs/recipe.md#throughput).
 """
 
 from __future__ import annotations

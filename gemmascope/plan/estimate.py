@@ -9,14 +9,14 @@ Synopsis:
 For each job (one site x width x architecture, S stacked SAEs): training FLOPs, the step time and
 wall time on `config.plan.accelerator` x `config.plan.n_chips` at `config.plan.mfu`, and parameter,
 optimizer and activation memory per chip for the job's mesh. For each site: the activation cache
-bytes. The estimates follow SPEC §7:
+bytes. The estimates follow docs/recipe.md#throughput:
 
 - training FLOPs = 6 x (SAE parameters) x tokens per SAE (forward 2, backward 4 FLOPs per
-  parameter per token; the standard estimate SPEC §7 uses for the 45 ms / 50.8% MFU example),
-  x 1.5 for Gated SAEs (their decoder runs twice, SPEC §5);
+  parameter per token; the standard estimate docs/recipe.md#throughput uses for the 45 ms / 50.8%
+  MFU example), x 1.5 for Gated SAEs (their decoder runs twice, docs/recipe.md#gated);
 - step time = FLOPs per step / (chips x peak x MFU);
 - cache bytes = cached tokens x d_in x bytes per element (fp32 = 4: 8B tokens of one 9B site is
-  ~104 TiB, the "about 100 TiB" of SPEC §7);
+  ~104 TiB, the "about 100 TiB" of docs/recipe.md#storage);
 - caching = one LM forward pass (2 x LM parameters FLOPs per token) over the largest site's
   tokens, which captures every site at once;
 - memory per chip = S x params x 4 bytes x 3 (params + Adam's two moments), divided by the model
@@ -39,7 +39,7 @@ from gemmascope.model import sites as model_sites
 from gemmascope.plan import accelerators, lm_memory
 from gemmascope.study import jobs
 
-# Gated SAEs run the decoder twice per step (SPEC §5: ~1.5x compute).
+# Gated SAEs run the decoder twice per step (docs/recipe.md#gated: ~1.5x compute).
 ARCH_FLOP_FACTOR = {"gated": 1.5}
 # fp32 arrays of shape (batch, latents) alive in one step: pre-activations, codes, and their
 # cotangents (an estimate; XLA may fuse some away).

@@ -27,7 +27,9 @@ from gemmascope.sae.train_step import check_sweep_values, make_train_step
 
 
 def to_jumprelu(params: dict, name: str, cfg) -> dict:
-    """Converts one SAE's training-form params to the JumpReLU inference form of SPEC §8.3.
+    """Converts one SAE's training-form params to the JumpReLU inference form.
+
+    The form is that of docs/recipe.md#params-npz, in training units.
 
     Args:
       params: training-form params of ONE SAE (no sweep axis).

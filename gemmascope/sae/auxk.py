@@ -1,4 +1,4 @@
-"""AuxK: the auxiliary loss that revives dead latents (Gao et al.; SPEC §6.2), and its counters.
+"""AuxK: the auxiliary loss that revives dead latents (docs/recipe.md#topk), and its counters.
 
 A latent is *dead* when it has not fired for ``cfg.dead_tokens`` tokens (OAI: 10M). The firing
 history is the buffer ``tokens_since_fired`` (M,) int32 kept in the params dict, so a trainer needs

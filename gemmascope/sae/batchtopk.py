@@ -1,4 +1,4 @@
-"""BatchTopK SAE with AuxK and its running inference threshold (Bussmann et al.; SPEC §6.3).
+"""BatchTopK SAE with AuxK and its running inference threshold (docs/recipe.md#batchtopk).
 
 Training forward: a = relu(π), π = (x − b_dec) W_enc + b_enc; keep the B·k largest entries of the
 whole (B, M) batch (so the *mean* L0 is k, per-token L0 varies):

@@ -1,9 +1,9 @@
 """Shared SAE configuration: the Gemma Scope optimiser defaults and input validation.
 
 Every architecture's ``default_config()`` starts from :func:`base_config` (the optimiser, schedule
-and decoder-constraint fields of SPEC §4.5, with the Gemma Scope numbers as defaults) and adds its
-own fields. The ``check_*`` helpers raise ``ValueError`` messages that name the offending field,
-its value and what would be valid.
+and decoder-constraint fields of docs/recipe.md#optimiser, with the Gemma Scope numbers as defaults)
+and adds its own fields. The ``check_*`` helpers raise ``ValueError`` messages that name the
+offending field, its value and what would be valid.
 
 Synopsis::
 
@@ -18,7 +18,7 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Fields shared by every architecture (SPEC §4.5 Gemma Scope values as defaults)."""
+    """Fields shared by every architecture (docs/recipe.md#optimiser values as defaults)."""
     cfg = ml_collections.ConfigDict()
     # Peak learning rate η (GS: 7e-5 for every SAE).
     cfg.lr = 7e-5
@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sparsity_warmup_steps = 10_000
     # Keep decoder rows at unit norm: project their gradients and renormalise after each update.
     cfg.unit_norm_decoder = True
-    # Subtract b_dec from the input before encoding (the pre-encoder bias of SPEC §4.1).
+    # Subtract b_dec from the input before encoding (the pre-encoder bias of
+    # docs/recipe.md#jumprelu-model).
     cfg.pre_encoder_bias = True
     return cfg
 

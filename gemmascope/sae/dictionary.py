@@ -1,7 +1,8 @@
 """The shared dictionary: init, affine encoder/decoder maps and the unit-norm decoder constraint.
 
 Layout (npz layout throughout): ``W_enc`` (d_in, M), ``W_dec`` (M, d_in), so latent i's decoder
-vector is the row ``W_dec[i]``. SPEC §4.1 (maps), §4.4 (init), §4.5 (constraint).
+vector is the row ``W_dec[i]``. Sources: docs/recipe.md#jumprelu-model (maps), #init,
+#decoder-constraint.
 
 Synopsis::
 
@@ -32,14 +33,17 @@ def unit_rows(w_dec: jax.Array) -> jax.Array:
 
 
 def project_out_parallel(grad_dec: jax.Array, w_dec: jax.Array) -> jax.Array:
-    """Removes from each row's gradient its component along that decoder row (SPEC §4.5)."""
+    """Removes from each row's gradient its component along that decoder row.
+
+    docs/recipe.md#decoder-constraint.
+    """
     direction = unit_rows(w_dec)
     parallel = jnp.sum(grad_dec * direction, axis=-1, keepdims=True)
     return grad_dec - parallel * direction
 
 
 def init_dictionary(key: jax.Array, d_in: int, width: int) -> tuple[jax.Array, jax.Array]:
-    """Gemma Scope initialisation of the encoder and decoder matrices (SPEC §4.4).
+    """Gemma Scope initialisation of the encoder and decoder matrices (docs/recipe.md#init).
 
     W_dec is He-uniform, then each row is rescaled to unit norm; W_enc = W_dec^T.
 
@@ -100,7 +104,10 @@ def decode(params: dict, f: jax.Array) -> jax.Array:
 
 
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
-    """Renormalises every decoder row to unit norm when ``cfg.unit_norm_decoder`` (SPEC §4.5)."""
+    """Renormalises every decoder row to unit norm when ``cfg.unit_norm_decoder``.
+
+    docs/recipe.md#decoder-constraint.
+    """
     if not cfg.unit_norm_decoder:
         return params
     return {**params, "W_dec": unit_rows(params["W_dec"])}

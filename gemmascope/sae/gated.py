@@ -1,4 +1,4 @@
-"""Gated SAE with r_mag weight sharing (Rajamanoharan et al., GT; SPEC §5).
+"""Gated SAE with r_mag weight sharing (Rajamanoharan et al., GT; docs/recipe.md#gated).
 
 Forward (u = (x − b_dec) W_gate):
     π_gate = u + b_gate,   π_mag = exp(r_mag) ⊙ u + b_mag,

@@ -1,4 +1,4 @@
-"""The JumpReLU inference form that export and evaluation use (SPEC §8.3).
+"""The JumpReLU inference form that export and evaluation use (docs/recipe.md#params-npz).
 
 Every architecture with a per-latent threshold rule converts to the dict
 ``{W_enc (d, M), W_dec (M, d), b_enc (M,), b_dec (d,), threshold (M,)}`` (float32) that encodes
@@ -6,7 +6,8 @@ Every architecture with a per-latent threshold rule converts to the dict
     π = (x − b_dec) W_enc + b_enc,   f = relu(π)·1[π > threshold],   x̂ = f W_dec + b_dec
 
 in *training units* (inputs already divided by the normalisation scalar C) and *with* the
-pre-encoder bias. Export folds C and b_dec into b_enc (SPEC §3) to get the released format.
+pre-encoder bias. Export folds C and b_dec into b_enc (docs/recipe.md#folding) to get the released
+format.
 
 Synopsis::
 

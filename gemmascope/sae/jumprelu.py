@@ -1,13 +1,14 @@
-"""JumpReLU SAE trained with the Gemma Scope recipe (SPEC §4).
+"""JumpReLU SAE trained with the Gemma Scope recipe (docs/recipe.md#jumprelu).
 
 Forward (training form, pre-encoder bias):
     π = (x − b_dec) W_enc + b_enc,   f = π·H(π − θ),   x̂ = f W_dec + b_dec.
-Loss per token, averaged over the batch (SPEC §4.2):
+Loss per token, averaged over the batch (docs/recipe.md#jumprelu-loss):
     coeff form:      ||x − x̂||² + λ_t·Σ_i H(π_i − θ_i)
     target_l0 form:  ||x − x̂||² + λ_t·(L0 / L0_target − 1)²,  L0 = batch mean of Σ_i H(π_i − θ_i)
 where λ_t is λ warmed up linearly over ``sparsity_warmup_steps`` and H carries the rectangle STE of
-SPEC §4.3 (module :mod:`gemmascope.sae.ste`). θ is fp32, stored as ``log_threshold`` (θ = exp) or
-``threshold`` (raw) by ``cfg.threshold_param`` (SPEC §4.8).
+docs/recipe.md#jumprelu-ste (module :mod:`gemmascope.sae.ste`). θ is fp32, stored as
+``log_threshold`` (θ = exp) or ``threshold`` (raw) by ``cfg.threshold_param``
+(docs/recipe.md#short-runs).
 
 Synopsis::
 
@@ -29,11 +30,12 @@ SWEEP_FIELD = "sparsity_coeff"
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Gemma Scope defaults (SPEC §4) plus the threshold and sparsity-form options."""
+    """Gemma Scope defaults (docs/recipe.md#jumprelu), threshold and sparsity-form options."""
     cfg = config_lib.base_config()
     # λ of the L0 penalty in the "coeff" form (GS: 6e-4 gave L0 ≈ 50 on 9B L20, 1e-3 on 131k SAEs).
     cfg.sparsity_coeff = 1e-3
-    # "coeff": λ·L0 per token (GS).  "target_l0": target_l0_coeff·(L0 / target_l0 − 1)² (SPEC §4.8).
+    # "coeff": λ·L0 per token (GS).  "target_l0": target_l0_coeff·(L0 / target_l0 − 1)²
+    # (docs/recipe.md#short-runs).
     cfg.sparsity_form = "coeff"
     # The L0 asked for in the "target_l0" form.
     cfg.target_l0 = 32.0
@@ -63,8 +65,10 @@ def sweep_field(cfg: ml_collections.ConfigDict) -> str:
 
 
 def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:
-    """Gemma Scope init (SPEC §4.4): unit-norm He-uniform W_dec, W_enc = W_dec^T, zero biases,
-    θ = threshold_init."""
+    """Gemma Scope init (docs/recipe.md#init).
+
+    Unit-norm He-uniform W_dec, W_enc = W_dec^T, zero biases, θ = threshold_init.
+    """
     config_lib.check_shape(d_in, width)
     validate(cfg)
     w_enc, w_dec = dictionary.init_dictionary(key, d_in, width)
@@ -132,8 +136,11 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
 
 
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
-    """Unit-norm decoder rows after each update (SPEC §4.5); a raw θ is clipped at 0 so that
-    π·H(π − θ) stays non-negative and equal to the inference form relu(π)·H(π − θ)."""
+    """Unit-norm decoder rows after each update (docs/recipe.md#decoder-constraint).
+
+    A raw θ is clipped at 0 so that π·H(π − θ) stays non-negative and equal to the inference form
+    relu(π)·H(π − θ).
+    """
     params = dictionary.constrain(params, cfg)
     if cfg.threshold_param == "raw":
         params = {**params, "threshold": jnp.maximum(params["threshold"], 0.0)}
@@ -147,7 +154,7 @@ def update_buffers(params: dict, x: jax.Array, metrics: dict, step_index, cfg) -
 
 
 def to_jumprelu(params: dict, cfg: ml_collections.ConfigDict) -> dict:
-    """The JumpReLU inference form of SPEC §8.3 in training units (see inference.py)."""
+    """The JumpReLU inference form (docs/recipe.md#params-npz), in training units."""
     return inference.jumprelu_form(
         params, params["W_enc"], params["b_enc"], threshold(params, cfg), cfg
     )

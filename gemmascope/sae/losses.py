@@ -1,8 +1,8 @@
 """Reconstruction losses and the batch metrics every architecture reports.
 
-The reconstruction loss is the Gemma Scope one (SPEC §4.2): squared error summed over the d input
-dimensions, averaged over the batch. With inputs normalised to E||x||² = 1 (SPEC §3) it is on the
-same scale as the fraction of variance unexplained.
+The reconstruction loss is the Gemma Scope one (docs/recipe.md#jumprelu-loss): squared error summed
+over the d input dimensions, averaged over the batch. With inputs normalised to E||x||² = 1
+(docs/recipe.md#normalisation) it is on the same scale as the fraction of variance unexplained.
 
 Synopsis::
 

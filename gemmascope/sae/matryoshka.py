@@ -1,4 +1,4 @@
-"""Matryoshka BatchTopK SAE: nested prefix reconstruction losses (Bussmann et al.; SPEC §6.4).
+"""Matryoshka BatchTopK SAE: nested prefix reconstruction losses (docs/recipe.md#matryoshka).
 
 The latents are split into ordered groups of sizes M·``group_fractions`` (author config
 [1/16, 1/16, 1/8, 1/4, 1/2]). One BatchTopK encoding f of the whole dictionary is computed

@@ -1,4 +1,6 @@
-"""The optimiser and schedules of SPEC §4.5: decoder-gradient projection, Adam, lr warmup.
+"""The optimiser and schedules: decoder-gradient projection, Adam, lr warmup.
+
+The recipe is docs/recipe.md#optimiser and #decoder-constraint.
 
 Synopsis::
 
@@ -36,7 +38,7 @@ def learning_rate(cfg: ml_collections.ConfigDict, step_index) -> jax.Array:
 
 
 def linear_warmup(value, step_index, warmup_steps: int) -> jax.Array:
-    """``value·min(1, t / warmup_steps)``; ``value`` when warmup_steps is 0 (SPEC §4.5 λ warmup)."""
+    """``value·min(1, t / warmup_steps)``; ``value`` when warmup_steps is 0 (the λ warmup)."""
     value = jnp.asarray(value, jnp.float32)
     if warmup_steps == 0:
         return value
@@ -45,7 +47,10 @@ def linear_warmup(value, step_index, warmup_steps: int) -> jax.Array:
 
 
 def project_decoder_gradient() -> optax.GradientTransformation:
-    """Removes from each ``W_dec`` row gradient its component along the current row (SPEC §4.5)."""
+    """Removes from each ``W_dec`` row gradient its component along the current row.
+
+    docs/recipe.md#decoder-constraint.
+    """
 
     def init_fn(params):
         del params
@@ -77,9 +82,10 @@ def _labels(params):
 def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The SAE optimiser for one architecture config (one SAE, or vmapped over a sweep axis).
 
-    Order per SPEC §4.5: project the decoder-row gradients (when ``cfg.unit_norm_decoder``),
-    optional global-norm clip, Adam(b1, b2, eps), learning-rate schedule. Buffers get zero updates.
-    The caller renormalises the decoder afterwards with ``arch.constrain``.
+    Order per docs/recipe.md#decoder-constraint: project the decoder-row gradients (when
+    ``cfg.unit_norm_decoder``), optional global-norm clip, Adam(b1, b2, eps), learning-rate
+    schedule. Buffers get zero updates. The caller renormalises the decoder afterwards with
+    ``arch.constrain``.
 
     Args:
       cfg: an architecture config (``arch.default_config()`` with overrides).

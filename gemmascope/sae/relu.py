@@ -1,4 +1,4 @@
-"""ReLU + L1 SAE baseline in its two forms (SPEC §6.1).
+"""ReLU + L1 SAE baseline in its two forms (docs/recipe.md#relu-l1).
 
 Forward: f = relu((x − b_dec) W_enc + b_enc), x̂ = f W_dec + b_dec. Loss per token, batch mean:
 - ``unit_norm_decoder = True`` (Bricken et al. 2023; DL StandardTrainer): ||x − x̂||² + λ_t·Σ_i f_i,
@@ -48,7 +48,7 @@ def sweep_field(cfg: ml_collections.ConfigDict) -> str:
 
 
 def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:
-    """SPEC §4.4 init (unit-norm rows, tied encoder, zero biases) for both forms."""
+    """Gemma Scope init (docs/recipe.md#init) for both forms."""
     config_lib.check_shape(d_in, width)
     validate(cfg)
     w_enc, w_dec = dictionary.init_dictionary(key, d_in, width)

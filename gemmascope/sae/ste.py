@@ -1,4 +1,6 @@
-"""JumpReLU and Heaviside step with the rectangle-kernel straight-through estimators (SPEC §4.3).
+"""JumpReLU and Heaviside step with rectangle-kernel straight-through estimators.
+
+The estimators are docs/recipe.md#jumprelu-ste.
 
 Both functions take pre-activations ``z`` of shape (..., M) and a per-latent threshold ``theta`` of
 shape (M,). Their forward passes are exact; their backward passes are ``jax.custom_vjp`` rules:

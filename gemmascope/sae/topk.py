@@ -1,4 +1,4 @@
-"""TopK SAE with AuxK (Gao et al. 2406.04093; SPEC §6.2).
+"""TopK SAE with AuxK (Gao et al. 2406.04093; docs/recipe.md#topk).
 
 Forward: π = (x − b_dec) W_enc + b_enc; keep each token's k largest pre-activations, then ReLU:
     f = relu(π) ⊙ 1[π >= kth_largest(π)],   x̂ = f W_dec + b_dec.
@@ -78,7 +78,7 @@ def sweep_field(cfg: ml_collections.ConfigDict) -> str:
 
 
 def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:
-    """SPEC §4.4 init (zero b_dec rather than OAI's geometric median) plus the AuxK counters."""
+    """Gemma Scope init (docs/recipe.md#init, not OAI's geometric median) and AuxK counters."""
     config_lib.check_shape(d_in, width)
     validate(cfg)
     validate_k(cfg, width)

@@ -3,15 +3,15 @@
 Synopsis::
 
     step = make_train_step("jumprelu", cfg)
-    opt_state = optimizer(cfg).init(params)
+    opt_state = optim.optimizer(cfg).init(params)       # gemmascope.sae.optim
     params, opt_state, metrics = step(params, opt_state, x, step_index, sweep_value)
 
-The step (SPEC §4.5, §4.6): loss coefficients for this step (warmed-up λ, with ``sweep_value``
-overriding ``cfg[arch.sweep_field(cfg)]`` as a traced scalar) -> loss and gradient of the
-trainable params -> optimizer (decoder-gradient projection, Adam, lr schedule) -> ``constrain``
-(decoder renormalisation) -> buffer updates (BatchTopK running threshold, AuxK firing counters).
-It closes over ``cfg`` only, so ``jax.vmap(step, in_axes=(0, 0, None, None, 0))`` trains a stack of
-SAEs that share each batch.
+The step (docs/recipe.md#optimiser): loss coefficients for this step (warmed-up λ, with
+``sweep_value`` overriding ``cfg[arch.sweep_field(cfg)]`` as a traced scalar) -> loss and gradient
+of the trainable params -> optimizer (decoder-gradient projection, Adam, lr schedule) ->
+``constrain`` (decoder renormalisation) -> buffer updates (BatchTopK running threshold, AuxK firing
+counters). It closes over ``cfg`` only, so ``jax.vmap(step, in_axes=(0, 0, None, None, 0))`` trains
+a stack of SAEs that share each batch.
 """
 
 from collections.abc import Callable

@@ -14,7 +14,7 @@ A study config (an `ml_collections.ConfigDict`) has these sections (docs/configu
     model     which Gemma 2: `path` ("embedded" or an HF folder), `preset` (for planning without
               weights), `dtype`
     data      the corpus (gemmascope.data.default_config())
-    sites     site globs to cache (DESIGN.md: `resid_post/*`, `*/12`, `*/*`)
+    sites     site globs to cache (docs/concepts.md: `resid_post/*`, `*/12`, `*/*`)
     cache     the activation cache (gemmascope.activations.default_config())
     source    "cache" or "stream": where training reads activations
     train     defaults shared by every job (gemmascope.train.default_config())
@@ -26,7 +26,7 @@ A study config (an `ml_collections.ConfigDict`) has these sections (docs/configu
     plan      the accelerator that `--mode=plan` estimates for
     distributed  whether to call jax.distributed.initialize
 
-The experiment files only fill values in; no sweep logic lives here (STYLE.md practice 4). An
+The experiment files only fill values in; the expansion into jobs is gemmascope/study/jobs.py. An
 experiment file may import the modules beside it (`import common`: experiments/common.py holds
 the Gemma Scope recipe data) from any current directory: `load_config_file` and the command line
 (gemmascope/study/main.py) run it inside `importable_folder`.
@@ -150,7 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Devices on the model (latent) axis for SAEs narrower than shard_latents_from (1 = none).
     config.mesh.model = 1
     # Widths >= this shard the latent axis over all devices (Gemma Scope: everything wider than
-    # 16k, SPEC §7); 0 = never.
+    # 16k, docs/recipe.md#sharding); 0 = never.
     config.mesh.shard_latents_from = 0
 
     config.plan = ml_collections.ConfigDict()
@@ -158,7 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.plan.accelerator = "tpu_v3"
     # Chips per training job.
     config.plan.n_chips = 8
-    # Assumed model FLOP utilisation (Gemma Scope: 50.8% on TPU v3, SPEC §7).
+    # Assumed model FLOP utilisation (Gemma Scope: 50.8% on TPU v3, docs/recipe.md#throughput).
     config.plan.mfu = 0.508
 
     config.distributed = ml_collections.ConfigDict()

@@ -8,10 +8,10 @@ Synopsis:
     jobs.sites_of(chosen)                             # the distinct sites they train on
 
 A job is one (site, width, architecture): the S sparsity settings of the architecture's sweep are
-stacked on a leading axis inside the job and share every batch (DESIGN.md). The study config lists
-named groups, each a set of site globs x widths with a token budget, and named architectures, each
-with its sweep values and SAE overrides; every group x site x width x architecture is one job. The
-same job reached from two groups is an error unless both give it the same budget.
+stacked on a leading axis inside the job and share every batch (docs/concepts.md). The study config
+lists named groups, each a set of site globs x widths with a token budget, and named architectures,
+each with its sweep values and SAE overrides; every group x site x width x architecture is one job.
+The same job reached from two groups is an error unless both give it the same budget.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def job_name(site: str, width: int, arch: str) -> str:
 def mesh_shape(mesh_section: ml_collections.ConfigDict, width: int) -> tuple[int, int]:
     """Returns the (data, model) mesh shape for an SAE of `width` latents.
 
-    Widths >= `shard_latents_from` (when non-zero) shard latents over every device, the Gemma
-    Scope rule (SPEC §7); narrower SAEs use (mesh.data, mesh.model). -1 means "all the rest".
+    Widths >= `shard_latents_from` (when non-zero) shard latents over every device, the Gemma Scope
+    rule (docs/recipe.md#sharding); narrower SAEs use (mesh.data, mesh.model). -1 means "all the
+    rest".
     """
     if mesh_section.shard_latents_from and width >= mesh_section.shard_latents_from:
         return (1, -1)

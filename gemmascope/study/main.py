@@ -9,7 +9,7 @@ Synopsis:
 Flags:
     --config    an experiment file `experiments/<study>.py[:arg]`, with `--config.a.b=v`
                 overrides of existing fields (the config is locked: a typo is an error)
-    --workdir   the study's folder (DESIGN.md workdir layout): a local path or a
+    --workdir   the study's folder (layout: docs/concepts.md): a local path or a
                 gs://bucket/prefix URL (docs/faq.md)
     --mode      plan | cache | train | eval | export | all
     --jobs      job names or globs to restrict cache/train/export to (comma-separated or repeated)
@@ -18,10 +18,10 @@ Flags:
     --multihost, --coordinator_address, --num_processes, --process_id: multi-process runs;
                 `--multihost` alone suits Cloud TPU and Slurm, where JAX finds its peers.
 
-`python -m gemmascope` runs `run()` (gemmascope/__main__.py). The entry point stays thin
-(STYLE.md practice 1): it parses flags, starts JAX's multi-process runtime when asked, and hands
-over to `gemmascope.study.run` (gemmascope/study/stages.py). The config file runs with its own
-folder importable (`study.importable_folder`), as with `study.load_config_file`.
+`python -m gemmascope` runs `run()` (gemmascope/__main__.py). The entry point stays thin: it
+parses flags, starts JAX's multi-process runtime when asked, and hands over to
+`gemmascope.study.run` (gemmascope/study/stages.py). The config file runs with its own folder
+importable (`study.importable_folder`), as with `study.load_config_file`.
 """
 
 from __future__ import annotations

@@ -274,7 +274,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:
 def summary(workdir: str, n_best: int = 10) -> str:
     """Returns where the table and plots are, one line per architecture, and the best rows.
 
-    "Best" = lowest delta LM loss (the primary Gemma Scope metric, SPEC §8.1), then FVU.
+    "Best" = lowest delta LM loss (the primary Gemma Scope metric, docs/recipe.md#metrics), then
+    FVU.
     """
     import pandas as pd
 

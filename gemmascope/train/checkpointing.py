@@ -1,7 +1,7 @@
 """Orbax checkpoints of a sweep job (state + data-source position) and the SIGTERM flag.
 
-One `CheckpointManager` per job under `runs/<job>/checkpoints`, with two items (STYLE practice
-11): `state` (the whole stacked train state: params, optimizer state, step, firing counters, sweep
+One `CheckpointManager` per job under `runs/<job>/checkpoints`, with two items:
+`state` (the whole stacked train state: params, optimizer state, step, firing counters, sweep
 values) saved with `StandardSave` and restored straight into the sharded abstract target, and
 `source` (the activation source's `state()`, a small pytree of ints) saved as JSON.
 

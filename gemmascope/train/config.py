@@ -10,9 +10,9 @@ Synopsis:
     budget = resolve_budget(job_cfg)            # Budget(total_steps=..., log_every=..., ...)
     itstime(step, budget.log_every, budget.total_steps)
 
-Budgets are given in tokens (SPEC §4.5: Gemma Scope counts training in tokens, 4B/8B/16B per SAE)
-and converted to optimizer steps here only (STYLE practice 12). Schedules *inside* the SAE update
-(lr warmup, sparsity-coefficient warmup) live in the SAE config `sae`; the optional
+Budgets are given in tokens (docs/recipe.md#token-budgets: Gemma Scope counts training in tokens,
+4B/8B/16B per SAE) and converted to optimizer steps here only, in one place. Schedules *inside* the
+SAE update (lr warmup, sparsity-coefficient warmup) live in the SAE config `sae`; the optional
 `*_warmup_tokens` fields below override them in tokens when set.
 """
 
@@ -25,14 +25,14 @@ import ml_collections
 
 from gemmascope import sae
 
-# Default logical-axis -> mesh-axis rules (STYLE practice 8), declared once. Logical axes:
+# Default logical-axis -> mesh-axis rules, declared once (nothing else picks a sharding). Axes:
 #   batch: token rows of a batch; d_in: the activation dimension; d_sae: the latent axis;
 #   sweep: the leading axis over sweep members (replicated: every device trains every member).
 DEFAULT_AXIS_RULES = (("batch", "data"), ("sweep", None), ("d_sae", "model"), ("d_in", None))
 
 
 def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
-    """Returns the job config with Gemma Scope defaults (SPEC §4.5) for architecture `arch`.
+    """Returns the job config for architecture `arch`, Gemma Scope values as defaults.
 
     Args:
         arch: a key of `sae.ARCHITECTURES`; its `default_config()` fills the `sae` field.
@@ -61,7 +61,7 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.sweep_values = [sae_cfg[sweep_field(arch_module, sae_cfg)]]
     # Init seeds; the job trains every (sweep value, seed) pair, S = len(values) * len(seeds).
     c.seeds = [0]
-    # Activations per optimizer step (SPEC §4.5: 4096).
+    # Activations per optimizer step (docs/recipe.md#optimiser: 4096).
     c.batch_size = 4096
     # Training budget in tokens (activations); steps = ceil(total_tokens / batch_size).
     c.total_tokens = 4_000_000_000

@@ -1,6 +1,6 @@
 """`train_sweep`: train the S SAEs of one job on one activation source, resumably.
 
-The loop reads top to bottom in the order of STYLE practice 5: config -> logging -> mesh ->
+The loop reads top to bottom: config -> logging -> mesh ->
 input -> model and optimizer -> state (created sharded) -> checkpoint/resume -> loop -> outputs.
 Fork this file rather than adding flags that switch code paths.
 

@@ -1,6 +1,6 @@
 """Training metrics of a sweep job: metrics.jsonl, TensorBoard events and a progress bar.
 
-Only process 0 writes (STYLE practice 13); every other process gets a writer that does nothing.
+Only process 0 writes; every other process gets a writer that does nothing.
 On a local disk metrics.jsonl is appended to line by line; an object store (gs://) cannot append,
 so there the whole file is rewritten (one atomic upload) at each logged step.
 Each logged step is one JSON line holding every sweep member:

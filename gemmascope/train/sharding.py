@@ -1,7 +1,7 @@
 """The (data, model) device mesh and the shardings of a stacked sweep's state and batches.
 
-Sharding is declared once, as logical axis rules in the job config (STYLE practice 8); this module
-names the logical axes of every array and maps them through the rules (SPEC §7):
+Sharding is declared once, as logical axis rules in the job config; this module names the logical
+axes of every array and maps them through the rules (docs/recipe.md#sharding):
 
 - batches (B, d_in) are ("batch", "d_in"): rows split over `data`;
 - SAE parameters carry a leading "sweep" axis; their latent axis is "d_sae", split over `model`
@@ -11,7 +11,8 @@ names the logical axes of every array and maps them through the rules (SPEC §7)
 Synopsis:
     mesh = make_mesh([("data", -1), ("model", 1)])
     spec = logical_to_spec(("sweep", "d_sae"), rules)          # PartitionSpec(None, "model")
-    shardings = state_shardings(abstract_state, mesh, rules, width=..., d_in=...)
+    shardings = stacked_shardings(abstract_params, mesh, rules, width=4096, d_in=2304)
+    check_divisible(mesh, width=4096, batch_size=4096)     # ValueError naming the field
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_reader_batches_follow_the_shuffle_and_resume_exactly(reference_cache):
     c = np.float32(src.norm_scale)
     n_batches = src.n_tokens // 64 + 3  # past the end of the first epoch
     batches = list(itertools.islice(src.iter_batches(64, sharding), n_batches))
-    # Every host-to-device copy is explicit (STYLE 9): reading works with implicit ones banned.
+    # Every host-to-device copy is explicit: reading works with implicit ones banned.
     guarded = activations.open_source(
         workdir, "resid_post/1", seed=1, window_tokens=256, prefetch=0
     )

@@ -1,7 +1,8 @@
 """export_run on a faked finished training job, and import_released of a Gemma Scope file.
 
-The acceptance oracle: encodings of raw activations through the exported params.npz equal
-C x the architecture's own training-time encodings of the normalised activations (SPEC §3).
+The acceptance oracle: encodings of raw activations through the exported params.npz equal C x the
+architecture's own training-time encodings of the normalised activations
+(docs/recipe.md#normalisation).
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Folding C and b_dec (SPEC §3) against a hand computation and the training-time forward."""
+"""Folding C and b_dec (docs/recipe.md#folding): hand computation, training-time forward."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Folder naming of exported SAEs (DESIGN workdir contract)."""
+"""Folder naming of exported SAEs (the workdir layout of docs/concepts.md)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Gemma2Config, presets (SPEC §1.1) and the HF config.json round trip."""
+"""Gemma2Config, presets (docs/recipe.md#gemma-2-sizes) and the HF config.json round trip."""
 
 import dataclasses
 
@@ -9,7 +9,8 @@ import pytest
 from gemmascope import model
 from gemmascope.model.config import FULL, SLIDING
 
-# SPEC §1.1, column by column: d_model, layers, heads, kv heads, head_dim, d_mlp, scalar.
+# docs/recipe.md#gemma-2-sizes, column by column: d_model, layers, heads, kv heads, head_dim, d_mlp,
+# scalar.
 SPEC_SIZES = {
     "gemma2_2b": (2304, 26, 8, 4, 256, 9216, 256),
     "gemma2_9b": (3584, 42, 16, 8, 256, 14336, 256),
@@ -36,7 +37,7 @@ def test_presets_have_every_number_of_the_spec(name):
     assert cfg.max_position_embeddings == 8192 and cfg.rms_norm_eps == 1e-6
     assert cfg.hidden_activation == "gelu_pytorch_tanh" and cfg.tie_word_embeddings
     assert (cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id) == (0, 1, 2)
-    # Local first, then alternating (SPEC §1.2).
+    # Local first, then alternating (docs/recipe.md#gemma-2-layers).
     assert cfg.layer_types[:3] == (SLIDING, FULL, SLIDING) and len(cfg.layer_types) == layers
 
 

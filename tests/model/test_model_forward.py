@@ -198,7 +198,10 @@ def test_special_mask_marks_bos_eos_and_pad():
     ],
 )
 def test_embedding_scale_is_rounded_to_the_compute_dtype(preset, fp32, bf16):
-    """SPEC §1.3 step 1: sqrt(d_model) is cast to the activation dtype before multiplying."""
+    """sqrt(d_model) is cast to the activation dtype before multiplying.
+
+    docs/recipe.md#gemma-2-forward, step 1.
+    """
     import dataclasses
 
     cfg = dataclasses.replace(preset(), vocab_size=3)

@@ -1,10 +1,10 @@
 """Known-answer tests: SAEs trained from scratch recover a known sparse dictionary, and the
 sparsity knobs move L0 where they should.
 
-Synthetic data: 128 random unit-norm true features in d = 64; each feature is active
-independently with probability 4/128 (true L0 ≈ 4) with magnitude U(0.5, 1.5); x = codes @ D,
-scaled so E||x||² ≈ 1 (SPEC §3). Runs are short, so they use the configurable knobs SPEC §4.8
-allows for short runs (raw θ, a larger lr and bandwidth, short warmups).
+Synthetic data: 128 random unit-norm true features in d = 64; each feature is active independently
+with probability 4/128 (true L0 ≈ 4) with magnitude U(0.5, 1.5); x = codes @ D, scaled so E||x||² ≈
+1 (docs/recipe.md#normalisation). Runs are short, so they use the configurable knobs
+docs/recipe.md#short-runs allows for short runs (raw θ, a larger lr and bandwidth, short warmups).
 """
 
 import functools

@@ -229,7 +229,8 @@ def test_dead_fraction_and_token_warmups(tmp_path):
     assert [h["l0"][0] for h in history] == [0.0] * 8
     # Dead once no firing for 3 steps (the window counts from the start of training).
     assert [h["frac_dead"][0] for h in history] == [0, 0, 1, 1, 1, 1, 1, 1]
-    # λ_t = λ·min(1, t/4) at step index t (SPEC §4.5, warmup given in tokens); lr constant.
+    # λ_t = λ·min(1, t/4) at step index t (docs/recipe.md#optimiser, warmup given in tokens); lr
+    # constant.
     expected = [1e-3 * min(1.0, t / 4) for t in range(8)]
     assert [h["sparsity_coeff"][0] for h in history] == pytest.approx(expected)
     assert [h["lr"][0] for h in history] == pytest.approx([1e-6] * 8)
