@@ -35,8 +35,10 @@ from gemmascope.activations import storage
 
 
 def _best_of(repeats, *fns):
-    """The best (smallest) time of each fn over `repeats` alternating rounds: on a shared
-    machine the minimum is the least disturbed measurement, for both sides alike."""
+    """The best (smallest) time of each fn over `repeats` alternating rounds.
+
+    On a shared machine the minimum is the least disturbed measurement, for both sides alike.
+    """
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
@@ -47,6 +49,7 @@ def _best_of(repeats, *fns):
 
 
 def bench_write(root, x, shard_rows, chunk_rows):
+    """Best-of-3 seconds of writing `x` as a cache array and as raw shard files."""
     path = os.path.join(root, "write_cache")
     arr = storage.create_array(path, len(x), x.shape[1], "float32", shard_rows, chunk_rows)
 
@@ -74,6 +77,7 @@ def bench_write(root, x, shard_rows, chunk_rows):
 
 
 def bench_read(path, raw_dir, n_rows, width, shard_rows, chunk_rows, batch_size, window_tokens):
+    """Seconds of a shuffled CacheSource read against a raw sequential read of the same bytes."""
     # A minimal meta.json so CacheSource opens the array written above.
     meta = {
         "format": storage.FORMAT,
@@ -125,6 +129,7 @@ def _tokenizer():
 
 
 def bench_capture(root, n_sequences, seq_len, batch_size):
+    """Seconds of capturing every site against a plain forward pass of the same batches."""
     import ml_collections
 
     cfg = model.presets.tiny(
@@ -169,6 +174,7 @@ def bench_capture(root, n_sequences, seq_len, batch_size):
 
 
 def main():
+    """Parses the flags, runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1 << 17)
     parser.add_argument("--width", type=int, default=1024)

@@ -46,6 +46,7 @@ def _synthetic_rows(cfg, tokenizer, rows, seq_len, seed=0):
 
 
 def main():
+    """Parses the flags, runs the measurements and prints the table."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--seq_len", type=int, default=1024)

@@ -1,4 +1,4 @@
-"""Benchmark: evaluating a whole SAE sweep at once vs evaluating its SAEs one by one.
+r"""Benchmark: evaluating a whole SAE sweep at once vs evaluating its SAEs one by one.
 
 Three ways to get the same metric table, measured side by side in one run (compilation excluded:
 each variant runs once to warm up, then ``--repeats`` timed runs, best kept):
@@ -76,6 +76,7 @@ def _best_time(fn, repeats: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    """Parses the flags, runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--d_model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=6)

@@ -50,6 +50,7 @@ def _time(fn, rounds: int) -> float:
 
 
 def main() -> None:
+    """Parses the flags, runs the measurements and prints the table."""
     args = _parse()
     if args.threads:
         torch.set_num_threads(args.threads)

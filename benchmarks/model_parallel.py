@@ -24,6 +24,7 @@ import time
 
 
 def main() -> None:
+    """Parses the flags, runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)

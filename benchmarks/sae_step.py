@@ -47,6 +47,7 @@ def _time(fn, args, repeats):
 
 
 def main():
+    """Parses the flags, runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d_in", type=int, default=2304 // 8)
     parser.add_argument("--width", type=int, default=16384 // 8)

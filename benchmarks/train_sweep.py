@@ -163,6 +163,7 @@ def per_job_overhead(workdir, repeats):
 
 
 def main():
+    """Parses the flags, runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-in", type=int, default=2304, help="activation width (2B: 2304)")
     parser.add_argument("--width", type=int, default=4096, help="latents for (c)")

@@ -24,13 +24,14 @@ Arguments: model_dir, arch, runlocal (the same file on the shipped tiny model, a
 tokens: CI and laptops).
 """
 
-import common
-
 from gemmascope import study
 from gemmascope.study import jobs
 
+import common
+
 
 def get_config(arg=None):
+    """The study config; `arg` is the text after the colon (arguments: module docstring)."""
     arg = study.parse_arg(arg, model_dir="gemma-2-2b", arch="jumprelu", runlocal=False)
     config = study.base_config()
     config.name = "gemma2_2b_pt"

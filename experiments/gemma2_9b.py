@@ -29,13 +29,14 @@ Arguments: model_dir, variant (pt | it), arch, runlocal (the same file on the sh
 a few thousand tokens: CI and laptops).
 """
 
-import common
-
 from gemmascope import study
 from gemmascope.study import jobs
 
+import common
+
 
 def get_config(arg=None):
+    """The study config; `arg` is the text after the colon (arguments: module docstring)."""
     arg = study.parse_arg(
         arg, model_dir="gemma-2-9b", variant="pt", arch="jumprelu", runlocal=False
     )

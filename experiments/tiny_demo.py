@@ -23,6 +23,7 @@ from gemmascope.study import jobs
 
 
 def get_config(arg=None):
+    """The study config; `arg` is the text after the colon (arguments: module docstring)."""
     arg = study.parse_arg(arg, runlocal=False)
     config = study.base_config()
     config.name = "tiny_demo"

@@ -261,6 +261,7 @@ def best_bigram_cross_entropy(train_ids, heldout_ids, vocab_size) -> tuple[float
 
 
 def main(argv):
+    """Trains the tokenizer and the model, then writes the HF folder in one rename."""
     del argv
     start = time.time()
     out_dir = Path(_OUT_DIR.value).resolve()

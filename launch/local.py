@@ -88,6 +88,7 @@ def _safe(text: str) -> str:
 
 
 def main(argv=None) -> int:
+    """Parses the flags and launches (or prints, with --dry_run); returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="Experiment file path.py[:arg].")
     parser.add_argument("--workdir", required=True, help="The study's workdir.")

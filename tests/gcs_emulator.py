@@ -1,5 +1,7 @@
-"""A local, in-memory Google Cloud Storage for tests (gcp-storage-emulator), and the environment
-variables that point tensorstore, gcsfs/etils.epath and google-cloud-storage at it.
+"""A local, in-memory Google Cloud Storage for tests (gcp-storage-emulator).
+
+Also the environment variables that point tensorstore, gcsfs/etils.epath and google-cloud-storage at
+it.
 
     server, env = start()      # env: os.environ plus the emulator's variables
     ... subprocess.run([...], env=env) ...

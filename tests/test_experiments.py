@@ -1,5 +1,7 @@
-"""Every experiment config loads (default and runlocal) and --mode=plan runs on it; the shared
-recipe data of experiments/common.py; experiment files load from any current directory."""
+"""Every experiment config loads (default and runlocal) and --mode=plan runs on it.
+
+Also the shared recipe data of experiments/common.py, and loading from any current directory.
+"""
 
 import glob
 import os

@@ -96,6 +96,7 @@ class TokenLayout:
 
     @property
     def n_tokens(self) -> int:
+        """Number of kept (cached) positions over all sequences."""
         return int(self.row_start[-1])
 
     def sequences_for_rows(self, lo: int, hi: int) -> tuple[int, int]:

@@ -29,10 +29,12 @@ class TensorstoreChunkReader:
     """Chunks read as array slices through tensorstore (any kvstore)."""
 
     def __init__(self, array: ts.TensorStore, chunk_rows: int):
+        """Reads `array` (rows, d) in chunks of `chunk_rows` rows."""
         self._array, self._chunk_rows = array, chunk_rows
         self._n_rows = array.shape[0]
 
     def read(self, chunks: list[int]) -> dict[int, np.ndarray]:
+        """Returns {chunk index: its rows}, the reads issued concurrently."""
         r = self._chunk_rows
         futures = [self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in chunks]
         return {c: f.result() for c, f in zip(chunks, futures, strict=True)}
@@ -42,6 +44,7 @@ class LocalChunkReader:
     """Chunks read with `os.pread` from local shard files, using each shard's index."""
 
     def __init__(self, path: str, array: ts.TensorStore, chunk_rows: int, shard_rows: int):
+        """Reads the local cache folder `path` of `array`, sharded every `shard_rows` rows."""
         self._dir = os.path.abspath(os.path.expanduser(path))
         self._chunk_rows, self._chunks_per_shard = chunk_rows, shard_rows // chunk_rows
         self._n_rows, self._width = array.shape
@@ -86,6 +89,7 @@ class LocalChunkReader:
         return values[:rows]
 
     def read(self, chunks: list[int]) -> dict[int, np.ndarray]:
+        """Returns {chunk index: its rows}, read by a thread pool."""
         return dict(zip(chunks, self._pool.map(self._read_one, chunks), strict=True))
 
 

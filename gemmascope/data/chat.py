@@ -104,7 +104,7 @@ def _prefix_positions(body: np.ndarray, prefix: list[int], eos_id: int):
 
 
 def user_prefix_mask(cfg, tokenizer, sequences: np.ndarray) -> np.ndarray:
-    """bool (N, T): True exactly at the user-prefix tokens of packed sequences.
+    """Bool (N, T) mask, True exactly at the user-prefix tokens of packed sequences.
 
     Args:
       cfg: the data config the sequences were made with.
@@ -133,7 +133,7 @@ def user_prefix_mask(cfg, tokenizer, sequences: np.ndarray) -> np.ndarray:
 
 
 def trained_positions(cfg, tokenizer, sequences: np.ndarray, special_ids) -> np.ndarray:
-    """bool (N, T): positions an SAE trains and is evaluated on.
+    """Bool (N, T) mask of the positions an SAE trains and is evaluated on.
 
     Every position except special tokens (`special_ids`, e.g. `model_cfg.special_token_ids`:
     BOS, EOS, pad) and, with `cfg.chat_wrap`, the user-prefix tokens. `sequences` as in

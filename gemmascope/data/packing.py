@@ -82,8 +82,10 @@ def split_documents(cfg, split: str) -> Iterator[str]:
 
 
 def _token_stream(cfg, tokenizer, split: str) -> Iterator[list[int]]:
-    """Token ids of each non-empty document of the split (chat-wrapped if configured), EOS
-    appended, tokenized in batches."""
+    """Token ids of each non-empty document of the split, EOS appended.
+
+    Documents are chat-wrapped if configured and tokenized in batches.
+    """
     docs = split_documents(cfg, split)
     eos = int(tokenizer.eos_token_id)
     while batch := list(itertools.islice(docs, cfg.tokenize_batch_size)):

@@ -52,8 +52,11 @@ def lm_mesh(cfg: ml_collections.ConfigDict) -> Mesh:
 
 
 def splice_batch(cfg: ml_collections.ConfigDict, backend: str | None = None) -> int:
-    """SAEs spliced per vmapped pass: ``cfg.splice_batch``, or for 0 the default of ``backend``
-    (JAX's default backend unless given): 1 on CPU, where vmapped splices do not pay, else 4."""
+    """SAEs spliced per vmapped pass: ``cfg.splice_batch``, or for 0 the backend's default.
+
+    The default of ``backend`` (JAX's default backend unless given) is 1 on CPU, where vmapped
+    splices do not pay, else 4.
+    """
     if cfg.splice_batch:
         return int(cfg.splice_batch)
     return 1 if (backend or jax.default_backend()) == "cpu" else 4

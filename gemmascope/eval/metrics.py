@@ -170,8 +170,11 @@ def lm_sums(
 def lm_sums_from_logp(
     clean_logp: jax.Array, logp: jax.Array, tokens: jax.Array, keep_lm: jax.Array
 ) -> dict[str, jax.Array]:
-    """``lm_sums`` from the spliced model's log-probabilities ``logp`` (B, T, V) instead of its
-    logits; bitwise-equal ``clean_logp`` and ``logp`` give exactly 0 for both sums."""
+    """``lm_sums`` from the spliced model's log-probabilities ``logp`` (B, T, V).
+
+    Takes log-probabilities instead of logits; bitwise-equal ``clean_logp`` and ``logp`` give
+    exactly 0 for both sums.
+    """
     w = keep_lm.astype(jnp.float32)
     ce = token_cross_entropy(logp, tokens)
     clean_ce = token_cross_entropy(clean_logp, tokens)

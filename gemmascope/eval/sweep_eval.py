@@ -85,8 +85,11 @@ class SaeEntry:
 
     @property
     def group_key(self) -> tuple[str, int, str]:
-        """SAEs with equal keys (site, width, encoder type) are stacked and spliced in one
-        program, whatever their architecture: after export all are the same arrays."""
+        """The (site, width, encoder type) key: SAEs with equal keys are spliced together.
+
+        They are stacked and spliced in one program, whatever their architecture: after export
+        all are the same arrays.
+        """
         return (self.config["site"], int(self.config["width"]), self.encoder["type"])
 
 
@@ -114,8 +117,11 @@ def _spliced_logits(cfg, model_params, tokens, prefix, site, fn):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sites"))
 def _clean_pass(model_params, tokens, positions, row_valid, *, cfg, sites):
-    """The clean forward pass: activations of ``sites`` (and of their prefixes), log-probs,
-    the kept-token mask (``positions`` of real rows) and the clean CE sum."""
+    """The clean forward pass.
+
+    Returns the activations of ``sites`` (and of their prefixes), log-probs, the kept-token mask
+    (``positions`` of real rows) and the clean CE sum.
+    """
     logits, acts = model.forward(cfg, model_params, tokens, capture=list(sites))
     keep = positions & row_valid[:, None]
     logp = metrics.next_token_logp(logits)
@@ -149,8 +155,9 @@ def _encode(sae, x, k_max):
 
 
 def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array]:
-    """Stacks a group's params on axis 0 as ``_group_pass`` runs them, in chunks of ``chunk``:
-    first one chunk of references, then the SAEs, then padding up to a whole chunk.
+    """Stacks a group's params on axis 0 as ``_group_pass`` runs them, in chunks of ``chunk``.
+
+    First one chunk of references, then the SAEs, then padding up to a whole chunk.
 
     References and padding are copies of the first SAE with ``use_sae`` False (they splice
     nothing); ``is_reference`` marks the first chunk. Both masks are traced inputs, never
@@ -243,8 +250,9 @@ def _add(total: dict, batch: dict) -> None:
 
 
 def _batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int, mesh: Mesh):
-    """Yields (tokens, positions, row_valid) with every batch padded to ``batch_size`` rows,
-    the rows split over the mesh's "data" axis.
+    """Yields (tokens, positions, row_valid), every batch padded to ``batch_size`` rows.
+
+    The rows are split over the mesh's "data" axis.
 
     Padding rows repeat the first row and are masked out by ``row_valid``, so one compiled
     program serves every batch.
@@ -303,26 +311,8 @@ def evaluate_saes(
     if not saes:
         raise ValueError("evaluate_saes: no SAEs to evaluate")
     mesh = eval_config.lm_mesh(eval_cfg)
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or len(tokens) == 0 or tokens.shape[1] < 2:
-        raise ValueError(f"evaluate_saes: tokens must be (N >= 1, T >= 2), got {tokens.shape}")
-    if positions is None:
-        positions = ~np.isin(tokens, np.asarray(model_cfg.special_token_ids, tokens.dtype))
-    positions = np.asarray(positions, bool)
-    if positions.shape != tokens.shape:
-        raise ValueError(
-            f"evaluate_saes: positions has shape {positions.shape} but tokens {tokens.shape}"
-        )
-    groups: dict[tuple, list[int]] = {}
-    for index, entry in enumerate(saes):
-        site = entry.config["site"]
-        model.sites.check(model_cfg, site)
-        if model.sites.dim(model_cfg, site) != entry.params["W_enc"].shape[0]:
-            raise ValueError(
-                f"{entry.folder}: d_in {entry.params['W_enc'].shape[0]} does not match site "
-                f"{site} of width {model.sites.dim(model_cfg, site)}"
-            )
-        groups.setdefault(entry.group_key, []).append(index)
+    tokens, positions = _check_tokens(model_cfg, tokens, positions)
+    groups = _group_saes(model_cfg, saes)
     sites = tuple(sorted({key[0] for key in groups}))
     prefixes = {site: prefix_site(site) for site in sites}
     captured = tuple(sorted(set(sites) | {p for p in prefixes.values() if p is not None}))
@@ -398,6 +388,36 @@ def evaluate_saes(
                 eval_cfg,
             )
     return results
+
+
+def _check_tokens(model_cfg, tokens, positions) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, positions) as arrays; positions default to every non-special token."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or len(tokens) == 0 or tokens.shape[1] < 2:
+        raise ValueError(f"evaluate_saes: tokens must be (N >= 1, T >= 2), got {tokens.shape}")
+    if positions is None:
+        positions = ~np.isin(tokens, np.asarray(model_cfg.special_token_ids, tokens.dtype))
+    positions = np.asarray(positions, bool)
+    if positions.shape != tokens.shape:
+        raise ValueError(
+            f"evaluate_saes: positions has shape {positions.shape} but tokens {tokens.shape}"
+        )
+    return tokens, positions
+
+
+def _group_saes(model_cfg, saes: Sequence[SaeEntry]) -> dict[tuple, list[int]]:
+    """Indices of the SAEs per group key, each SAE's site and width checked against the model."""
+    groups: dict[tuple, list[int]] = {}
+    for index, entry in enumerate(saes):
+        site = entry.config["site"]
+        model.sites.check(model_cfg, site)
+        if model.sites.dim(model_cfg, site) != entry.params["W_enc"].shape[0]:
+            raise ValueError(
+                f"{entry.folder}: d_in {entry.params['W_enc'].shape[0]} does not match site "
+                f"{site} of width {model.sites.dim(model_cfg, site)}"
+            )
+        groups.setdefault(entry.group_key, []).append(index)
+    return groups
 
 
 def _finish(recon, site, lm, clean, zero, entry: SaeEntry, eval_cfg) -> tuple[dict, dict]:

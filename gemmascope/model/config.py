@@ -111,6 +111,7 @@ class Gemma2Config:
     tie_word_embeddings: bool = True
 
     def __post_init__(self):
+        """Fills the default layer types, normalises list fields to tuples and validates."""
         if self.layer_types is None:
             object.__setattr__(self, "layer_types", _default_layer_types(self.num_hidden_layers))
         else:

@@ -313,8 +313,10 @@ def lm_mesh(
 
 
 def batch_for_mesh(batch_size: int, mesh: Mesh) -> int:
-    """``batch_size`` rounded up to a multiple of the mesh's "data" axis, so that every batch
-    splits evenly over it and has one compiled shape."""
+    """``batch_size`` rounded up to a multiple of the mesh's "data" axis.
+
+    Every batch then splits evenly over it and has one compiled shape.
+    """
     data_shards = mesh.shape["data"]
     return -(-batch_size // data_shards) * data_shards
 
@@ -362,8 +364,10 @@ def bytes_per_device(
 def _model_axis_placement(
     spec: ParamSpec, model_parallel: int, rules: Rules | None
 ) -> list[str | None]:
-    """The mesh axis of each dimension of ``spec`` on a (data, model) mesh of any data size,
-    by the same rule as ``partition_spec`` (no devices needed)."""
+    """The mesh axis of each dimension of ``spec`` on a (data, model) mesh of any data size.
+
+    The rule is ``partition_spec``'s; no devices are needed.
+    """
     return _mesh_axes(spec.shape, spec.axes, {"data": 1, "model": model_parallel}, rules)
 
 

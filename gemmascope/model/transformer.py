@@ -376,5 +376,5 @@ def forward_from(
 
 
 def special_mask(cfg: Gemma2Config, tokens: Array) -> Array:
-    """bool (B, T): True where the token is bos, any eos, or pad (the ids in ``cfg``)."""
+    """Bool (B, T) mask, True where the token is bos, any eos, or pad (the ids in ``cfg``)."""
     return jnp.isin(tokens, jnp.asarray(cfg.special_token_ids, dtype=jnp.int32))

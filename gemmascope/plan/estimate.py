@@ -140,8 +140,11 @@ class StudyPlan:
 
     @property
     def cache_flops(self) -> float:
-        """LM forward FLOPs to cache every site: one pass (2 FLOPs per parameter per token) over
-        the largest site's tokens captures all sites at once."""
+        """LM forward FLOPs to cache every site.
+
+        One pass (2 FLOPs per parameter per token) over the largest site's tokens captures all
+        sites at once.
+        """
         return 2.0 * self.lm_params * max(self.cache_tokens.values(), default=0.0)
 
     @property

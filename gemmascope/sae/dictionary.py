@@ -90,8 +90,10 @@ centred_affine.defvjp(_centred_affine_fwd, _centred_affine_bwd)
 def pre_activations(
     params: dict, x: jax.Array, cfg: ml_collections.ConfigDict, w_enc_key: str = "W_enc"
 ) -> jax.Array:
-    """Encoder pre-activations ``(x − b_dec) @ W_enc + b_enc`` in float32 (without the b_dec
-    shift when ``cfg.pre_encoder_bias`` is False)."""
+    """Encoder pre-activations ``(x − b_dec) @ W_enc + b_enc`` in float32.
+
+    Without the b_dec shift when ``cfg.pre_encoder_bias`` is False.
+    """
     x = x.astype(jnp.float32)
     if not cfg.pre_encoder_bias:
         return x @ params[w_enc_key] + params["b_enc"]

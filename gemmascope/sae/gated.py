@@ -79,7 +79,7 @@ def _gate_and_magnitude(params: dict, x: jax.Array, cfg) -> tuple[jax.Array, jax
 
 
 def encode(params: dict, x: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """f = 1[π_gate > 0] ⊙ relu(π_mag), (B, d) -> (B, M)."""
+    """Encodes (B, d) -> (B, M): f = 1[π_gate > 0] ⊙ relu(π_mag)."""
     pi_gate, pi_mag = _gate_and_magnitude(params, x, cfg)
     return (pi_gate > 0).astype(pi_mag.dtype) * jax.nn.relu(pi_mag)
 

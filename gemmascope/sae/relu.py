@@ -61,7 +61,7 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
 
 
 def encode(params: dict, x: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """f = relu(π), (B, d) -> (B, M)."""
+    """Encodes (B, d) -> (B, M): f = relu(π)."""
     return jax.nn.relu(dictionary.pre_activations(params, x, cfg))
 
 

@@ -110,6 +110,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
+    """Runs the study of `--config` in `--mode` (absl's main; flags are already parsed)."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:

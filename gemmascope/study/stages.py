@@ -61,15 +61,7 @@ def run(
         if is_main_process():
             print(plan.format_plan(plan.make_plan(config, model_cfg, selected)))
         return
-    if not workdir:
-        raise ValueError(f"--workdir is required for --mode={mode}.")
-    if files.is_url(workdir) and not workdir.startswith("gs://"):
-        raise ValueError(
-            f"--workdir={workdir}: unsupported URL scheme; use a local path or a "
-            "gs://bucket/prefix URL."
-        )
-    if config.source not in ("cache", "stream"):
-        raise ValueError(f"config.source must be 'cache' or 'stream', got {config.source!r}.")
+    _check_workdir_and_source(config, workdir, mode)
     check_workdir_config(config, workdir)
     if mode == "cache" or (mode == "all" and config.source == "cache"):
         with _stage("cache"):
@@ -88,6 +80,19 @@ def run(
             run_eval(config, workdir)
         if is_main_process():
             print(summary(workdir), flush=True)
+
+
+def _check_workdir_and_source(config: ml_collections.ConfigDict, workdir, mode: str) -> None:
+    """Raises ValueError for a missing or unsupported workdir, or an unknown `config.source`."""
+    if not workdir:
+        raise ValueError(f"--workdir is required for --mode={mode}.")
+    if files.is_url(workdir) and not workdir.startswith("gs://"):
+        raise ValueError(
+            f"--workdir={workdir}: unsupported URL scheme; use a local path or a "
+            "gs://bucket/prefix URL."
+        )
+    if config.source not in ("cache", "stream"):
+        raise ValueError(f"config.source must be 'cache' or 'stream', got {config.source!r}.")
 
 
 @contextlib.contextmanager

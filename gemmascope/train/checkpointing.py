@@ -111,6 +111,7 @@ class SigtermFlag:
     """
 
     def __init__(self):
+        """A flag that is not yet installed (enter the context to install it)."""
         self._flag = False
         self._previous = None
         self._installed = False
@@ -121,6 +122,7 @@ class SigtermFlag:
         self._flag = True
 
     def __enter__(self) -> SigtermFlag:
+        """Installs the SIGTERM handler (main thread only)."""
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
             self._installed = True
@@ -129,6 +131,7 @@ class SigtermFlag:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Restores the previous SIGTERM handler."""
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
 

@@ -69,6 +69,17 @@ class MetricsWriter:
         progress: bool,
         tensorboard: bool = True,
     ):
+        """Opens the writers of one job.
+
+        Args:
+            run_dir: The job's folder (local or gs://); metrics.jsonl and tensorboard/ go here.
+            total_steps: Steps of the whole job (the progress bar's length).
+            start_step: The step training resumes from (0 for a new job).
+            batch_size: Activations per step (for tokens and tokens/s).
+            enabled: False on every process but 0: the writer then does nothing.
+            progress: Show a tqdm progress bar.
+            tensorboard: Write TensorBoard event files.
+        """
         self.enabled = enabled
         self.tensorboard = tensorboard
         self.batch_size = batch_size

@@ -1,6 +1,8 @@
-"""Shared set-up for activation tests: a random tiny Gemma 2 HF folder, its tokenizer and a small
-study config. Kept free of heavy imports (transformers pulls in torch) so that subprocess
-workers start quickly."""
+"""Shared set-up for activation tests.
+
+A random tiny Gemma 2 HF folder, its tokenizer and a small study config. Kept free of heavy imports
+(transformers pulls in torch) so that subprocess workers start quickly.
+"""
 
 import collections
 import json

@@ -1,6 +1,8 @@
-"""Two JAX processes (jax.distributed on localhost) write the same cache as one process, read
-global batches in which each process reads only its own rows, and stream from their own
-sequences."""
+"""Two JAX processes (jax.distributed on localhost) against one process.
+
+They write the same cache as one process, read global batches in which each process reads only its
+own rows, and stream from their own sequences.
+"""
 
 import socket
 import subprocess

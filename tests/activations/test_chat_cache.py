@@ -1,5 +1,8 @@
-"""Chat-wrapped data (data.chat_wrap): the cache and the stream hold every position except
-specials and the user-prefix tokens, equal to direct capture there; other wrappings are refused."""
+"""Chat-wrapped data (data.chat_wrap) in the cache and the stream.
+
+The cache and the stream hold every position except specials and the user-prefix tokens, equal to
+direct capture there; other wrappings are refused.
+"""
 
 import itertools
 import shutil
@@ -43,8 +46,11 @@ def chat_cache(chat_model, tmp_path_factory):
 
 
 def _expected_keep(tokenizer, seqs, special_ids):
-    """Oracle from token identities: the user prefix is every <start_of_turn> followed by "user"
-    (the model prefix's <start_of_turn> is followed by "model"), plus that "user"."""
+    """Oracle from token identities.
+
+    The user prefix is every <start_of_turn> followed by "user" (the model prefix's <start_of_turn>
+    is followed by "model"), plus that "user".
+    """
     start, user = (tokenizer.convert_tokens_to_ids(t) for t in ("<start_of_turn>", "user"))
     stream = seqs[:, 1:].ravel()
     prefix = np.zeros(stream.shape, bool)

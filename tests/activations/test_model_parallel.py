@@ -1,5 +1,7 @@
-"""Model-parallel capture: params sharded over a (data, model) mesh give the activations of
-the replicated, data-parallel forward (the path tests/model checks against HF transformers).
+"""Model-parallel capture against the replicated forward.
+
+Params sharded over a (data, model) mesh give the activations of the replicated, data-parallel
+forward (the path tests/model checks against HF transformers).
 
 The 8 forced CPU devices form a (2, 4) mesh, so both axes really shard. One tiny config has every
 sharded dimension divisible by 4 (heads 8, KV heads 4, MLP 128, vocab 512); the cache tests use

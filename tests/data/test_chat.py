@@ -1,5 +1,8 @@
-"""data.chat: chat-turn wrapping equals tokenizing the wrapped text by hand, and the user-prefix
-mask is exactly the prefix tokens, also where packing cuts a prefix in two."""
+"""Tests of data.chat.
+
+Chat-turn wrapping equals tokenizing the wrapped text by hand, and the user-prefix mask is exactly
+the prefix tokens, also where packing cuts a prefix in two.
+"""
 
 import json
 from pathlib import Path

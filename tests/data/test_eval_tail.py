@@ -1,5 +1,8 @@
-"""data.eval_split="tail": the eval split is the documents after a character cut, and the demo's
-eval documents all lie in the text the shipped tiny LM held out."""
+"""Tests of data.eval_split="tail".
+
+The eval split is the documents after a character cut, and the demo's eval documents all lie in the
+text the shipped tiny LM held out.
+"""
 
 import json
 from pathlib import Path

@@ -1,5 +1,8 @@
-"""End to end: evaluate() on a tiny workdir (a saved tiny model, a text corpus, exported and
-imported SAEs) writes the table, details and plots; a workdir without SAEs is a clear error."""
+"""End to end: evaluate() on a tiny workdir.
+
+A saved tiny model, a text corpus, exported and imported SAEs: writes the table, details and plots;
+a workdir without SAEs is a clear error.
+"""
 
 import json
 import os

@@ -63,8 +63,10 @@ def _random(seed, d=D):
 
 @jax.jit
 def _direct_forwards(params, tokens, sae, keep):
-    """Clean logits, the site's activations and logits with the SAE spliced at SITE's `keep`
-    positions (one compiled program for every SAE of the same shapes)."""
+    """Clean logits, the site's activations and logits with the SAE spliced at `keep`.
+
+    One compiled program serves every SAE of the same shapes.
+    """
 
     def splice(a):
         pre = a @ sae["W_enc"] + sae["b_enc"]
@@ -77,8 +79,10 @@ def _direct_forwards(params, tokens, sae, keep):
 
 
 def _oracle(params, tokens, sae, keep=None):
-    """Delta loss and KL by a direct spliced forward and numpy cross-entropy, over `keep`
-    (default: every position but BOS, EOS and pad)."""
+    """Delta loss and KL by a direct spliced forward and numpy cross-entropy, over `keep`.
+
+    `keep` defaults to every position but BOS, EOS and pad.
+    """
     if keep is None:
         keep = ~np.isin(tokens, [CFG.pad_token_id, CFG.eos_token_id, CFG.bos_token_id])
     clean, acts, spliced = _direct_forwards(params, jnp.asarray(tokens), sae, jnp.asarray(keep))

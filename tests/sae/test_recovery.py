@@ -1,10 +1,11 @@
-"""Known-answer tests: SAEs trained from scratch recover a known sparse dictionary, and the
-sparsity knobs move L0 where they should.
+"""Known-answer tests: SAEs trained from scratch recover a known sparse dictionary.
+
+The sparsity knobs move L0 where they should.
 
 Synthetic data: 128 random unit-norm true features in d = 64; each feature is active independently
-with probability 4/128 (true L0 ≈ 4) with magnitude U(0.5, 1.5); x = codes @ D, scaled so E||x||² ≈
-1 (docs/recipe.md#normalisation). Runs are short, so they use the configurable knobs
-docs/recipe.md#short-runs allows for short runs (raw θ, a larger lr and bandwidth, short warmups).
+with probability 4/128 (true L0 ≈ 4) with magnitude U(0.5, 1.5); x = codes @ D, scaled so
+E||x||² ≈ 1 (docs/recipe.md#normalisation). Runs are short, so they use the knobs that
+docs/recipe.md#short-runs describes (raw θ, a larger lr and bandwidth, short warmups).
 """
 
 import functools
@@ -49,8 +50,10 @@ def _short_run_cfg(name, **overrides):
 
 
 def _train(name, cfg, steps, sweep_values, seed=0):
-    """Trains len(sweep_values) SAEs stacked on a sweep axis (the trainer's vmap); returns the
-    stacked params."""
+    """Trains len(sweep_values) SAEs stacked on a sweep axis (the trainer's vmap).
+
+    Returns the stacked params.
+    """
     arch = sae.ARCHITECTURES[name]
     _, x_train, _, _ = _problem()
     n_members = len(sweep_values)

@@ -79,8 +79,10 @@ def test_constrain_renormalises_decoder_rows(name):
 
 @pytest.mark.parametrize("name", VMAPPED)
 def test_vmap_over_sweep_axis_equals_separate_calls_and_keeps_unit_rows(name):
-    """Two updates of a stack of 4 SAEs == two updates of each SAE alone; decoder rows stay
-    unit norm after every update."""
+    """Two updates of a stack of 4 SAEs == two updates of each SAE alone.
+
+    Decoder rows stay unit norm after every update.
+    """
     cfg = _small_cfg(name)
     arch = sae.ARCHITECTURES[name]
     base = cfg[arch.SWEEP_FIELD]
