@@ -16,6 +16,12 @@ from collections.abc import Iterable
 
 import ml_collections
 
+#: Matmul precisions a training step may run at, spelled as ``jax.default_matmul_precision``
+#: takes them: "highest" = "float32" (full fp32: 6 bf16 passes on TPU, no TF32 on GPU),
+#: "high" = "tensorfloat32" (3 bf16 passes on TPU, TF32 on GPU), "default" = "bfloat16" (one bf16
+#: pass on TPU, TF32 on GPU). On CPU every choice computes in fp32.
+MATMUL_PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Fields shared by every architecture (docs/recipe.md#optimiser values as defaults)."""
@@ -39,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Subtract b_dec from the input before encoding (the pre-encoder bias of
     # docs/recipe.md#jumprelu-model).
     cfg.pre_encoder_bias = True
+    # Precision of every matmul of the training step (MATMUL_PRECISIONS; GS trains in fp32).
+    cfg.matmul_precision = "highest"
     return cfg
 
 
@@ -72,6 +80,7 @@ def check_base(cfg: ml_collections.ConfigDict) -> None:
     for field in ("adam_b1", "adam_b2"):
         if not 0.0 <= cfg[field] < 1.0:
             raise ValueError(f"SAE config field {field!r} must be in [0, 1), got {cfg[field]!r}.")
+    check_in(cfg, "matmul_precision", MATMUL_PRECISIONS)
 
 
 def check_shape(d_in: int, width: int) -> None:

@@ -12,6 +12,11 @@ of the trainable params -> optimizer (decoder-gradient projection, Adam, lr sche
 ``constrain`` (decoder renormalisation) -> buffer updates (BatchTopK running threshold, AuxK firing
 counters). It closes over ``cfg`` only, so ``jax.vmap(step, in_axes=(0, 0, None, None, 0))`` trains
 a stack of SAEs that share each batch.
+
+Every matmul of the step, forward, backward (custom VJPs included) and AuxK, runs at
+``cfg.matmul_precision``: the step traces its body inside ``jax.default_matmul_precision``, which
+JAX resolves at trace time into each ``dot_general``'s precision, so it holds whatever the caller's
+jit, vmap or ambient precision is.
 """
 
 from collections.abc import Callable
@@ -85,6 +90,10 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
     tx = optim.optimizer(cfg)
 
     def step(params, opt_state, x, step_index, sweep_value):
+        with jax.default_matmul_precision(cfg.matmul_precision):
+            return precise_step(params, opt_state, x, step_index, sweep_value)
+
+    def precise_step(params, opt_state, x, step_index, sweep_value):
         coeffs = arch.coeffs(cfg, step_index, sweep_value)
         trainable, buffers = split_buffers(params)
 
