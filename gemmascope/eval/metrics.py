@@ -14,7 +14,7 @@ definitions and masking are in docs/metrics.md; in short, with ``N`` the number 
 
 Synopsis::
 
-    f = jumprelu_encode(params, x); x_hat = decode(params, f)
+    f = encode_released(params, x); x_hat = decode_released(params, f)   # raw units, fp32
     sums = reconstruction_sums(x, x_hat, f, keep)          # on device, per batch
     site = site_sums(x, keep, reference)                   # shared by every SAE of a site
     lm = lm_sums(clean_logp, spliced_logits, tokens, keep_lm)
@@ -29,40 +29,75 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.sae import inference
 
-def jumprelu_encode(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
+# Evaluation is full fp32 on every backend (TPU's default runs fp32 matmuls as one bf16 pass,
+# GPUs' as TF32): every product here requests HIGHEST, which no ambient precision overrides.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _check_released(params, caller: str) -> None:
+    """Raises TypeError when handed the training form instead of released params."""
+    if isinstance(params, inference.TrainingForm):
+        raise TypeError(
+            f"{caller} takes released (raw-unit, b_dec folded) params such as a params.npz, got "
+            "a TrainingForm (training units, b_dec subtracted before encoding): fold it with "
+            "export.fold(form, norm_scale) first, or use sae.encode_training_form / "
+            "decode_training_form"
+        )
+
+
+def encode_released(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
     """Gemma Scope inference encoder on raw activations (docs/recipe.md#params-npz).
 
-    ``f = relu(x @ W_enc + b_enc) * (x @ W_enc + b_enc > threshold)``, in float32.
+    ``f = relu(x @ W_enc + b_enc) * (x @ W_enc + b_enc > threshold)``, in full float32.
 
     Args:
-      params: ``W_enc`` (d, M), ``b_enc`` (M,), ``threshold`` (M,).
-      x: activations (..., d), any float dtype.
+      params: released params (a params.npz): ``W_enc`` (d, M), ``b_enc`` (M,), ``threshold``
+        (M,).
+      x: raw activations (..., d), any float dtype.
 
     Returns:
       latent activations (..., M), float32.
+
+    Raises:
+      TypeError: ``params`` is a ``sae.TrainingForm`` (not folded yet).
     """
-    pre = jnp.asarray(x, jnp.float32) @ params["W_enc"] + params["b_enc"]
+    _check_released(params, "encode_released")
+    pre = _matmul(jnp.asarray(x, jnp.float32), params["W_enc"]) + params["b_enc"]
     return jnp.where(pre > params["threshold"], jax.nn.relu(pre), 0.0)
 
 
-def topk_encode(
+def topk_encode_released(
     params: Mapping[str, jax.Array], x: jax.Array, k: jax.Array, k_max: int
 ) -> jax.Array:
     """TopK encoder on raw activations: each token keeps its ``k`` largest pre-activations.
 
     ``f = relu(π) * (π >= kth_largest(π))`` with ``π = x @ W_enc + b_enc``; ``k`` may be traced
     (members of one group differ in k) as long as ``k <= k_max`` (static).
+
+    Raises:
+      TypeError: ``params`` is a ``sae.TrainingForm`` (not folded yet).
     """
-    pre = jnp.asarray(x, jnp.float32) @ params["W_enc"] + params["b_enc"]
+    _check_released(params, "topk_encode_released")
+    pre = _matmul(jnp.asarray(x, jnp.float32), params["W_enc"]) + params["b_enc"]
     top = jax.lax.top_k(pre, k_max)[0]
     kth = jnp.take(top, jnp.asarray(k, jnp.int32) - 1, axis=-1)[..., None]
     return jnp.where(pre >= kth, jax.nn.relu(pre), 0.0)
 
 
-def decode(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
-    """``x̂ = f @ W_dec + b_dec`` in float32."""
-    return f @ params["W_dec"] + params["b_dec"]
+def decode_released(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
+    """``x̂ = f @ W_dec + b_dec`` in full float32, in raw units.
+
+    Raises:
+      TypeError: ``params`` is a ``sae.TrainingForm`` (its x̂ would be in training units).
+    """
+    _check_released(params, "decode_released")
+    return _matmul(f, params["W_dec"]) + params["b_dec"]
 
 
 def reconstruction_sums(
@@ -121,7 +156,7 @@ def site_sums(x: jax.Array, keep: jax.Array, reference: jax.Array) -> dict[str, 
     return {
         "count": jnp.sum(w),
         "count_by_position": jnp.sum(w, axis=0),
-        "shifted_sum": jnp.einsum("btd,bt->d", dev, w),
+        "shifted_sum": jnp.einsum("btd,bt->d", dev, w, precision=_HIGHEST),
         "shifted_sq": jnp.sum(jnp.sum(dev * dev, axis=-1) * w),
     }
 

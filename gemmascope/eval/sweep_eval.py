@@ -150,8 +150,8 @@ def _site_pass(
 def _encode(sae, x, k_max):
     """The group's encoder: JumpReLU, or TopK when ``k_max`` (static) is set."""
     if k_max is None:
-        return metrics.jumprelu_encode(sae, x)
-    return metrics.topk_encode(sae, x, sae["k"], k_max)
+        return metrics.encode_released(sae, x)
+    return metrics.topk_encode_released(sae, x, sae["k"], k_max)
 
 
 def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array]:
@@ -205,14 +205,14 @@ def _group_pass(
 
     def one_element(sae):
         f = _encode(sae, acts, k_max)
-        recon = metrics.reconstruction_sums(acts, metrics.decode(sae, f), f, keep)
+        recon = metrics.reconstruction_sums(acts, metrics.decode_released(sae, f), f, keep)
         if not with_lm:
             return recon, None
 
         def splice(a):
             # Special tokens (and padding rows) keep their original activation; so does
             # every token of the reference and padding elements (use_sae False).
-            x_hat = metrics.decode(sae, _encode(sae, a, k_max)).astype(a.dtype)
+            x_hat = metrics.decode_released(sae, _encode(sae, a, k_max)).astype(a.dtype)
             return jnp.where(sae["use_sae"] & keep[..., None], x_hat, a)
 
         logits = _spliced_logits(cfg, model_params, tokens, prefix, site, splice)

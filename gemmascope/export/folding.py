@@ -18,29 +18,31 @@ Synopsis::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from gemmascope.export.npz_format import NPZ_KEYS, check_params
+from gemmascope.sae import inference
 
 
-def fold(jr_params: Mapping[str, np.ndarray], norm_scale: float) -> dict[str, np.ndarray]:
+def fold(jr_params: inference.TrainingForm, norm_scale: float) -> dict[str, np.ndarray]:
     """Returns raw-unit Gemma Scope params from normalised-unit JumpReLU params.
 
     Computed in float64 and returned as float32.
 
     Args:
-      jr_params: ``W_enc`` (d, M), ``W_dec`` (M, d), ``b_enc`` (M), ``b_dec`` (d), ``threshold``
-        (M) in normalised units, as returned by ``gemmascope.sae.to_jumprelu``.
+      jr_params: the ``sae.TrainingForm`` that ``gemmascope.sae.to_jumprelu`` returns: ``W_enc``
+        (d, M), ``W_dec`` (M, d), ``b_enc`` (M), ``b_dec`` (d), ``threshold`` (M) in normalised
+        units, b_dec subtracted before encoding.
       norm_scale: the scalar C the training activations were divided by (positive, finite).
 
     Returns:
-      dict with the five keys of ``NPZ_KEYS``, float32, in raw units.
+      dict with the five keys of ``NPZ_KEYS``, float32, in raw units (the released form).
 
     Raises:
+      TypeError: ``jr_params`` is not a TrainingForm (e.g. released params, already folded).
       ValueError: ``norm_scale`` is not a positive finite number, or the params are malformed.
     """
+    inference.check_training_form(jr_params, "export.fold")
     scale = float(norm_scale)
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"fold: norm_scale must be a positive finite number, got {norm_scale!r}")

@@ -34,6 +34,7 @@ import numpy as np
 
 from gemmascope import files
 from gemmascope.model import sites as model_sites
+from gemmascope.sae import inference
 
 #: The five arrays of a Gemma Scope ``params.npz``, in file order.
 NPZ_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
@@ -112,8 +113,14 @@ def save_npz(path: str | os.PathLike, jumprelu_params: Mapping[str, np.ndarray])
         convertible by ``np.asarray`` (jax arrays included).
 
     Raises:
+      TypeError: ``jumprelu_params`` is a ``sae.TrainingForm`` (training units: fold it first).
       ValueError: a key is missing or extra, or a shape is inconsistent.
     """
+    if isinstance(jumprelu_params, inference.TrainingForm):
+        raise TypeError(
+            f"save_npz({os.fspath(path)!r}): a params.npz holds released (raw-unit, b_dec "
+            "folded) params, got a TrainingForm; write export.fold(form, norm_scale) instead"
+        )
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in jumprelu_params.items()}
     check_params(arrays, source=os.fspath(path))
     files.save_npz(os.fspath(path), {k: arrays[k] for k in NPZ_KEYS})

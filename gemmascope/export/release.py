@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 
+import jax
 import numpy as np
 
 from gemmascope import files, sae
@@ -81,8 +82,8 @@ def _members(job: dict, job_name: str) -> list[dict]:
 _TOPK_ARCHITECTURES = ("topk",)
 
 
-def _inference_form(params: dict, arch_name: str, cfg) -> tuple[dict, dict]:
-    """The JumpReLU-form arrays (training units) and the encoder rule recorded in config.json.
+def _inference_form(params: dict, arch_name: str, cfg) -> tuple[sae.TrainingForm, dict]:
+    """The JumpReLU training form (training units) and the encoder rule recorded in config.json.
 
     JumpReLU-form architectures use ``sae.to_jumprelu``. TopK has no threshold form; its arrays
     are written with ``threshold = 0`` and config.json says ``{"type": "topk", "k": k}``, which
@@ -90,9 +91,9 @@ def _inference_form(params: dict, arch_name: str, cfg) -> tuple[dict, dict]:
     """
     if arch_name in _TOPK_ARCHITECTURES:
         jr = inference.jumprelu_form(params, params["W_enc"], params["b_enc"], 0.0, cfg)
-        return {k: np.asarray(v) for k, v in jr.items()}, {"type": "topk", "k": int(cfg.k)}
+        return jax.tree.map(np.asarray, jr), {"type": "topk", "k": int(cfg.k)}
     jr = sae.to_jumprelu(params, arch_name, cfg)
-    return {k: np.asarray(v) for k, v in jr.items()}, {"type": "jumprelu"}
+    return jax.tree.map(np.asarray, jr), {"type": "jumprelu"}
 
 
 def export_run(workdir: str, job_name: str) -> list[str]:

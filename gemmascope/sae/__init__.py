@@ -15,21 +15,21 @@ Synopsis::
     tx = sae.optimizer(cfg); opt_state = tx.init(params)
     step = sae.make_train_step("jumprelu", cfg)
     params, opt_state, metrics = step(params, opt_state, x, step_index, sweep_value)
-    jr = sae.to_jumprelu(params, "jumprelu", cfg)
+    jr = sae.to_jumprelu(params, "jumprelu", cfg)          # a TrainingForm
+    f = sae.encode_training_form(jr, x); x_hat = sae.decode_training_form(jr, f)
 """
 
-# Inference form, optimisation, architectures.
-from gemmascope.sae.inference import decode as jumprelu_decode
-from gemmascope.sae.inference import encode as jumprelu_encode
+# Training form, optimisation, architectures.
+from gemmascope.sae.inference import TrainingForm, decode_training_form, encode_training_form
 from gemmascope.sae.optim import BUFFER_KEYS, learning_rate, linear_warmup, optimizer
 from gemmascope.sae.registry import ARCHITECTURES, get
 from gemmascope.sae.train_step import check_sweep_values, make_train_step
 
 
-def to_jumprelu(params: dict, name: str, cfg) -> dict:
-    """Converts one SAE's training-form params to the JumpReLU inference form.
+def to_jumprelu(params: dict, name: str, cfg) -> TrainingForm:
+    """Converts one SAE's training-form params to its JumpReLU form in training units.
 
-    The form is that of docs/recipe.md#params-npz, in training units.
+    The form is that of docs/recipe.md#params-npz before folding (``export.fold``).
 
     Args:
       params: training-form params of ONE SAE (no sweep axis).
@@ -37,9 +37,9 @@ def to_jumprelu(params: dict, name: str, cfg) -> dict:
       cfg: the architecture config the SAE was trained with.
 
     Returns:
-      dict W_enc (d, M), W_dec (M, d), b_enc (M,), b_dec (d,), threshold (M,), float32, in
-      training units with the pre-encoder bias:
-      f = relu(π)·1[π > θ], π = (x − b_dec) W_enc + b_enc.
+      a :class:`TrainingForm` (a Mapping) W_enc (d, M), W_dec (M, d), b_enc (M,), b_dec (d,),
+      threshold (M,), float32, in training units with the pre-encoder bias:
+      f = relu(π)·1[π > θ], π = (x − b_dec) W_enc + b_enc (:func:`encode_training_form`).
 
     Raises:
       KeyError: unknown architecture.
@@ -51,10 +51,11 @@ def to_jumprelu(params: dict, name: str, cfg) -> dict:
 __all__ = [
     "ARCHITECTURES",
     "BUFFER_KEYS",
+    "TrainingForm",
     "check_sweep_values",
+    "decode_training_form",
+    "encode_training_form",
     "get",
-    "jumprelu_decode",
-    "jumprelu_encode",
     "learning_rate",
     "linear_warmup",
     "make_train_step",

@@ -1,24 +1,80 @@
-"""The JumpReLU inference form that export and evaluation use (docs/recipe.md#params-npz).
+"""The JumpReLU training form that export and tests use (docs/recipe.md#params-npz).
 
-Every architecture with a per-latent threshold rule converts to the dict
+Every architecture with a per-latent threshold rule converts to a :class:`TrainingForm`
 ``{W_enc (d, M), W_dec (M, d), b_enc (M,), b_dec (d,), threshold (M,)}`` (float32) that encodes
 
     π = (x − b_dec) W_enc + b_enc,   f = relu(π)·1[π > threshold],   x̂ = f W_dec + b_dec
 
 in *training units* (inputs already divided by the normalisation scalar C) and *with* the
 pre-encoder bias. Export folds C and b_dec into b_enc (docs/recipe.md#folding) to get the released
-format.
+format, whose encoder has no b_dec shift (``gemmascope.eval.metrics.encode_released``).
+
+The two forms hold the same five arrays, so they are told apart by type: a ``TrainingForm`` is a
+Mapping and a registered pytree (it goes through jit and vmap), and the released form is the plain
+dict ``export.load_npz`` returns. :func:`encode_training_form` and :func:`decode_training_form`
+refuse anything else, ``eval.metrics.encode_released`` and ``export.save_npz`` refuse a
+``TrainingForm``, and ``export.fold`` takes only a ``TrainingForm``: a released params.npz fed to
+the training-form encoder (or the reverse) is a TypeError, not silently wrong latents.
+
+Every matmul here requests ``Precision.HIGHEST``: evaluation and export are full fp32 on every
+backend, whatever the ambient ``jax.default_matmul_precision``.
 
 Synopsis::
 
     jr = jumprelu_form(params, w_enc, b_enc, theta, cfg)   # folds an absent pre-encoder bias
-    f = encode(jr, x)
-    x_hat = decode(jr, f)
+    f = encode_training_form(jr, x)
+    x_hat = decode_training_form(jr, f)
 """
+
+import dataclasses
+from collections.abc import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainingForm(Mapping):
+    """An SAE's JumpReLU form in training units, with the pre-encoder bias (module docstring).
+
+    Read it like the dict it replaces (``jr["W_enc"]``, ``jr.items()``) or by attribute.
+    """
+
+    W_enc: jax.Array
+    W_dec: jax.Array
+    b_enc: jax.Array
+    b_dec: jax.Array
+    threshold: jax.Array
+
+    def __getitem__(self, key: str) -> jax.Array:
+        """The array named ``key`` (one of W_enc, W_dec, b_enc, b_dec, threshold)."""
+        if key not in _KEYS:
+            raise KeyError(f"TrainingForm has no {key!r}; its arrays are {list(_KEYS)}")
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        """The five keys in params.npz order."""
+        return iter(_KEYS)
+
+    def __len__(self) -> int:
+        """Five arrays."""
+        return len(_KEYS)
+
+
+def check_training_form(jr, caller: str) -> None:
+    """Raises TypeError unless ``jr`` is a :class:`TrainingForm`, naming what was given."""
+    if not isinstance(jr, TrainingForm):
+        raise TypeError(
+            f"{caller} takes the TrainingForm that sae.to_jumprelu returns (training units, "
+            f"b_dec subtracted before encoding), got a {type(jr).__name__}. A released "
+            "params.npz (raw units, b_dec folded into b_enc) is read with "
+            "gemmascope.eval.metrics.encode_released / decode_released instead."
+        )
 
 
 def jumprelu_form(
@@ -27,8 +83,8 @@ def jumprelu_form(
     b_enc: jax.Array,
     theta: jax.Array,
     cfg: ml_collections.ConfigDict,
-) -> dict:
-    """Assembles the inference dict from an architecture's effective encoder.
+) -> TrainingForm:
+    """Assembles the training form from an architecture's effective encoder.
 
     Args:
       params: training-form params (supplies W_dec and b_dec).
@@ -39,26 +95,36 @@ def jumprelu_form(
         itself, so b_dec @ W_enc is added to b_enc to express it with a pre-encoder bias.
 
     Returns:
-      The float32 inference dict described in the module docstring.
+      The float32 :class:`TrainingForm` described in the module docstring.
     """
     b_enc = jnp.asarray(b_enc, jnp.float32)
     if not cfg.pre_encoder_bias:
-        b_enc = b_enc + params["b_dec"] @ w_enc
-    return {
-        "W_enc": jnp.asarray(w_enc, jnp.float32),
-        "W_dec": jnp.asarray(params["W_dec"], jnp.float32),
-        "b_enc": b_enc,
-        "b_dec": jnp.asarray(params["b_dec"], jnp.float32),
-        "threshold": jnp.broadcast_to(jnp.asarray(theta, jnp.float32), b_enc.shape),
-    }
+        b_enc = b_enc + jnp.matmul(params["b_dec"], w_enc, precision=_HIGHEST)
+    return TrainingForm(
+        W_enc=jnp.asarray(w_enc, jnp.float32),
+        W_dec=jnp.asarray(params["W_dec"], jnp.float32),
+        b_enc=b_enc,
+        b_dec=jnp.asarray(params["b_dec"], jnp.float32),
+        threshold=jnp.broadcast_to(jnp.asarray(theta, jnp.float32), b_enc.shape),
+    )
 
 
-def encode(jr: dict, x: jax.Array) -> jax.Array:
-    """Latents of the inference form: relu(π)·1[π > threshold]."""
-    pi = (x.astype(jnp.float32) - jr["b_dec"]) @ jr["W_enc"] + jr["b_enc"]
-    return jax.nn.relu(pi) * (pi > jr["threshold"]).astype(pi.dtype)
+def encode_training_form(jr: TrainingForm, x: jax.Array) -> jax.Array:
+    """Latents of the training form, relu(π)·1[π > threshold] with π = (x − b_dec) W_enc + b_enc.
+
+    Raises:
+      TypeError: ``jr`` is not a TrainingForm (e.g. a released params.npz).
+    """
+    check_training_form(jr, "encode_training_form")
+    pi = jnp.matmul(x.astype(jnp.float32) - jr.b_dec, jr.W_enc, precision=_HIGHEST) + jr.b_enc
+    return jax.nn.relu(pi) * (pi > jr.threshold).astype(pi.dtype)
 
 
-def decode(jr: dict, f: jax.Array) -> jax.Array:
-    """Reconstruction of the inference form: f W_dec + b_dec."""
-    return f @ jr["W_dec"] + jr["b_dec"]
+def decode_training_form(jr: TrainingForm, f: jax.Array) -> jax.Array:
+    """Reconstruction of the training form, f W_dec + b_dec, in training units.
+
+    Raises:
+      TypeError: ``jr`` is not a TrainingForm (e.g. a released params.npz).
+    """
+    check_training_form(jr, "decode_training_form")
+    return jnp.matmul(f, jr.W_dec, precision=_HIGHEST) + jr.b_dec

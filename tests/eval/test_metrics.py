@@ -97,7 +97,7 @@ def test_fvu_is_streaming_exact_across_batches():
     )
 
 
-def test_jumprelu_encode_matches_gemma_scope_formula():
+def test_encode_released_matches_gemma_scope_formula():
     rng = np.random.default_rng(2)
     p = {
         "W_enc": rng.normal(size=(3, 5)),
@@ -107,7 +107,7 @@ def test_jumprelu_encode_matches_gemma_scope_formula():
     x = rng.normal(size=(7, 3))
     pre = x @ p["W_enc"] + p["b_enc"]
     expected = np.maximum(pre, 0) * (pre > p["threshold"])
-    got = metrics.jumprelu_encode(
+    got = metrics.encode_released(
         {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}, jnp.asarray(x, jnp.float32)
     )
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

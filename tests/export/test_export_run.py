@@ -52,12 +52,12 @@ def test_exported_npz_encodes_raw_inputs_as_c_times_training_encodings(
         f_train = np.asarray(arch.encode(jparams, jnp.asarray(x_raw / C), member_cfg))
         x_hat_train = np.asarray(arch.decode(jparams, jnp.asarray(f_train), member_cfg))
         raw = {k: jnp.asarray(v) for k, v in npz.items()}
-        f_raw = np.asarray(metrics.jumprelu_encode(raw, jnp.asarray(x_raw)))
+        f_raw = np.asarray(metrics.encode_released(raw, jnp.asarray(x_raw)))
         assert 0 < np.mean(f_train > 0) < 1  # some latents fire, some do not
         np.testing.assert_array_equal(f_raw > 0, f_train > 0)
         np.testing.assert_allclose(f_raw, C * f_train, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(
-            np.asarray(metrics.decode(raw, jnp.asarray(f_raw))),
+            np.asarray(metrics.decode_released(raw, jnp.asarray(f_raw))),
             C * x_hat_train,
             rtol=1e-4,
             atol=1e-4,
@@ -78,7 +78,7 @@ def test_topk_exports_with_a_per_token_k_rule(tmp_path):
     f_train = np.asarray(
         arch.encode({k: jnp.asarray(v) for k, v in members[0].items()}, jnp.asarray(x_raw / C), cfg)
     )
-    f_raw = np.asarray(metrics.topk_encode(npz, jnp.asarray(x_raw), 3, 3))
+    f_raw = np.asarray(metrics.topk_encode_released(npz, jnp.asarray(x_raw), 3, 3))
     np.testing.assert_allclose(f_raw, C * f_train, rtol=1e-4, atol=1e-5)
     assert np.all(np.sum(f_raw > 0, -1) <= 3)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gemmascope import export
+from gemmascope import export, sae
 
 
 def _jumprelu(x, w_enc, b_enc, threshold):
@@ -12,13 +12,13 @@ def _jumprelu(x, w_enc, b_enc, threshold):
 
 
 def test_fold_by_hand_on_a_two_by_two():
-    jr = {
-        "W_enc": np.array([[1.0, 2.0], [3.0, 4.0]]),
-        "W_dec": np.array([[0.6, 0.8], [1.0, 0.0]]),
-        "b_enc": np.array([0.5, -0.5]),
-        "b_dec": np.array([1.0, -1.0]),
-        "threshold": np.array([0.1, 0.2]),
-    }
+    jr = sae.TrainingForm(
+        W_enc=np.array([[1.0, 2.0], [3.0, 4.0]]),
+        W_dec=np.array([[0.6, 0.8], [1.0, 0.0]]),
+        b_enc=np.array([0.5, -0.5]),
+        b_dec=np.array([1.0, -1.0]),
+        threshold=np.array([0.1, 0.2]),
+    )
     folded = export.fold(jr, norm_scale=2.0)
     # b_dec @ W_enc = [1 - 3, 2 - 4] = [-2, -2]; b_enc' = 2*[0.5, -0.5] - 2*[-2, -2] = [5, 3].
     np.testing.assert_allclose(folded["b_enc"], [5.0, 3.0])
@@ -31,13 +31,13 @@ def test_fold_by_hand_on_a_two_by_two():
 def test_folded_sae_on_raw_inputs_equals_scaled_training_forward():
     rng = np.random.default_rng(0)
     d, m, c = 8, 16, 37.5
-    jr = {
-        "W_enc": rng.normal(size=(d, m)) / np.sqrt(d),
-        "W_dec": rng.normal(size=(m, d)),
-        "b_enc": rng.normal(size=m) * 0.1,
-        "b_dec": rng.normal(size=d) * 0.1,
-        "threshold": rng.uniform(0.0, 0.3, size=m),
-    }
+    jr = sae.TrainingForm(
+        W_enc=rng.normal(size=(d, m)) / np.sqrt(d),
+        W_dec=rng.normal(size=(m, d)),
+        b_enc=rng.normal(size=m) * 0.1,
+        b_dec=rng.normal(size=d) * 0.1,
+        threshold=rng.uniform(0.0, 0.3, size=m),
+    )
     x_raw = rng.normal(size=(32, d)) * c
     x = x_raw / c
     f_train = _jumprelu(x - jr["b_dec"], jr["W_enc"], jr["b_enc"], jr["threshold"])
@@ -53,12 +53,12 @@ def test_folded_sae_on_raw_inputs_equals_scaled_training_forward():
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_norm_scale_is_refused(scale):
-    jr = {
-        "W_enc": np.eye(2),
-        "W_dec": np.eye(2),
-        "b_enc": np.zeros(2),
-        "b_dec": np.zeros(2),
-        "threshold": np.zeros(2),
-    }
+    jr = sae.TrainingForm(
+        W_enc=np.eye(2),
+        W_dec=np.eye(2),
+        b_enc=np.zeros(2),
+        b_dec=np.zeros(2),
+        threshold=np.zeros(2),
+    )
     with pytest.raises(ValueError, match="norm_scale must be a positive finite number"):
         export.fold(jr, scale)

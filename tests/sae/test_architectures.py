@@ -121,13 +121,13 @@ def test_inference_form_gives_identical_encodings(name):
     assert set(jr) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
     assert jr["threshold"].shape == (WIDTH,) and bool(jnp.all(jr["threshold"] >= 0))
     f_arch = arch.encode(params, x, cfg)
-    f_jr = sae.jumprelu_encode(jr, x)
+    f_jr = sae.encode_training_form(jr, x)
     fires = f_arch != 0
     assert 0.05 < float(jnp.mean(fires)) < 0.95, "the test should exercise both sides"
     np.testing.assert_array_equal(fires, f_jr != 0)
     np.testing.assert_allclose(f_jr, f_arch, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        sae.jumprelu_decode(jr, f_jr), arch.decode(params, f_arch, cfg), rtol=1e-5, atol=1e-6
+        sae.decode_training_form(jr, f_jr), arch.decode(params, f_arch, cfg), rtol=1e-5, atol=1e-6
     )
 
 
@@ -139,7 +139,7 @@ def test_gated_threshold_equivalence_with_negative_and_positive_thresholds():
     x = _x(2, 512)
     jr = sae.to_jumprelu(params, "gated", cfg)
     np.testing.assert_allclose(
-        sae.jumprelu_encode(jr, x), gated.encode(params, x, cfg), rtol=1e-5, atol=1e-6
+        sae.encode_training_form(jr, x), gated.encode(params, x, cfg), rtol=1e-5, atol=1e-6
     )
 
 
@@ -160,7 +160,7 @@ def test_relu_decoder_norm_weighted_form():
     )
     jr = sae.to_jumprelu(params, "relu", cfg)
     np.testing.assert_allclose(dictionary.row_norms(jr["W_dec"]), 1.0, rtol=1e-5)
-    x_hat = sae.jumprelu_decode(jr, sae.jumprelu_encode(jr, x))
+    x_hat = sae.decode_training_form(jr, sae.encode_training_form(jr, x))
     np.testing.assert_allclose(x_hat, relu.decode(params, f, cfg), rtol=1e-5, atol=1e-6)
 
 

@@ -74,6 +74,7 @@ def test_reference_run_writes_the_exporter_contract(reference):
     assert job["norm_scale"] == pytest.approx(_source().norm_scale)
     assert (job["site"], job["model"], job["arch"]) == ("resid_post/0", "synthetic", "jumprelu")
     assert job["sweep_field"] == "sparsity_coeff" and job["sweep_values"] == [1e-4, 3e-3]
+    assert job["sae"]["matmul_precision"] == "highest"  # recorded: full fp32 unless configured
     # Decoder rows stay unit norm, and the two members really trained differently.
     np.testing.assert_allclose(np.linalg.norm(params["W_dec"], axis=-1), 1.0, rtol=1e-5)
     assert not np.allclose(params["threshold"][0], params["threshold"][1])
