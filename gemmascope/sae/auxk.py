@@ -5,9 +5,17 @@ history is the buffer ``tokens_since_fired`` (M,) int32 kept in the params dict,
 no extra state; :func:`update_counters` advances it after each step.
 
 AuxK reconstructs the (stop-gradient) residual e = x − x̂ from the top ``k_aux`` pre-activations
-among dead latents, without biases, and normalises by the residual's variance:
+among dead latents, without biases. OpenAI's loss (``train.py`` of openai/sparse_autoencoder) is
+``mse(x, x̂) / Var(x) + α · mse(e, f_aux W_dec) / Var(e)``: both terms are normalised MSEs. Ours
+keeps the Gemma Scope reconstruction term mean_b ||x − x̂||² (the same units for every
+architecture), so AuxK is multiplied by the batch's variance of x to keep OpenAI's relative
+weight α between the two:
 
-    L_aux = α · mean_b ||e − f_aux W_dec||² / mean_b ||e − mean_b(e)||²,   0 when no latent is dead.
+    L_aux = α · Var(x) · mean_b ||e − f_aux W_dec||² / Var(e),   0 when no latent is dead,
+
+with Var(v) = mean_b ||v − mean_b(v)||². The total is Var(x) times OpenAI's loss (Var(x) from
+this batch rather than from a fixed sample), which Adam's updates do not see (up to ε); without
+the factor, α = 1/32 would in effect be α / Var(x), i.e. depend on the data's scale and mean.
 
 Synopsis::
 
@@ -48,8 +56,13 @@ def init_counters(width: int) -> jax.Array:
     return jnp.zeros((width,), jnp.int32)
 
 
+def batch_variance(v: jax.Array) -> jax.Array:
+    """Var(v) = mean_b ||v − mean_b(v)||² of a (B, d) batch."""
+    return jnp.mean(jnp.sum(jnp.square(v - jnp.mean(v, axis=0)), axis=-1))
+
+
 def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) -> jax.Array:
-    """α times the normalised AuxK reconstruction loss (module docstring); (B, M) pre-acts."""
+    """α · Var(x) · the normalised AuxK reconstruction loss (module docstring); (B, M) pre-acts."""
     if cfg.auxk_alpha == 0:
         return jnp.zeros((), jnp.float32)
     width = pi.shape[-1]
@@ -62,8 +75,8 @@ def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) 
         residual = jax.lax.stop_gradient(x - x_hat)
         residual_hat = f_aux @ params["W_dec"]
         error = jnp.mean(jnp.sum(jnp.square(residual - residual_hat), axis=-1))
-        scale = jnp.mean(jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0)), axis=-1))
-        return cfg.auxk_alpha * error / jnp.maximum(scale, 1e-30)
+        normalised = error / jnp.maximum(batch_variance(residual), 1e-30)
+        return cfg.auxk_alpha * batch_variance(x.astype(jnp.float32)) * normalised
 
     # Skips the selection and the extra matmul while nothing is dead (under vmap over a sweep
     # axis this becomes a select that computes both branches: same numbers).

@@ -2,8 +2,9 @@
 
 Forward: π = (x − b_dec) W_enc + b_enc; keep each token's k largest pre-activations, then ReLU:
     f = relu(π) ⊙ 1[π >= kth_largest(π)],   x̂ = f W_dec + b_dec.
-Loss: mean_b ||x − x̂||² + AuxK (module :mod:`gemmascope.sae.auxk`). With E||x||² = 1 inputs the
-summed squared error is OAI's normalised MSE up to the constant variance factor.
+Loss: mean_b ||x − x̂||² + AuxK (module :mod:`gemmascope.sae.auxk`), which is Var(x) times OAI's
+loss mse / Var(x) + α·AuxK_nmse: AuxK carries the factor Var(x), so α keeps OAI's meaning
+whatever the data's scale or mean.
 
 k is traced (a sweep varies it under vmap): the k-th largest pre-activation is found by an exact
 bisection (:mod:`selection`), so any k works in one compiled step. ``cfg.k_max`` (default

@@ -239,8 +239,9 @@ def test_auxk_models_the_residual_with_dead_latents_only():
     expected = np.mean(np.sum((residual - f_aux @ p["W_dec"]) ** 2, -1)) / np.mean(
         np.sum((residual - residual.mean(0)) ** 2, -1)
     )
+    x_variance = np.mean(np.sum((xn - xn.mean(0)) ** 2, -1))  # in the units of recon_loss
     _, metrics = loss_fn(params, x, {"k": 2})
-    np.testing.assert_allclose(metrics["aux_loss"], 0.5 * expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["aux_loss"], 0.5 * x_variance * expected, rtol=1e-5)
 
     def aux_of_encoder(w_enc):
         q = {**params, "W_enc": w_enc}
