@@ -78,6 +78,27 @@ def _members(job: dict, job_name: str) -> list[dict]:
     return [dict(m) for m in members]
 
 
+def _check_thresholds_estimated(job: dict, job_name: str, stacked: dict) -> None:
+    """Refuses members whose running inference threshold was never estimated (BatchTopK family).
+
+    ``running_threshold`` starts at −1 and is first set at step ``sae.threshold_start_step``; a
+    member still at −1 would export threshold 0, a plain ReLU, not the SAE it trained as.
+    """
+    running = stacked.get("running_threshold")
+    if running is None:
+        return
+    never = np.flatnonzero(np.asarray(running) < 0)
+    if never.size:
+        start = (job.get("sae") or {}).get("threshold_start_step")
+        raise ValueError(
+            f"export_run: job {job_name!r} trained {job.get('steps', 'an unknown number of')} "
+            f"steps, but its inference threshold is estimated from sae.threshold_start_step = "
+            f"{start} on, so member(s) {never.tolist()} never got one (running_threshold = -1) "
+            "and would export as a plain ReLU (threshold 0). Retrain the job with "
+            "sae.threshold_start_step below its number of steps"
+        )
+
+
 # Architectures without a JumpReLU form: exported with threshold 0 plus a per-token top-k rule.
 _TOPK_ARCHITECTURES = ("topk",)
 
@@ -111,7 +132,8 @@ def export_run(workdir: str, job_name: str) -> list[str]:
 
     Raises:
       FileNotFoundError: the run has no ``job.json`` or ``final_params.npz``.
-      ValueError: the job metadata or the stacked params are inconsistent.
+      ValueError: the job metadata or the stacked params are inconsistent, or a BatchTopK /
+        Matryoshka member stopped before ``sae.threshold_start_step`` (no inference threshold).
     """
     job, stacked = _load_job(workdir, job_name)
     arch_name = job["arch"]
@@ -128,6 +150,7 @@ def export_run(workdir: str, job_name: str) -> list[str]:
                 f"job {job_name!r}: final_params[{key!r}] has shape {value.shape}, expected a "
                 f"leading sweep axis of {len(members)} (one per member)"
             )
+    _check_thresholds_estimated(job, job_name, stacked)
     sweep_field = job.get("sweep_field") or _sweep_field(
         arch, _member_config(arch, job, None, members[0]["sweep_value"])
     )

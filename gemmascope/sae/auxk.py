@@ -1,8 +1,11 @@
 """AuxK: the auxiliary loss that revives dead latents (docs/recipe.md#topk), and its counters.
 
-A latent is *dead* when it has not fired for ``cfg.dead_tokens`` tokens (OAI: 10M). The firing
-history is the buffer ``tokens_since_fired`` (M,) int32 kept in the params dict, so a trainer needs
-no extra state; :func:`update_counters` advances it after each step.
+A latent is *dead* when it has not fired for ``dead_tokens(cfg)`` tokens: ``cfg.dead_tokens``, or
+when that is None (the default) OAI's 10M, which the trainer replaces by its job's
+``dead_window_tokens``, so AuxK and the ``frac_dead`` metric share one definition of a dead latent
+(``gemmascope.train.config.link_sae_config``). The firing history is the buffer
+``tokens_since_fired`` (M,) int32 kept in the params dict, so a trainer needs no extra state;
+:func:`update_counters` advances it after each step.
 
 AuxK reconstructs the (stop-gradient) residual e = x − x̂ from the top ``k_aux`` pre-activations
 among dead latents, without biases. OpenAI's loss (``train.py`` of openai/sparse_autoencoder) is
@@ -32,6 +35,8 @@ from gemmascope.sae import selection
 
 # Counters saturate here so they never overflow int32.
 _COUNTER_CAP = 2**30
+#: Tokens without firing after which a latent is dead when ``cfg.dead_tokens`` is None (OAI: 10M).
+DEFAULT_DEAD_TOKENS = 10_000_000
 
 
 def add_config_fields(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -40,15 +45,23 @@ def add_config_fields(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     cfg.auxk_alpha = 1.0 / 32.0
     # Number of dead latents used to model the residual (OAI: 256; clipped to the width).
     cfg.k_aux = 256
-    # A latent is dead after this many tokens without firing (OAI: 10M).
-    cfg.dead_tokens = 10_000_000
+    # A latent is dead after this many tokens without firing; None: the trainer's
+    # dead_window_tokens (10M = OAI's when used without the trainer).
+    cfg.dead_tokens = None
     return cfg
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid AuxK field."""
     config_lib.check_positive(cfg, "auxk_alpha", allow_zero=True)
-    config_lib.check_positive(cfg, "k_aux", "dead_tokens")
+    config_lib.check_positive(cfg, "k_aux")
+    if cfg.dead_tokens is not None:
+        config_lib.check_positive(cfg, "dead_tokens")
+
+
+def dead_tokens(cfg: ml_collections.ConfigDict) -> int:
+    """Tokens without firing after which a latent is dead: cfg.dead_tokens or the 10M default."""
+    return DEFAULT_DEAD_TOKENS if cfg.dead_tokens is None else int(cfg.dead_tokens)
 
 
 def init_counters(width: int) -> jax.Array:
@@ -66,7 +79,7 @@ def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) 
     if cfg.auxk_alpha == 0:
         return jnp.zeros((), jnp.float32)
     width = pi.shape[-1]
-    dead = params["tokens_since_fired"] >= cfg.dead_tokens
+    dead = params["tokens_since_fired"] >= dead_tokens(cfg)
 
     def dead_latent_loss():
         dead_pi = jnp.where(dead, pi, -jnp.inf)

@@ -73,7 +73,8 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.log_every_tokens = 4096 * 1000
     # Save an orbax checkpoint every this many tokens (also saved at the end and on SIGTERM).
     c.ckpt_every_tokens = 4096 * 25_000
-    # A latent is dead if it has not fired in the last this many tokens (OAI/DL use 10M).
+    # A latent is dead if it has not fired in the last this many tokens (OAI/DL use 10M): for the
+    # frac_dead metric and, when sae.dead_tokens is None (default), for AuxK (link_sae_config).
     c.dead_window_tokens = 10_000_000
     # Checkpoints kept on disk (the newest ones).
     c.keep_checkpoints = 2
@@ -158,6 +159,42 @@ def resolve_budget(job_cfg: ml_collections.ConfigDict) -> Budget:
         ckpt_every=tokens_to_steps(job_cfg.ckpt_every_tokens, batch, "ckpt_every_tokens"),
         dead_window=tokens_to_steps(job_cfg.dead_window_tokens, batch, "dead_window_tokens"),
     )
+
+
+def link_sae_config(job_cfg: ml_collections.ConfigDict, sae_cfg: ml_collections.ConfigDict) -> None:
+    """Ties the SAE config's step and token windows to the job's, in place.
+
+    - AuxK (TopK family): a latent is dead for AuxK after ``sae.dead_tokens`` tokens and for the
+      ``frac_dead`` metric after ``job_cfg.dead_window_tokens``. ``sae.dead_tokens`` None (the
+      default) takes the job's window; a different explicit value is an error, so the two
+      definitions of a dead latent cannot silently disagree.
+    - BatchTopK / Matryoshka: the inference threshold is estimated from step
+      ``sae.threshold_start_step`` on; a job that stops before it would export a threshold of 0,
+      a plain ReLU (``export.export_run`` refuses it), so it is refused before training.
+
+    Raises:
+        ValueError: the windows disagree, or the job is shorter than ``threshold_start_step``.
+    """
+    name = job_cfg.get("name")
+    window = job_cfg.dead_window_tokens
+    if "dead_tokens" in sae_cfg:
+        if sae_cfg.dead_tokens is None:
+            sae_cfg.dead_tokens = int(window)
+        elif sae_cfg.dead_tokens != window:
+            raise ValueError(
+                f"job {name!r}: sae.dead_tokens ({sae_cfg.dead_tokens}) and dead_window_tokens "
+                f"({window}) are two definitions of a dead latent (AuxK's and frac_dead's); leave "
+                "sae.dead_tokens None to use dead_window_tokens for both, or make them equal"
+            )
+    if "threshold_start_step" in sae_cfg:
+        steps = tokens_to_steps(job_cfg.total_tokens, job_cfg.batch_size, "total_tokens")
+        if steps <= sae_cfg.threshold_start_step:
+            raise ValueError(
+                f"job {name!r} trains {steps} steps, but its inference threshold is estimated "
+                f"from sae.threshold_start_step = {sae_cfg.threshold_start_step} on: it would "
+                "export a threshold of 0 (a plain ReLU). Set sae.threshold_start_step below "
+                f"{steps} (e.g. {steps // 10}) or train longer"
+            )
 
 
 def members_per_pass(job_cfg: ml_collections.ConfigDict, backend: str) -> int:

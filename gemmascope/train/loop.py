@@ -72,8 +72,12 @@ class NonFiniteLossError(FloatingPointError):
 def resolve_sae_config(job_cfg: ml_collections.ConfigDict, arch) -> ml_collections.ConfigDict:
     """The SAE config the step uses: job_cfg.sae checked against the arch, token warmups applied.
 
+    Its windows are tied to the job's by `config.link_sae_config` (AuxK's dead window, the
+    BatchTopK threshold start).
+
     Raises:
-        ValueError: a field of job_cfg.sae is not a field of the architecture's config.
+        ValueError: a field of job_cfg.sae is not a field of the architecture's config, or its
+            windows disagree with the job's (`config.link_sae_config`).
     """
     defaults = arch.default_config()
     sae_cfg = ml_collections.ConfigDict(job_cfg.sae.to_dict() if job_cfg.sae else {})
@@ -97,6 +101,7 @@ def resolve_sae_config(job_cfg: ml_collections.ConfigDict, arch) -> ml_collectio
     if config.sweep_field(arch, defaults) == "k" and defaults.get("k_max", 0) is None and values:
         # top_k runs with the static k_max; each member's traced k picks its k-th value below it.
         defaults.k_max = max(max(int(v) for v in values), int(defaults.k))
+    config.link_sae_config(job_cfg, defaults)
     if hasattr(arch, "validate"):
         arch.validate(defaults)
     sae.check_sweep_values(job_cfg.arch, defaults, values, width=int(job_cfg.width))

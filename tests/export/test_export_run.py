@@ -104,6 +104,28 @@ def test_export_errors_are_clear(tmp_path):
         export.export_run(str(tmp_path), name)
 
 
+@pytest.mark.parametrize("arch_name", ["batchtopk", "matryoshka"])
+def test_a_threshold_never_estimated_is_refused_not_exported_as_a_relu(tmp_path, arch_name):
+    name, *_ = fake_run(str(tmp_path), arch_name, [4, 8])
+    run_dir = os.path.join(tmp_path, "runs", name)
+    with np.load(os.path.join(run_dir, "final_params.npz")) as npz:
+        params = {k: npz[k] for k in npz.files}
+    params["running_threshold"][1] = -1.0  # member 1 stopped before threshold_start_step
+    np.savez(os.path.join(run_dir, "final_params.npz"), **params)
+    with open(os.path.join(run_dir, "job.json")) as f:
+        job = json.load(f)
+    job["steps"] = 300
+    with open(os.path.join(run_dir, "job.json"), "w") as f:
+        json.dump(job, f)
+    message = (
+        rf"job '{name}' trained 300 steps, .*sae.threshold_start_step = 1000 on, so member\(s\) "
+        r"\[1\] never got one .*plain ReLU"
+    )
+    with pytest.raises(ValueError, match=message):
+        export.export_run(str(tmp_path), name)
+    assert not os.path.exists(os.path.join(tmp_path, "saes"))  # nothing half-exported
+
+
 def test_import_released_places_a_checked_copy(tmp_path):
     cfg = model.presets.tiny()
     rng = np.random.default_rng(0)

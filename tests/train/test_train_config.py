@@ -101,3 +101,39 @@ def test_members_per_pass_defaults_by_backend_and_rejects_bad_values():
     cfg.members_per_pass = -1
     with pytest.raises(ValueError, match="members_per_pass must be None or an int >= 0"):
         config.members_per_pass(cfg, "cpu")
+
+
+def _resolved(arch, **fields):
+    job = train.default_config(arch)
+    job.update(name="j", batch_size=100, total_tokens=100 * 300, **fields)
+    return train.loop.resolve_sae_config(job, config.get_architecture(arch))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_auxk_dead_window_is_the_jobs_unless_set_and_then_must_agree(arch):
+    start = {} if arch == "topk" else {"threshold_start_step": 100}
+    job = train.default_config(arch)
+    job.update(name="j", batch_size=100, total_tokens=100 * 300, dead_window_tokens=25_000)
+    job.sae.update(start)
+    sae_cfg = train.loop.resolve_sae_config(job, config.get_architecture(arch))
+    assert sae_cfg.dead_tokens == 25_000  # AuxK and frac_dead: one definition of a dead latent
+    job.sae.dead_tokens = 25_000
+    assert train.loop.resolve_sae_config(job, config.get_architecture(arch)).dead_tokens == 25_000
+    job.sae.dead_tokens = 10_000_000
+    with pytest.raises(ValueError, match=r"job 'j': sae.dead_tokens \(10000000\) and "):
+        train.loop.resolve_sae_config(job, config.get_architecture(arch))
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_a_job_shorter_than_threshold_start_step_is_refused_before_training(arch):
+    with pytest.raises(
+        ValueError, match=r"job 'j' trains 300 steps, .*threshold_start_step = 1000 on"
+    ):
+        _resolved(arch)  # the default start, 1,000 steps (dictionary_learning)
+    job = train.default_config(arch)
+    job.update(name="j", batch_size=100, total_tokens=100 * 300)
+    job.sae.threshold_start_step = 299  # the last step (index 299) still estimates it
+    assert train.loop.resolve_sae_config(job, config.get_architecture(arch)).dead_tokens
+    job.sae.threshold_start_step = 300
+    with pytest.raises(ValueError, match="Set sae.threshold_start_step below 300"):
+        train.loop.resolve_sae_config(job, config.get_architecture(arch))

@@ -285,6 +285,7 @@ def test_k_sweep_sets_k_max_and_each_member_keeps_its_own_k(tmp_path):
     assert l0[0] == 4.0 and 4.0 < l0[1] <= 12.0  # ReLU may zero a few of the top 12
     job = json.loads((tmp_path / "runs" / "topk" / "job.json").read_text())
     assert job["sae"]["k_max"] == 32  # max(sweep values, cfg.k): every member's k fits
+    assert job["sae"]["dead_tokens"] == cfg.dead_window_tokens  # AuxK's window is the job's
     cfg.sweep_values = [4, 40]
     with pytest.raises(ValueError, match=r"k = 40 must be an integer in \[1, 32\]"):
         train.train_sweep(cfg, _source(), tmp_path)
