@@ -61,9 +61,7 @@ def _dead_params(arch, cfg):
 
 @pytest.mark.parametrize("name", sorted(sae.ARCHITECTURES))
 @pytest.mark.parametrize("precision,expected", [("highest", HIGHEST), ("bfloat16", DEFAULT)])
-def test_every_matmul_of_the_train_step_runs_at_the_configured_precision(
-    name, precision, expected
-):
+def test_every_matmul_of_the_train_step_runs_at_the_configured_precision(name, precision, expected):
     arch = sae.ARCHITECTURES[name]
     cfg = arch.default_config()
     assert cfg.matmul_precision == "highest"  # the default: full fp32, as Gemma Scope trains

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gemmascope import sae
@@ -52,6 +53,81 @@ def test_optimizer_projects_before_adam():
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(jnp.sum(updates["W_dec"] * params["W_dec"], -1), 0.0, atol=1e-5)
     np.testing.assert_array_equal(updates["W_enc"], grads["W_enc"])
+
+
+def _numpy_optimizer_steps(params, grad_steps, cfg):
+    """The optimizer written out by hand (docs/recipe.md#optimiser, #decoder-constraint), float64.
+
+    Per step: project each W_dec row's gradient off that row; clip the global norm of the
+    trainable gradients; Adam with bias correction (optax's scale_by_adam, eps outside the root);
+    the cosine lr warmup from lr_warmup_start·lr. Buffers never move.
+    """
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    trainable = [k for k in p if k not in sae.BUFFER_KEYS]
+    m = {k: np.zeros_like(p[k]) for k in trainable}
+    v = {k: np.zeros_like(p[k]) for k in trainable}
+    history, clipped = [], []
+    for t, grads in enumerate(grad_steps):
+        g = {k: np.asarray(grads[k], np.float64) for k in trainable}
+        row = p["W_dec"] / np.linalg.norm(p["W_dec"], axis=-1, keepdims=True)
+        g["W_dec"] = g["W_dec"] - np.sum(g["W_dec"] * row, -1, keepdims=True) * row
+        norm = np.sqrt(sum(np.sum(g[k] ** 2) for k in trainable))
+        clipped.append(norm > cfg.max_grad_norm)
+        if clipped[-1]:
+            g = {k: g[k] * cfg.max_grad_norm / norm for k in trainable}
+        warm = 0.5 * (1 - np.cos(np.pi * min(t / cfg.lr_warmup_steps, 1.0)))
+        lr = cfg.lr * (cfg.lr_warmup_start + (1 - cfg.lr_warmup_start) * warm)
+        for k in trainable:
+            m[k] = cfg.adam_b1 * m[k] + (1 - cfg.adam_b1) * g[k]
+            v[k] = cfg.adam_b2 * v[k] + (1 - cfg.adam_b2) * g[k] ** 2
+            m_hat = m[k] / (1 - cfg.adam_b1 ** (t + 1))
+            v_hat = v[k] / (1 - cfg.adam_b2 ** (t + 1))
+            p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + cfg.adam_eps)
+        history.append({k: value.copy() for k, value in p.items()})
+    return history, clipped
+
+
+def test_optimizer_is_projection_then_clip_then_adam_then_the_lr_schedule():
+    """`sae.optimizer` against a hand-written update over 5 steps, every knob off its default.
+
+    b1 != 0 and b2 far from 1 (a swapped pair changes every step), a large eps, a clip that
+    triggers on some steps only, and a warmup that ends inside the run; a non-unit decoder so the
+    projection must use the current rows. BatchTopK's params carry both buffers.
+    """
+    cfg = _small_cfg("batchtopk")
+    cfg.update(
+        k=2,
+        lr=0.05,
+        lr_warmup_steps=3,
+        lr_warmup_start=0.2,
+        adam_b1=0.6,
+        adam_b2=0.9,
+        adam_eps=1e-3,
+        max_grad_norm=4.0,
+    )
+    rng = np.random.default_rng(7)
+    params = dict(sae.ARCHITECTURES["batchtopk"].init(jax.random.key(0), D_IN, WIDTH, cfg))
+    params["W_dec"] = params["W_dec"] * jnp.asarray(rng.uniform(0.5, 2.0, (WIDTH, 1)), jnp.float32)
+    params["running_threshold"] = jnp.asarray(0.3, jnp.float32)
+    grad_steps = [
+        {
+            k: jnp.asarray(rng.normal(size=np.shape(v)) * scale, jnp.asarray(v).dtype)
+            for k, v in params.items()
+        }
+        for scale in (0.1, 0.5, 0.2, 1.0, 0.3)
+    ]
+    expected, clipped = _numpy_optimizer_steps(params, grad_steps, cfg)
+    assert any(clipped) and not all(clipped)
+    tx = sae.optimizer(cfg)
+    update = jax.jit(tx.update)
+    state, current = tx.init(params), params
+    for t, grads in enumerate(grad_steps):
+        updates, state = update(grads, state, current)
+        current = optax.apply_updates(current, updates)
+        for name, value in expected[t].items():
+            np.testing.assert_allclose(
+                current[name], value, rtol=2e-5, atol=1e-7, err_msg=f"{name} at step {t}"
+            )
 
 
 def test_learning_rate_and_sparsity_warmup_schedules():
