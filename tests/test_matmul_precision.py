@@ -158,8 +158,8 @@ def _cpu_refuses_tf32() -> bool:
 def test_evaluation_compiles_and_matches_float64_under_an_unsupported_ambient_precision():
     if not _cpu_refuses_tf32():
         pytest.skip("this backend compiles TF32 dot algorithms; the jaxpr tests above still apply")
-    cfg = model.presets.tiny(num_hidden_layers=2)
-    site, d = "resid_post/1", cfg.hidden_size
+    cfg = model.presets.tiny(num_hidden_layers=1)
+    site, d = "resid_post/0", cfg.hidden_size
     rng = np.random.default_rng(0)
     shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
     lm_params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.1, s.dtype), shapes)
@@ -177,7 +177,7 @@ def test_evaluation_compiles_and_matches_float64_under_an_unsupported_ambient_pr
         config={
             "site": site,
             "kind": "resid_post",
-            "layer": 1,
+            "layer": 0,
             "d_in": d,
             "width": 2 * d,
             "architecture": "test",
