@@ -1,4 +1,4 @@
-"""Gemma 2 parameters: the pytree layout, its mapping to HF tensors, init and sharding.
+"""Gemma parameters: the pytree layout, its mapping to HF tensors, init and sharding.
 
 Synopsis:
     params = init_params(cfg, key, dtype=jnp.float32)            # random, HF's init scheme
@@ -11,7 +11,8 @@ The params are a plain pytree of arrays (axis letters as in ``transformer.py``):
     {"embed": (V, D), "final_norm": (D,),
      "layers": [{"input_norm": (D,), "q": (D, N, H), "k": (D, K, H), "v": (D, K, H),
                  "o": (N, H, D), "post_attn_norm": (D,), "pre_ffw_norm": (D,),
-                 "gate": (D, M), "up": (D, M), "down": (M, D), "post_ffw_norm": (D,)}, ...]}
+                 "gate": (D, M), "up": (D, M), "down": (M, D), "post_ffw_norm": (D,),
+                 "q_norm": (H,), "k_norm": (H,)}, ...]}        # q_norm, k_norm: QK-norm only
 
 Norm weights are stored as HF stores them: the *offset* w of the gain (1 + w). Every parameter has
 one ``ParamSpec`` saying where it lives in the pytree and in an HF checkpoint, how to convert
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gemmascope.model.config import Gemma2Config
+from gemmascope.model.config import GemmaConfig
 
 Params = dict[str, Any]
 Rules = Sequence[tuple[str, str | None]] | Mapping[str, str | None]
@@ -104,7 +105,7 @@ def _transpose(x: np.ndarray) -> np.ndarray:
 
 
 def _in_proj_specs(
-    cfg: Gemma2Config, layer: int, key: str, hf: str, heads: int, head_axis: str
+    cfg: GemmaConfig, layer: int, key: str, hf: str, heads: int, head_axis: str
 ) -> ParamSpec:
     """q/k/v: HF (heads*H, D) with head-major rows <-> ours (D, heads, H)."""
     d, h = cfg.hidden_size, cfg.head_dim
@@ -119,7 +120,7 @@ def _in_proj_specs(
     )
 
 
-def _layer_specs(cfg: Gemma2Config, layer: int) -> Iterator[ParamSpec]:
+def _layer_specs(cfg: GemmaConfig, layer: int) -> Iterator[ParamSpec]:
     d, m, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     n, k = cfg.num_attention_heads, cfg.num_key_value_heads
     prefix = f"model.layers.{layer}"
@@ -165,9 +166,21 @@ def _layer_specs(cfg: Gemma2Config, layer: int) -> Iterator[ParamSpec]:
             to_hf=_identity,
             is_norm=True,
         )
+    if cfg.qk_norm:  # Gemma 3: one (1 + w) gain over head_dim, shared by every q (k) head.
+        for key in ("q_norm", "k_norm"):
+            yield ParamSpec(
+                path=("layers", layer, key),
+                hf_name=f"{prefix}.self_attn.{key}.weight",
+                shape=(h,),
+                hf_shape=(h,),
+                axes=("head_dim",),
+                from_hf=_identity,
+                to_hf=_identity,
+                is_norm=True,
+            )
 
 
-def param_specs(cfg: Gemma2Config) -> list[ParamSpec]:
+def param_specs(cfg: GemmaConfig) -> list[ParamSpec]:
     """Every parameter of the model, in checkpoint-friendly order (embedding first)."""
     d = cfg.hidden_size
     specs = [
@@ -198,7 +211,7 @@ def param_specs(cfg: Gemma2Config) -> list[ParamSpec]:
     return specs
 
 
-def build_tree(cfg: Gemma2Config, leaf: Callable[[ParamSpec], Any]) -> Params:
+def build_tree(cfg: GemmaConfig, leaf: Callable[[ParamSpec], Any]) -> Params:
     """Builds the params pytree structure with ``leaf(spec)`` at every parameter."""
     tree: Params = {"layers": [{} for _ in range(cfg.num_hidden_layers)]}
     for spec in param_specs(cfg):
@@ -263,7 +276,7 @@ def partition_spec(
     return PartitionSpec(*_mesh_axes(shape, axes, dict(mesh.shape), rules))
 
 
-def param_shardings(cfg: Gemma2Config, mesh: Mesh, rules: Rules | None = None) -> Params:
+def param_shardings(cfg: GemmaConfig, mesh: Mesh, rules: Rules | None = None) -> Params:
     """A pytree of ``NamedSharding`` matching the params, from logical-axis ``rules``."""
     return build_tree(
         cfg,
@@ -322,7 +335,7 @@ def batch_for_mesh(batch_size: int, mesh: Mesh) -> int:
 
 
 def replicated_params(
-    cfg: Gemma2Config, model_parallel: int, rules: Rules | None = None
+    cfg: GemmaConfig, model_parallel: int, rules: Rules | None = None
 ) -> list[tuple[str, str, int]]:
     """Parameters whose sharded dimension ``model_parallel`` does not divide (so replicated).
 
@@ -344,7 +357,7 @@ def replicated_params(
 
 
 def bytes_per_device(
-    cfg: Gemma2Config, model_parallel: int, dtype: Any, rules: Rules | None = None
+    cfg: GemmaConfig, model_parallel: int, dtype: Any, rules: Rules | None = None
 ) -> int:
     """Parameter bytes each device holds on a model axis of ``model_parallel`` (no devices needed).
 
@@ -371,7 +384,7 @@ def _model_axis_placement(
     return _mesh_axes(spec.shape, spec.axes, {"data": 1, "model": model_parallel}, rules)
 
 
-def place_params(cfg: Gemma2Config, params: Params, mesh: Mesh, rules: Rules | None = None):
+def place_params(cfg: GemmaConfig, params: Params, mesh: Mesh, rules: Rules | None = None):
     """``params`` laid out on ``mesh`` by ``param_shardings`` (no copy where they already are).
 
     Logs which parameters stay replicated because the model axis does not divide them.
@@ -393,7 +406,7 @@ def place_params(cfg: Gemma2Config, params: Params, mesh: Mesh, rules: Rules | N
 # ---------------------------------------------------------------------------- init
 
 
-def _random_tree(cfg: Gemma2Config, key: jax.Array, dtype: Any, std: float) -> Params:
+def _random_tree(cfg: GemmaConfig, key: jax.Array, dtype: Any, std: float) -> Params:
     """N(0, std^2) matrices and zero norm offsets, as a params pytree.
 
     One ``random.normal`` call per distinct shape (stacked over the layers), not per leaf:
@@ -419,7 +432,7 @@ def _random_tree(cfg: Gemma2Config, key: jax.Array, dtype: Any, std: float) -> P
 
 
 def init_params(
-    cfg: Gemma2Config,
+    cfg: GemmaConfig,
     key: jax.Array,
     dtype: Any = jnp.float32,
     *,

@@ -1,4 +1,4 @@
-"""Capture sites: the named activations of Gemma 2 that SAEs read (docs/concepts.md).
+"""Capture sites: the named activations of a Gemma model that SAEs and transcoders read.
 
 Synopsis:
     sites.parse("mlp_out/3")                       -> ("mlp_out", 3)
@@ -10,10 +10,12 @@ Synopsis:
 A site is ``<kind>/<layer>`` with layers 0-indexed and kind one of
 - ``resid_post``: the residual stream after block ``layer`` (Gemma Scope "res"),
 - ``mlp_out``: the MLP output after the post-feedforward RMSNorm, before the residual add ("mlp"),
-- ``attn_z``: the concatenated per-head attention outputs, the input of ``o_proj`` ("att").
+- ``attn_z``: the concatenated per-head attention outputs, the input of ``o_proj`` ("att"),
+- ``mlp_in``: the MLP's input, the residual stream after the pre-feedforward RMSNorm (what Gemma
+  Scope's transcoders read; HF ``pre_feedforward_layernorm`` output).
 
-Sites sort in the order the forward pass computes them: by layer, then attn_z, mlp_out,
-resid_post.
+Sites sort in the order the forward pass computes them: by layer, then attn_z, mlp_in, mlp_out,
+resid_post. The same kinds exist in every family (Gemma 2 and Gemma 3).
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 
-from gemmascope.model.config import Gemma2Config
+from gemmascope.model.config import GemmaConfig
 
 RESID_POST = "resid_post"
 MLP_OUT = "mlp_out"
 ATTN_Z = "attn_z"
+MLP_IN = "mlp_in"
 # In forward-pass order within one block.
-KINDS = (ATTN_Z, MLP_OUT, RESID_POST)
+KINDS = (ATTN_Z, MLP_IN, MLP_OUT, RESID_POST)
 
 
-def _valid_sites_message(cfg: Gemma2Config | None) -> str:
+def _valid_sites_message(cfg: GemmaConfig | None) -> str:
     if cfg is None:
         return f"valid sites are '<kind>/<layer>' with kind in {list(KINDS)} and layer an int >= 0"
     last = cfg.num_hidden_layers - 1
@@ -60,7 +63,7 @@ def name(kind: str, layer: int) -> str:
     return f"{kind}/{layer}"
 
 
-def check(cfg: Gemma2Config, site: str) -> tuple[str, int]:
+def check(cfg: GemmaConfig, site: str) -> tuple[str, int]:
     """Parses ``site`` and checks it exists in a model of config ``cfg``.
 
     Returns:
@@ -87,12 +90,12 @@ def sort_key(site: str) -> tuple[int, int]:
     return layer, KINDS.index(kind)
 
 
-def all_sites(cfg: Gemma2Config) -> list[str]:
+def all_sites(cfg: GemmaConfig) -> list[str]:
     """Every site of the model, in forward-pass order."""
     return [name(kind, layer) for layer in range(cfg.num_hidden_layers) for kind in KINDS]
 
 
-def resolve(cfg: Gemma2Config, patterns: str | Iterable[str]) -> list[str]:
+def resolve(cfg: GemmaConfig, patterns: str | Iterable[str]) -> list[str]:
     """Expands site names and globs into concrete sites, deduplicated, in forward-pass order.
 
     Each pattern is ``<kind>/<layer>`` where either part may be a shell glob, e.g.
@@ -132,7 +135,7 @@ def resolve(cfg: Gemma2Config, patterns: str | Iterable[str]) -> list[str]:
     return sorted(found, key=sort_key)
 
 
-def dim(cfg: Gemma2Config, site: str) -> int:
+def dim(cfg: GemmaConfig, site: str) -> int:
     """Width of a site's activation vector: n_heads * head_dim for attn_z, else d_model."""
     kind, _ = check(cfg, site)
     return cfg.attn_z_width if kind == ATTN_Z else cfg.hidden_size

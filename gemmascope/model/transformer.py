@@ -1,6 +1,6 @@
-"""The Gemma 2 forward pass as pure functions, with named capture and replace sites.
+"""The Gemma 2 / Gemma 3 forward pass as pure functions, with named capture and replace sites.
 
-The order of operations is docs/recipe.md#gemma-2-forward.
+The order of operations (Gemma 2): docs/recipe.md#gemma-2-forward.
 
 Synopsis:
     logits, acts = forward(cfg, params, tokens, capture=["resid_post/3", "attn_z/0"])
@@ -14,20 +14,28 @@ Axis letters used in the einsum strings:
     N query heads, K key/value heads, G query heads per KV head (N = K * G), H head_dim,
     M MLP hidden units (``intermediate_size``).
 
+One block (both families; attention up to ``o_proj`` is ``attention.py``)::
+
+    z = attention_z(input_norm(h))                    site attn_z
+    h = h + post_attn_norm(o_proj(z))
+    x = pre_ffw_norm(h)                               site mlp_in (what transcoders read)
+    m = post_ffw_norm(down(gelu(gate(x)) * up(x)))    site mlp_out
+    h = h + m                                         site resid_post
+
 Why pure functions over a params pytree rather than Flax linen or nnx modules: the forward pass
 has no state beyond its weights, the capture/replace points are plain Python control flow over
 static site names (no ``sow`` collections or module surgery needed), and the params pytree maps one
 to one onto HF checkpoint tensors and onto ``NamedSharding`` pytrees (``params.py``). Everything
 here is traceable: callers ``jax.jit`` it with ``cfg``, ``capture`` and ``replace`` closed over.
 
-Numerics follow HF's ``Gemma2ForCausalLM`` eager path: the embedding scale sqrt(d_model) is cast
-to the compute dtype before multiplying; RMSNorm runs in fp32 with gain (1 + w) and casts back;
-RoPE cos/sin are computed in fp32 and cast; attention logits are softcapped before masking and
-the softmax runs in fp32. Two deliberate choices: the tanh-gelu is evaluated in fp32 and cast
-(what torch's CPU/GPU kernels do internally for bf16), and the unembedding accumulates into fp32
-and the final softcap runs in fp32, so logits are always fp32 (in bf16 compute HF rounds logits to
-bf16, a spacing of 0.0625 at logit 10, which would blur delta-loss and KL measurements).
-Matmuls request ``Precision.HIGHEST`` so fp32 compute really is fp32 on TPU and GPU as well.
+Numerics follow HF's ``Gemma2ForCausalLM`` / ``Gemma3ForCausalLM`` eager path: the embedding scale
+sqrt(d_model) is cast to the compute dtype before multiplying; RMSNorm runs in fp32 with gain
+(1 + w) and casts back; RoPE cos/sin are computed in fp32 and cast; attention logits are softcapped
+(Gemma 2) before masking and the softmax runs in fp32. Two deliberate choices: the tanh-gelu is
+evaluated in fp32 and cast (what torch's CPU/GPU kernels do internally for bf16), and the
+unembedding accumulates into fp32 and the final softcap runs in fp32, so logits are always fp32 (in
+bf16 compute HF rounds logits to bf16, a spacing of 0.0625 at logit 10, which would blur
+delta-loss and KL measurements). Matmuls request ``Precision.HIGHEST`` (``primitives.einsum``).
 """
 
 from __future__ import annotations
@@ -41,86 +49,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.model import sites as sites_lib
-from gemmascope.model.config import Gemma2Config
+from gemmascope.model.attention import attention_z
+from gemmascope.model.config import GemmaConfig
 from gemmascope.model.params import Params, get_leaf, param_specs
+from gemmascope.model.primitives import einsum, rms_norm, softcap
 
 Array = jax.Array
 ReplaceFn = Callable[[Array], Array]
 
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _einsum(spec: str, a: Array, b: Array, **kwargs) -> Array:
-    return jnp.einsum(spec, a, b, precision=_HIGHEST, **kwargs)
-
-
-def _softcap(x: Array, cap: float | None) -> Array:
-    if cap is None:
-        return x
-    return jnp.tanh(x / cap) * cap
-
-
-def rms_norm(x: Array, offset: Array, eps: float) -> Array:
-    """``x * rsqrt(mean(x^2) + eps) * (1 + offset)`` computed in fp32, cast back to x's dtype."""
-    xf = x.astype(jnp.float32)
-    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return (normed * (1.0 + offset.astype(jnp.float32))).astype(x.dtype)
-
-
-def apply_rope(x: Array, theta: float) -> Array:
-    """Rotary embedding, split-half convention (HF ``rotate_half``), positions 0..T-1.
-
-    Args:
-        x: (B, T, heads, H) queries or keys.
-        theta: RoPE base frequency.
-    """
-    _, t, _, h = x.shape
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-    angles = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # (T, H/2)
-    angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]  # (1, T, 1, H)
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
-    x1, x2 = x[..., : h // 2], x[..., h // 2 :]
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return x * cos + rotated * sin
-
-
-def attention_mask(t: int, sliding_window: int | None) -> Array:
-    """(T, S) bool: query q may see key k iff k <= q and, for a window w, k > q - w."""
-    q = jnp.arange(t)[:, None]
-    k = jnp.arange(t)[None, :]
-    mask = k <= q
-    if sliding_window is not None:
-        mask &= k > q - sliding_window
-    return mask
-
-
-def _attention_z(cfg: Gemma2Config, layer: int, p: Params, x: Array) -> Array:
-    """Self-attention up to (not including) o_proj: the ``attn_z`` site, (B, T, N*H)."""
-    b, t, _ = x.shape
-    k_heads, h = cfg.num_key_value_heads, cfg.head_dim
-    groups = cfg.num_attention_heads // k_heads
-    dtype = x.dtype
-    q = _einsum("BTD,DNH->BTNH", x, p["q"])
-    k = _einsum("BSD,DKH->BSKH", x, p["k"])
-    v = _einsum("BSD,DKH->BSKH", x, p["v"])
-    q, k = apply_rope(q, cfg.rope_theta), apply_rope(k, cfg.rope_theta)
-    # Query head n uses KV head n // G (HF repeat_kv), so N splits as (K, G).
-    q = q.reshape(b, t, k_heads, groups, h)
-    logits = _einsum("BTKGH,BSKH->BKGTS", q, k) * cfg.query_pre_attn_scalar**-0.5
-    logits = _softcap(logits, cfg.attn_logit_softcapping)
-    window = cfg.sliding_window if cfg.is_sliding(layer) else None
-    logits = jnp.where(attention_mask(t, window), logits, jnp.finfo(dtype).min)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    z = _einsum("BKGTS,BSKH->BTKGH", probs, v)
-    return z.reshape(b, t, cfg.attn_z_width)
-
 
 def _mlp(p: Params, x: Array) -> Array:
     """GeGLU with the tanh gelu: down(gelu(gate(x)) * up(x))."""
-    gate = _einsum("BTD,DM->BTM", x, p["gate"])
-    up = _einsum("BTD,DM->BTM", x, p["up"])
+    gate = einsum("BTD,DM->BTM", x, p["gate"])
+    up = einsum("BTD,DM->BTM", x, p["up"])
     act = jax.nn.gelu(gate.astype(jnp.float32), approximate=True).astype(x.dtype)
-    return _einsum("BTM,MD->BTD", act * up, p["down"])
+    return einsum("BTM,MD->BTD", act * up, p["down"])
 
 
 class _SiteHooks:
@@ -128,7 +71,7 @@ class _SiteHooks:
 
     def __init__(
         self,
-        cfg: Gemma2Config,
+        cfg: GemmaConfig,
         capture: str | Iterable[str],
         replace: Mapping[str, ReplaceFn] | None,
     ):
@@ -159,23 +102,23 @@ class _SiteHooks:
         return x
 
 
-def _block(cfg: Gemma2Config, layer: int, p: Params, h: Array, hooks: _SiteHooks) -> Array:
+def _block(cfg: GemmaConfig, layer: int, p: Params, h: Array, hooks: _SiteHooks) -> Array:
     """One decoder block; returns the residual stream after it (the ``resid_post`` site)."""
     eps = cfg.rms_norm_eps
     b, t, _ = h.shape
     # Attention: pre-norm, heads up to o_proj (site attn_z), o_proj, post-norm, residual add.
-    z = _attention_z(cfg, layer, p, rms_norm(h, p["input_norm"], eps))
+    z = attention_z(cfg, layer, p, rms_norm(h, p["input_norm"], eps))
     z = hooks(sites_lib.ATTN_Z, layer, z)
     z = z.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
-    attn_out = _einsum("BTNH,NHD->BTD", z, p["o"])
+    attn_out = einsum("BTNH,NHD->BTD", z, p["o"])
     h = h + rms_norm(attn_out, p["post_attn_norm"], eps)
-    # MLP: pre-norm, GeGLU, post-norm (site mlp_out), residual add (site resid_post).
-    m = rms_norm(_mlp(p, rms_norm(h, p["pre_ffw_norm"], eps)), p["post_ffw_norm"], eps)
-    m = hooks(sites_lib.MLP_OUT, layer, m)
+    # MLP: pre-norm (site mlp_in), GeGLU, post-norm (site mlp_out), residual add (resid_post).
+    x = hooks(sites_lib.MLP_IN, layer, rms_norm(h, p["pre_ffw_norm"], eps))
+    m = hooks(sites_lib.MLP_OUT, layer, rms_norm(_mlp(p, x), p["post_ffw_norm"], eps))
     return hooks(sites_lib.RESID_POST, layer, h + m)
 
 
-def check_params(cfg: Gemma2Config, params: Params) -> None:
+def check_params(cfg: GemmaConfig, params: Params) -> None:
     """Checks the params pytree has every parameter of ``cfg`` with the right shape.
 
     Shapes are static, so this costs nothing under jit and turns a config/params mix-up into one
@@ -211,14 +154,14 @@ def cast_params(params: Params, dtype: Any) -> Params:
 
 
 def _run_layers(
-    cfg: Gemma2Config, params: Params, h: Array, first: int, last: int, hooks: _SiteHooks
+    cfg: GemmaConfig, params: Params, h: Array, first: int, last: int, hooks: _SiteHooks
 ) -> Array:
     for layer in range(first, last):
         h = _block(cfg, layer, params["layers"][layer], h, hooks)
     return h
 
 
-def check_tokens(cfg: Gemma2Config, tokens: Any) -> None:
+def check_tokens(cfg: GemmaConfig, tokens: Any) -> None:
     """Checks tokens are an integer (B, T) array and, when concrete, within the vocabulary.
 
     Under ``jax.jit`` the values are abstract and only shape and dtype are checked; an
@@ -246,7 +189,7 @@ def check_tokens(cfg: Gemma2Config, tokens: Any) -> None:
         )
 
 
-def embed(cfg: Gemma2Config, params: Params, tokens: Array, dtype: Any = None) -> Array:
+def embed(cfg: GemmaConfig, params: Params, tokens: Array, dtype: Any = None) -> Array:
     """Scaled token embeddings ``E[tokens] * sqrt(d_model)``, the input of layer 0.
 
     The scale is rounded to the compute dtype first, as Gemma does (bf16: 48.0 / 59.75 / 68.0 for
@@ -260,24 +203,24 @@ def embed(cfg: Gemma2Config, params: Params, tokens: Array, dtype: Any = None) -
     return jnp.take(table, tokens, axis=0, mode="fill", fill_value=jnp.nan) * scale
 
 
-def unembed(cfg: Gemma2Config, params: Params, h: Array) -> Array:
+def unembed(cfg: GemmaConfig, params: Params, h: Array) -> Array:
     """Final RMSNorm, tied unembedding (fp32 accumulation) and final softcap; fp32 logits."""
     h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
-    logits = _einsum(
+    logits = einsum(
         "BTD,VD->BTV", h, params["embed"].astype(h.dtype), preferred_element_type=jnp.float32
     )
-    return _softcap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
+    return softcap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
 
 
 def forward(
-    cfg: Gemma2Config,
+    cfg: GemmaConfig,
     params: Params,
     tokens: Array,
     capture: str | Iterable[str] = (),
     replace: Mapping[str, ReplaceFn] | None = None,
     dtype: Any = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """Runs Gemma 2 on ``tokens``, capturing and/or replacing activations at named sites.
+    """Runs the model on ``tokens``, capturing and/or replacing activations at named sites.
 
     Args:
         cfg: Model config (static under jit).
@@ -306,7 +249,7 @@ def forward(
 
 
 def collect_sites(
-    cfg: Gemma2Config,
+    cfg: GemmaConfig,
     params: Params,
     tokens: Array,
     capture: str | Iterable[str],
@@ -329,7 +272,7 @@ def collect_sites(
 
 
 def forward_from(
-    cfg: Gemma2Config,
+    cfg: GemmaConfig,
     params: Params,
     site: str,
     resid: Array,
@@ -375,6 +318,6 @@ def forward_from(
     return unembed(cfg, params, h), hooks.acts
 
 
-def special_mask(cfg: Gemma2Config, tokens: Array) -> Array:
+def special_mask(cfg: GemmaConfig, tokens: Array) -> Array:
     """Bool (B, T) mask, True where the token is bos, any eos, or pad (the ids in ``cfg``)."""
     return jnp.isin(tokens, jnp.asarray(cfg.special_token_ids, dtype=jnp.int32))

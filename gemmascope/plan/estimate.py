@@ -75,15 +75,8 @@ def sae_step_seconds(
 
 
 def lm_param_count(model_cfg) -> int:
-    """Parameters of a Gemma 2 (tied embeddings counted once)."""
-    d, layers = model_cfg.hidden_size, model_cfg.num_hidden_layers
-    attention = (
-        d
-        * model_cfg.head_dim
-        * (2 * model_cfg.num_attention_heads + 2 * model_cfg.num_key_value_heads)
-    )
-    mlp = 3 * d * model_cfg.intermediate_size
-    return model_cfg.vocab_size * d + layers * (attention + mlp + 4 * d) + d
+    """Parameters of the LM (tied embeddings counted once; Gemma 3's QK-norm gains included)."""
+    return model_cfg.n_params()
 
 
 def activation_storage_bytes(n_tokens: float, d_in: int, dtype: str = "float32") -> float:

@@ -247,3 +247,49 @@ def test_embedded_model_loads_like_transformers():
 def test_non_float_dtype_is_refused(hf_cases):
     with pytest.raises(ValueError, match="dtype must be a float dtype"):
         model.load_hf(hf_cases["window"].path, dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("keep_bytes", [None, 40, 0])
+def test_damaged_or_truncated_safetensors_names_the_file(broken, keep_bytes):
+    folder, _ = broken
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    cut = len(data) - 100 if keep_bytes is None else keep_bytes  # data cut, header cut, empty
+    weights.write_bytes(data[:cut])
+    with pytest.raises(ValueError, match=r"model\.safetensors' is damaged or truncated"):
+        model.load_hf(folder)
+
+
+def test_damaged_shard_of_a_sharded_checkpoint_is_named(hf_cases, tmp_path):
+    folder = tmp_path / "sharded"
+    shutil.copytree(hf_cases["window"].sharded_path, folder)
+    shard = sorted(folder.glob("model-*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-8])
+    with pytest.raises(ValueError, match=f"{shard.name}' is damaged or truncated"):
+        model.load_hf(folder)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(hf_cases, tmp_path):
+    folder = tmp_path / "small_vocab"
+    shutil.copytree(hf_cases["window"].path, folder)
+    _save_tokenizer(folder)  # 7 tokens
+    hf = json.loads((folder / "config.json").read_text())
+    hf["vocab_size"] = 5
+    (folder / "config.json").write_text(json.dumps(hf))
+    tensors = load_file(hf_cases["window"].path / "model.safetensors")
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"][:5]
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="has 7 tokens but the model's embedding table has only 5"):
+        model.load_from_config({"path": str(folder)})
+    # More rows than tokens is fine (Gemma 3's multimodal checkpoints: 262,208 for 262,144).
+    cfg = model.read_config(hf_cases["window"].path)
+    model.check_tokenizer(cfg, model.load_tokenizer(folder))
+
+
+def test_unsupported_model_type_lists_the_supported_ones(broken):
+    folder, _ = broken
+    hf = json.loads((folder / "config.json").read_text())
+    hf["model_type"] = "llama"
+    (folder / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match=r"model_type='llama'; supported model types: \['gemma2'"):
+        model.load_hf(folder)

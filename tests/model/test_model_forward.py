@@ -1,4 +1,4 @@
-"""The forward pass against HF transformers' torch Gemma 2 (eager attention), site by site."""
+"""The forward pass against HF transformers' torch Gemma 2 and Gemma 3 (eager), site by site."""
 
 import jax
 import jax.numpy as jnp
@@ -82,19 +82,32 @@ def test_dtype_argument_casts_fp32_params_like_loading_in_bf16(hf_cases, loaded)
     np.testing.assert_array_equal(np.asarray(cast), np.asarray(native))
 
 
-def test_identity_replace_leaves_logits_exactly_unchanged(hf_cases, loaded):
-    case = hf_cases["window"]
-    cfg, params = loaded["window"]
+@pytest.mark.parametrize("name", ["window", "g3_scaled"])
+def test_identity_replace_leaves_logits_exactly_unchanged(hf_cases, loaded, name):
+    case = hf_cases[name]
+    cfg, params = loaded[name]
     clean, _ = jit_forward(cfg, params, case.tokens)
     every = {site: (lambda x: x) for site in model.sites.all_sites(cfg)}
     same, _ = jit_forward(cfg, params, case.tokens, replace=every)
     np.testing.assert_array_equal(np.asarray(same), np.asarray(clean))
 
 
-@pytest.mark.parametrize("site", ["attn_z/1", "mlp_out/1", "resid_post/0"])
-def test_zero_replace_equals_hf_with_a_zeroing_hook(hf_cases, loaded, site):
-    case = hf_cases["window"]
-    cfg, params = loaded["window"]
+@pytest.mark.parametrize(
+    "name, site",
+    [
+        ("window", "attn_z/1"),
+        ("window", "mlp_in/1"),
+        ("window", "mlp_out/1"),
+        ("window", "resid_post/0"),
+        ("g3_scaled", "attn_z/2"),
+        ("g3_scaled", "mlp_in/1"),
+        ("g3_scaled", "mlp_out/0"),
+        ("g3_scaled", "resid_post/1"),
+    ],
+)
+def test_zero_replace_equals_hf_with_a_zeroing_hook(hf_cases, loaded, name, site):
+    case = hf_cases[name]
+    cfg, params = loaded[name]
     ref_logits, ref_acts = torch_forward(case.torch_model, case.tokens, zero_site=site)
     logits, acts = jit_forward(
         cfg, params, case.tokens, capture=[site], replace={site: jnp.zeros_like}
