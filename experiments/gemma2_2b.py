@@ -45,7 +45,8 @@ def get_config(arg=None):
     # Sequence length of Gemma Scope (docs/recipe.md#training-data).
     config.data.seq_len = 1024
 
-    config.sites = ("*/*",)
+    # Gemma Scope's three site kinds on every layer (a group's "*/*" matches among these).
+    config.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
     config.jobs.groups.all_16k = common.gemma_scope_group(["*/*"], [2**14])
     config.jobs.groups.res_L12_8b = common.gemma_scope_group(
         ["resid_post/12"], [2**15, 2**17, 2**18, 2**19]

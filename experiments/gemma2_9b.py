@@ -54,7 +54,8 @@ def get_config(arg=None):
 
     layers_1m = ("resid_post/9", "resid_post/20", "resid_post/31")
     if arg.variant == "pt":
-        config.sites = ("*/*",)
+        # Gemma Scope's three site kinds on every layer (a group's "*/*" matches among these).
+        config.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
         config.jobs.groups.all_16k = common.gemma_scope_group(["*/*"], [2**14])
         config.jobs.groups.res_L20_8b = common.gemma_scope_group(
             ["resid_post/20"], [2**15, 2**16, 2**18, 2**19]

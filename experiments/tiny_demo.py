@@ -42,8 +42,8 @@ def get_config(arg=None):
     config.data.eval_split = "tail"
     config.data.eval_fraction = assets.corpus.HELDOUT_FRACTION
 
-    # Every layer x the three site kinds.
-    config.sites = ("*/*",)
+    # Every layer x Gemma Scope's three site kinds (not mlp_in, the transcoders' input).
+    config.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
     # Two widths (1x and 2x d_model = 128) for every site; 150k tokens (about one epoch) per SAE.
     config.jobs.groups.all_sites = dict(sites=("*/*",), widths=(128, 256), total_tokens=150_000)
 

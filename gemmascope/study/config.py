@@ -120,8 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # The text corpus, tokenisation and held-out split.
     config.data = data.default_config()
-    # Site globs to cache and train on (kind/layer; kinds resid_post, mlp_out, attn_z).
-    config.sites = ("*/*",)
+    # Site globs to cache and train on (kind/layer; kinds resid_post, mlp_out, attn_z, mlp_in).
+    # Default: Gemma Scope's three SAE sites on every layer; "*/*" would add mlp_in.
+    config.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
     # The activation cache: storage dtype, shard sizes, special-token dropping, normalisation.
     config.cache = activations.default_config()
     # Where training reads activations: "cache" (written by --mode=cache) or "stream" (computed

@@ -32,7 +32,7 @@ def _direct_capture(config, model_path):
 def test_cache_equals_direct_capture(reference_cache, model_path):
     config, workdir = reference_cache
     seqs, keep, expected = _direct_capture(config, model_path)
-    assert sorted(expected) == ["attn_z/1", "mlp_out/1", "resid_post/1"]
+    assert sorted(expected) == ["attn_z/1", "mlp_in/1", "mlp_out/1", "resid_post/1"]
     n = int(keep.sum())
     assert n < seqs.size, "BOS/EOS positions must be dropped"
     for site, values in expected.items():

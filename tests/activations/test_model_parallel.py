@@ -113,7 +113,7 @@ def test_model_parallel_cache_equals_replicated_cache(reference_cache, model_pat
     config.cache.model_parallel = 4
     workdir = str(tmp_path / "mp4")
     dirs = activations.build_cache(config, workdir)
-    assert sorted(dirs) == ["attn_z/1", "mlp_out/1", "resid_post/1"]
+    assert sorted(dirs) == ["attn_z/1", "mlp_in/1", "mlp_out/1", "resid_post/1"]
     for site in dirs:
         ours = storage.read_meta(storage.site_dir(workdir, site))
         theirs = storage.read_meta(storage.site_dir(reference_dir, site))

@@ -6,6 +6,8 @@ random SAE's delta loss and KL must match a direct ``model.forward(..., replace=
 cross-entropy computed in numpy.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,9 +63,9 @@ def _random(seed, d=D):
     }
 
 
-@jax.jit
-def _direct_forwards(params, tokens, sae, keep):
-    """Clean logits, the site's activations and logits with the SAE spliced at `keep`.
+@functools.partial(jax.jit, static_argnames="site")
+def _direct_forwards(params, tokens, sae, keep, site=SITE):
+    """Clean logits, the site's activations and logits with the SAE spliced at `site`'s `keep`.
 
     One compiled program serves every SAE of the same shapes.
     """
@@ -73,19 +75,21 @@ def _direct_forwards(params, tokens, sae, keep):
         f = jnp.where(pre > sae["threshold"], jax.nn.relu(pre), 0.0)
         return jnp.where(keep[..., None], f @ sae["W_dec"] + sae["b_dec"], a)
 
-    clean, acts = model.forward(CFG, params, tokens, capture=[SITE])
-    spliced, _ = model.forward(CFG, params, tokens, replace={SITE: splice})
-    return clean, acts[SITE], spliced
+    clean, acts = model.forward(CFG, params, tokens, capture=[site])
+    spliced, _ = model.forward(CFG, params, tokens, replace={site: splice})
+    return clean, acts[site], spliced
 
 
-def _oracle(params, tokens, sae, keep=None):
+def _oracle(params, tokens, sae, keep=None, site=SITE):
     """Delta loss and KL by a direct spliced forward and numpy cross-entropy, over `keep`.
 
     `keep` defaults to every position but BOS, EOS and pad.
     """
     if keep is None:
         keep = ~np.isin(tokens, [CFG.pad_token_id, CFG.eos_token_id, CFG.bos_token_id])
-    clean, acts, spliced = _direct_forwards(params, jnp.asarray(tokens), sae, jnp.asarray(keep))
+    clean, acts, spliced = _direct_forwards(
+        params, jnp.asarray(tokens), sae, jnp.asarray(keep), site=site
+    )
 
     def logp(z):
         z = np.asarray(z, np.float64)
@@ -161,6 +165,21 @@ def test_identity_zero_and_random_saes_against_direct_splicing(setup):
     assert random["fvu"] == pytest.approx(
         np.sum((x - x_hat) ** 2) / np.sum((x - x.mean(0)) ** 2), rel=1e-4
     )
+
+
+def test_an_sae_on_mlp_in_against_direct_splicing(setup):
+    """mlp_in (the MLP's input, what transcoders read) is evaluated like any other site."""
+    params, tokens = setup
+    site = "mlp_in/1"
+    rnd = {k: jnp.asarray(v, jnp.float32) for k, v in _random(2).items()}
+    oracle = _oracle(params, tokens, rnd, site=site)
+    got, _ = evaluate_saes(CFG, params, tokens, [_entry("r", _random(2), site=site)], _eval_cfg())[
+        0
+    ]
+    assert abs(oracle["delta_loss"]) > 0.01  # the splice changes the loss
+    assert got["delta_loss"] == pytest.approx(oracle["delta_loss"], rel=1e-4)
+    assert got["kl_div"] == pytest.approx(oracle["kl_div"], rel=1e-4)
+    assert got["eval_tokens"] == len(oracle["x"])
 
 
 def test_given_positions_are_the_only_ones_measured_and_spliced(setup):
