@@ -51,9 +51,9 @@ def test_sliding_window_really_binds(hf_cases, loaded):
     assert np.abs(np.asarray(logits) - case.logits).max() > 1e-2
 
 
-# Measured max deviation of bf16 compute from the fp32 oracle on these cases (docs/model.md):
-# logits 0.081 absolute (logits up to ~7); sites 0.037 of the site's max |value|. HF's own bf16
-# model deviates by the same amounts (0.089 and 0.040).
+# Measured max deviation of bf16 compute from the fp32 oracle over the six cases (docs/model.md):
+# logits 0.138 absolute (g3_scalar; logits up to ~7); sites 0.040 of the site's max |value|.
+# HF's own bf16 models deviate by the same amounts (0.137 and 0.046).
 BF16_LOGITS_ATOL = 0.15
 BF16_SITE_REL = 0.06
 
