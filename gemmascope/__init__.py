@@ -1,9 +1,9 @@
-"""gemmascope: Gemma Scope-style sparse autoencoders for Gemma 2, in JAX.
+"""gemmascope: Gemma Scope-style sparse autoencoders for Gemma 2 and Gemma 3, in JAX.
 
 The packages, in the order a study runs through them (import them directly, e.g.
 ``from gemmascope import model, sae``):
 
-- ``model``: Gemma 2 in JAX with named capture points; presets; HF safetensors loading.
+- ``model``: Gemma 2 and Gemma 3 in JAX with named capture points; presets; HF safetensors loading.
 - ``data``: text corpora -> tokenized, packed sequences with a held-out split.
 - ``activations``: the sharded, resumable activation cache; readers; streaming; ArraySource.
 - ``sae``: JumpReLU, Gated, TopK, BatchTopK, ReLU-L1 and Matryoshka SAEs; optimizer.

@@ -151,7 +151,7 @@ class Capturer:
         """Places the params and compiles lazily.
 
         Args:
-          model_cfg: the model's `Gemma2Config`.
+          model_cfg: the model's `GemmaConfig` (Gemma 2 or 3).
           params: its params, anywhere (host, one device, or already on `mesh`: loading with
             `model.load_hf(..., mesh=lm_params.lm_mesh(m))` avoids any replicated copy).
           sites: concrete sites to capture.

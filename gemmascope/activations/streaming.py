@@ -68,7 +68,7 @@ class StreamingSource(PositionState):
         """Sets up the stream (and, if norm_scale is None, estimates C with a forward pass).
 
         Args:
-          model_cfg: the model's `Gemma2Config`.
+          model_cfg: the model's `GemmaConfig` (Gemma 2 or 3).
           params: its params.
           sequences: int32 (N, T) token sequences, BOS first (`data.sequences`).
           site: one concrete site, e.g. "resid_post/12".

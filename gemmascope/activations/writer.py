@@ -261,7 +261,7 @@ def load_inputs(config):
         raise ValueError(f"model.dtype must be one of {sorted(MODEL_DTYPES)}, got {dtype!r}")
     path = config.model.get("path")
     if not path:
-        raise ValueError("model.path is required (an HF Gemma 2 folder or 'embedded')")
+        raise ValueError("model.path is required (an HF Gemma folder or 'embedded')")
     folder = model.resolve_path(path)
     model_cfg = model.read_config(folder)
     sites = model.sites.resolve(model_cfg, list(config.sites))

@@ -286,7 +286,7 @@ def evaluate_saes(
     """Evaluates every SAE on ``tokens`` with one clean pass per batch.
 
     Args:
-      model_cfg: ``model.Gemma2Config``.
+      model_cfg: ``model.GemmaConfig`` (Gemma 2 or 3).
       model_params: the model's params pytree.
       tokens: int (N, T) held-out sequences, BOS first.
       saes: the SAEs; each one's ``config["site"]`` must be a site of the model.

@@ -141,7 +141,7 @@ def load_npz(
       d_in: expected input width; alternatively give ``model_cfg`` and ``site`` and it is
         computed with ``gemmascope.model.sites.dim``.
       width: expected number of latents, or None.
-      model_cfg: a ``model.Gemma2Config`` to check against (with ``site``).
+      model_cfg: a ``model.GemmaConfig`` (Gemma 2 or 3) to check against (with ``site``).
       site: a site name such as ``"resid_post/12"`` (with ``model_cfg``).
 
     Returns:
