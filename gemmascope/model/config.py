@@ -153,8 +153,11 @@ class GemmaConfig:
         raise NotImplementedError
 
     def rope(self, layer: int) -> tuple[float, float]:
-        """(base frequency, linear scaling factor) of ``layer``'s RoPE; inv_freq is divided by
-        the factor, as transformers' ``rope_type="linear"`` does."""
+        """(base frequency, linear scaling factor) of ``layer``'s RoPE.
+
+        The inverse frequencies are divided by the factor, as transformers'
+        ``rope_type="linear"`` does.
+        """
         raise NotImplementedError
 
     @classmethod
@@ -329,10 +332,11 @@ class Gemma2Config(GemmaConfig):
 
     @staticmethod
     def default_layer_types(n_layers: int) -> tuple[str, ...]:
-        """Local and global attention alternate, local at layer 0 (docs/recipe.md#gemma-2-layers)."""
+        """Local and global layers alternate, local first (docs/recipe.md#gemma-2-layers)."""
         return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n_layers))
 
     def rope(self, layer: int) -> tuple[float, float]:
+        """Every layer: (``rope_theta``, 1.0)."""
         return self.rope_theta, 1.0
 
     @classmethod
@@ -414,9 +418,11 @@ class Gemma3Config(GemmaConfig):
 
     @staticmethod
     def default_layer_types(n_layers: int) -> tuple[str, ...]:
+        """Five local layers, then a global one (``gemma3_layer_types`` with pattern 6)."""
         return gemma3_layer_types(n_layers)
 
     def rope(self, layer: int) -> tuple[float, float]:
+        """Global layers: (``rope_theta``, ``rope_scaling_factor``); local: (local base, 1.0)."""
         if self.layer_types[layer] == FULL:
             return self.rope_theta, self.rope_scaling_factor
         return self.rope_local_base_freq, 1.0

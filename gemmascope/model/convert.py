@@ -186,6 +186,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out: str | os.PathLike, dtype: st
 
 
 def main(argv: list[str]) -> None:
+    """The command line: ``convert_gguf(--gguf, --out, --dtype)``."""
     del argv
     from absl import flags
 

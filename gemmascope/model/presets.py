@@ -194,8 +194,10 @@ def gemma3_12b() -> Gemma3Config:
 
 
 def gemma3_27b() -> Gemma3Config:
-    """Gemma 3 27B (google/gemma-3-27b-pt's text_config): d_model 5376, 62 layers, 32 / 16 heads
-    of 128, query_pre_attn_scalar 168."""
+    """Gemma 3 27B (google/gemma-3-27b-pt's text_config): d_model 5376, 62 layers, 32 / 16 heads.
+
+    Heads of 128, and query_pre_attn_scalar 168.
+    """
     fields = dict(_GEMMA3_MULTIMODAL)
     # 27B scales queries by 1/sqrt(d_model / n_heads) = 1/sqrt(168), not 1/sqrt(head_dim = 128).
     fields.update(head_dim=128, query_pre_attn_scalar=168)

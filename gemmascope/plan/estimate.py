@@ -228,7 +228,7 @@ def make_plan(
 
     Args:
         config: A study config.
-        model_cfg: The model's Gemma2Config (gemmascope.study.model_config).
+        model_cfg: The model's GemmaConfig (gemmascope.study.model_config).
         selected: Jobs to plan (default: every job of the study).
 
     Returns:

@@ -5,7 +5,7 @@ Synopsis:
     arg = study.parse_arg("runlocal,layer=3", runlocal=False, layer=12)  # typed by the defaults
     config = study.base_config()          # every section with each package's defaults
     module, config = study.load_config_file("experiments/tiny_demo.py:runlocal")
-    model_cfg = study.model_config(config.model)   # Gemma2Config without loading weights
+    model_cfg = study.model_config(config.model)   # GemmaConfig without loading weights
     with study.importable_folder("experiments/gemma2_2b.py"): ...   # its siblings import
 
 A study config (an `ml_collections.ConfigDict`) has these sections (docs/configuration.md):
@@ -220,7 +220,7 @@ def importable_folder(path: str):
 
 
 def model_config(model_section: ml_collections.ConfigDict):
-    """Returns the Gemma2Config of a study's model without loading any weights.
+    """Returns the GemmaConfig (Gemma 2 or 3) of a study's model without loading any weights.
 
     Uses `model_section.preset` when set, otherwise the config.json of `model_section.path`
     ("embedded" is the shipped tiny model).

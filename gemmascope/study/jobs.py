@@ -47,7 +47,7 @@ def expand(config: ml_collections.ConfigDict, model_cfg) -> list[ml_collections.
 
     Args:
         config: A study config (gemmascope.study.base_config() schema).
-        model_cfg: The model's Gemma2Config (resolves site globs and their widths).
+        model_cfg: The model's GemmaConfig (resolves site globs and their widths).
 
     Returns:
         Job configs (gemmascope.train.default_config() schema) sorted by name.

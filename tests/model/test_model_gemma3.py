@@ -1,5 +1,8 @@
-"""Gemma 3 against transformers beyond the every-site check: each architecture knob binds, the
-mlp_in site under replacement, and multimodal checkpoints (their language model)."""
+"""Gemma 3 against transformers beyond the every-site check.
+
+Each architecture knob binds, the mlp_in site under replacement, and multimodal checkpoints
+(their language model).
+"""
 
 import dataclasses
 import json
@@ -114,8 +117,11 @@ def test_mlp_in_is_the_input_of_the_mlp(hf_cases):
 
 @pytest.fixture(scope="module")
 def multimodal(hf_cases, tmp_path_factory):
-    """A tiny random Gemma3ForConditionalGeneration (SigLIP tower included) saved by
-    transformers, its text decoder configured like the g3_scaled case, and its torch outputs."""
+    """A tiny random Gemma3ForConditionalGeneration (SigLIP tower included), saved.
+
+    transformers saves it; its text decoder is configured like the g3_scaled case. Returns the
+    folder, the tokens and its torch outputs.
+    """
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from model_oracle import GEMMA3_CASES
@@ -169,7 +175,7 @@ def test_multimodal_checkpoint_loads_its_language_model(multimodal, caplog):
 
 
 def test_multimodal_checkpoint_in_the_transformers_4_layout(multimodal, tmp_path):
-    """transformers 4.52+ saved the language model under model.language_model."""
+    """Transformers 4.52+ saved the language model under model.language_model."""
     folder, tokens, ref_logits, _ = multimodal
     renamed = {}
     for name, value in load_file(folder / "model.safetensors").items():

@@ -108,8 +108,10 @@ def test_every_site_kind_matches_transformers(compared, kind):
 
 
 def test_the_window_binds_on_real_text(compared):
-    """Guards the comparison's power: without the 512-token window layer 0 differs from HF
-    after position 512."""
+    """Guards the comparison's power: the 512-token window binds.
+
+    Without it, layer 0 differs from HF after position 512.
+    """
     cfg, params, tokens = compared["cfg"], compared["params"], compared["tokens"]
     unwindowed = dataclasses.replace(cfg, sliding_window=None)
     acts = jax.jit(lambda p, t: model.collect_sites(unwindowed, p, t, "attn_z/0"))(params, tokens)

@@ -50,9 +50,11 @@ def test_presets_have_the_published_numbers(name):
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_presets_build_the_same_tensors_as_transformers(name):
-    """The oracle: transformers' Gemma3ForCausalLM built (on the meta device, no memory) from
-    the preset's config.json has exactly our tensor names and shapes, and our parameter count;
-    its config reads back layer types and RoPE as ours."""
+    """The oracle: transformers' Gemma3ForCausalLM built from the preset's config.json.
+
+    Built on the meta device (no memory), it has exactly our tensor names and shapes and our
+    parameter count; its config reads back layer types and RoPE as ours.
+    """
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     cfg = model.presets.get(name)
@@ -104,8 +106,11 @@ def test_layer_types_from_sliding_window_pattern():
 
 
 def test_released_text_only_config_json_reads_as_the_preset():
-    """The 4.x-style config.json of google/gemma-3-1b-pt (rope_theta, rope_local_base_freq,
-    rope_scaling null, sliding_window_pattern, no layer_types)."""
+    """The 4.x-style config.json of google/gemma-3-1b-pt reads as the 1B preset.
+
+    It has rope_theta, rope_local_base_freq, rope_scaling null, sliding_window_pattern and no
+    layer_types.
+    """
     released = {
         "architectures": ["Gemma3ForCausalLM"],
         "attention_bias": False,
@@ -142,8 +147,11 @@ def test_released_text_only_config_json_reads_as_the_preset():
 
 
 def test_multimodal_config_json_reads_its_text_config_with_hf_defaults():
-    """A multimodal config.json lists only the text keys that differ from Gemma3TextConfig's
-    defaults (here the 4B's), and the instruction-tuned ones give eos at the top level."""
+    """A multimodal config.json's text_config takes Gemma3TextConfig's defaults.
+
+    It lists only the text keys that differ from them (here the 4B's), and the
+    instruction-tuned ones give eos at the top level.
+    """
     released = {
         "architectures": ["Gemma3ForConditionalGeneration"],
         "boi_token_index": 255999,
