@@ -7,6 +7,7 @@ Synopsis:
     files.read_json(path); files.exists(path); files.listdir(files.join(workdir, "runs"))
     files.write_bytes(path, payload)                      # atomic
     files.save_npz(path, {"w": w}); files.load_npz(path)  # numpy arrays, never pickle
+    files.remove(path); files.default_file_mode()         # 0o644 with umask 022
 
 A path is a string: a local path, or a URL with a scheme (`gs://bucket/prefix`). URLs go through
 `etils.epath`, the file layer orbax already uses for its checkpoints (it reaches GCS through gcsfs),
@@ -17,7 +18,9 @@ the whole study. Paths are joined as strings, never with `pathlib` (which would 
 Atomic writes: a local file is written to a temporary sibling, flushed to disk and moved into
 place with `os.replace`; an object-store object is uploaded in one request, and GCS makes an
 object visible only once its upload has finished. Either way a reader, or a rerun after a kill,
-sees the old contents or the whole new ones, never part of a file.
+sees the old contents or the whole new ones, never part of a file. A local file gets the mode a
+plain `open()` would give it (0666 less the user's umask: readable by colleagues on shared
+storage), not the 0600 of its temporary file.
 """
 
 from __future__ import annotations
@@ -102,6 +105,35 @@ def read_json(path: str):
     return json.loads(read_bytes(path))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the umask (0644 with umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def remove(path: str) -> None:
+    """Deletes a file or object if it exists."""
+    if is_url(path):
+        target = _epath(path)
+        if target.exists():
+            target.unlink()
+    elif os.path.exists(path):
+        os.remove(path)
+
+
 def write_bytes(path: str, payload: bytes) -> None:
     """Writes `payload` to `path` atomically, creating local parent directories."""
     if is_url(path):
@@ -111,6 +143,7 @@ def write_bytes(path: str, payload: bytes) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; the file follows the umask
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

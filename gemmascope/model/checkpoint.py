@@ -46,6 +46,7 @@ from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from gemmascope import files as gs_files
 from gemmascope.model.config import GemmaConfig
 from gemmascope.model.hf_config import config_from_hf_dict, is_multimodal
 from gemmascope.model.params import (
@@ -302,6 +303,7 @@ def load_hf(
 def _atomic_write(target: Path, write: Any) -> None:
     """Writes via ``write(tmp_path)`` to a temp file in the same folder, then renames."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, gs_files.default_file_mode())  # mkstemp makes 0600; follow the user's umask
     os.close(fd)
     try:
         write(tmp)
