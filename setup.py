@@ -46,6 +46,9 @@ setuptools.setup(
         # dependency; naming it pins the epath extra.
         "etils[epath]>=1.7",
         "gcsfs>=2024.2",
+        # crc32c of activation-cache shard indices, to find damaged shards cheaply (already
+        # installed with google-cloud-storage, which gcsfs pulls in).
+        "google-crc32c>=1.5",
     ],
     extras_require={
         "test": [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 
+import google_crc32c
 import numpy as np
 import tensorstore as ts
 
@@ -32,12 +33,20 @@ class TensorstoreChunkReader:
         """Reads `array` (rows, d) in chunks of `chunk_rows` rows."""
         self._array, self._chunk_rows = array, chunk_rows
         self._n_rows = array.shape[0]
+        self._path = array.kvstore.url  # the site folder, for error messages
 
     def read(self, chunks: list[int]) -> dict[int, np.ndarray]:
-        """Returns {chunk index: its rows}, the reads issued concurrently."""
+        """Returns {chunk index: its rows}, the reads issued concurrently.
+
+        Raises:
+          storage.CacheError: tensorstore found a shard damaged (e.g. its index checksum).
+        """
         r = self._chunk_rows
         futures = [self._array[c * r : min((c + 1) * r, self._n_rows)].read() for c in chunks]
-        return {c: f.result() for c, f in zip(chunks, futures, strict=True)}
+        try:
+            return {c: f.result() for c, f in zip(chunks, futures, strict=True)}
+        except ValueError as error:  # tensorstore's DATA_LOSS and friends
+            raise damaged_error(self._path, f"a shard could not be read ({error})") from error
 
 
 class LocalChunkReader:
@@ -53,9 +62,7 @@ class LocalChunkReader:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
 
     def _damaged(self, shard: int, what: str) -> storage.CacheError:
-        return storage.CacheError(
-            f"shard {shard} of {self._dir!r} is damaged ({what}); rebuild the cache"
-        )
+        return damaged_error(self._dir, f"shard {shard} is damaged ({what})")
 
     def _shard_index(self, shard: int, fd: int) -> np.ndarray:
         if shard not in self._indices:
@@ -64,7 +71,10 @@ class LocalChunkReader:
             if size < index_bytes + 4:
                 raise self._damaged(shard, f"{size} bytes, shorter than its index")
             # The trailing 4 bytes are the index's crc32c.
-            raw = os.pread(fd, index_bytes, size - index_bytes - 4)
+            raw = os.pread(fd, index_bytes + 4, size - index_bytes - 4)
+            raw, checksum = raw[:index_bytes], int.from_bytes(raw[index_bytes:], "little")
+            if google_crc32c.value(raw) != checksum:
+                raise self._damaged(shard, "its index checksum (crc32c) does not match")
             index = np.frombuffer(raw, "<u8").reshape(-1, 2)
             present = index[:, 0] != _MISSING
             if np.any(index[present].sum(axis=1) > size - index_bytes - 4):
@@ -91,6 +101,15 @@ class LocalChunkReader:
     def read(self, chunks: list[int]) -> dict[int, np.ndarray]:
         """Returns {chunk index: its rows}, read by a thread pool."""
         return dict(zip(chunks, self._pool.map(self._read_one, chunks), strict=True))
+
+
+def damaged_error(path: str, what: str) -> storage.CacheError:
+    """The error for a damaged shard of the cache in `path`, saying how to rebuild it."""
+    return storage.CacheError(
+        f"the activation cache in {path} is damaged: {what}. Run the same command with "
+        "--mode=cache: it verifies every shard and computes the damaged ones again (or delete "
+        "that folder and rerun --mode=cache to rebuild the whole site)."
+    )
 
 
 def chunk_reader(path: str, array: ts.TensorStore, chunk_rows: int, shard_rows: int):

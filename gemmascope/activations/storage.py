@@ -6,6 +6,7 @@
     arr = storage.open_array(site_dir)
     storage.write_json(site_dir, "meta.json", meta); storage.read_meta(site_dir)
     storage.written_shards(site_dir)                    # shard indices already on disk
+    storage.shard_problems(site_dir, meta)              # {shard: what is wrong}, index reads only
 
 One directory holds one zarr3 array (rows = tokens) and its `meta.json`. A zarr3 "shard" is one
 object of `shard_rows` consecutive rows (one file locally, one object on GCS) made of inner chunks
@@ -14,17 +15,27 @@ write, which tensorstore makes atomic (temp file + rename locally, one object up
 shard's key exists if and only if all of its rows are written. The writer uses exactly that as
 its progress record, so there is no separate progress file that could disagree with the data.
 
+Integrity: each shard ends with its index (per inner chunk: uint64 offset, uint64 byte count)
+and the index's crc32c. The inner chunks are uncompressed, so a whole shard's size follows from
+the layout; `shard_problems` checks every shard's size, index checksum and chunk extents from one
+small read at its end, which finds truncated, missing or overwritten-index shards cheaply. (The
+chunk bytes themselves carry no checksum: a bit flip inside a chunk is not detectable.)
+
 Paths are local paths or URLs tensorstore understands (`gs://bucket/prefix`, `file:///abs`);
 all file access goes through tensorstore's kvstore so both behave the same.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 from typing import Any
 
+import google_crc32c
+import numpy as np
 import tensorstore as ts
+from etils import epath
 
 # The one path join of the workdir, for local paths and URLs alike (re-exported: storage.join).
 from gemmascope.files import is_url, join
@@ -171,3 +182,76 @@ def written_shards(path: str) -> set[int]:
         if len(parts) == 3 and parts[0] == "c" and parts[2] == "0" and parts[1].isdigit():
             done.add(int(parts[1]))
     return done
+
+
+_MISSING_CHUNK = 2**64 - 1  # the index entry of a chunk that was never written
+_NUMPY_DTYPES = {"float32": "float32", "bfloat16": "uint16", "int32": "int32"}  # for itemsize
+
+
+def _read_tail(path: str, key: str, n_bytes: int) -> tuple[int, bytes] | None:
+    """(size of the file `key` in folder `path`, its last `n_bytes`), or None if it is absent."""
+    target = join(path, key)
+    try:
+        if is_url(target):
+            with epath.Path(target).open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(size - n_bytes, 0))
+                return size, f.read()
+        with open(os.path.expanduser(target), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            return size, os.pread(f.fileno(), n_bytes, max(size - n_bytes, 0))
+    except FileNotFoundError:
+        return None
+
+
+def _shard_problem(path: str, meta: dict, shard: int) -> str | None:
+    """What is wrong with one shard of a cache array laid out as `meta` says, or None."""
+    n_rows, width = int(meta["n_tokens"]), int(meta["d_in"])
+    shard_rows, chunk_rows = int(meta["shard_rows"]), int(meta["chunk_rows"])
+    chunk_bytes = chunk_rows * width * np.dtype(_NUMPY_DTYPES[meta["dtype"]]).itemsize
+    per_shard = shard_rows // chunk_rows
+    rows = min(shard_rows, n_rows - shard * shard_rows)
+    present = -(-rows // chunk_rows)
+    index_bytes = per_shard * 16
+    expected = present * chunk_bytes + index_bytes + 4
+    tail = _read_tail(path, shard_key(shard), index_bytes + 4)
+    if tail is None:
+        return "missing"
+    size, raw = tail
+    if size != expected:
+        return f"{size} bytes, expected {expected}: truncated or overwritten"
+    index, checksum = raw[:index_bytes], int.from_bytes(raw[index_bytes:], "little")
+    if google_crc32c.value(index) != checksum:
+        return "its index checksum (crc32c) does not match"
+    entries = np.frombuffer(index, "<u8").reshape(per_shard, 2)
+    written = entries[:, 0] != np.uint64(_MISSING_CHUNK)
+    if written.sum() != present or np.any(entries[written, 1] != chunk_bytes):
+        return "its index does not list the chunks its rows need"
+    if np.any(entries[written].sum(axis=1) > size - index_bytes - 4):
+        return "its index points past the end of the file"
+    return None
+
+
+def shard_problems(path: str, meta: dict, shards=None) -> dict[int, str]:
+    """{shard index: what is wrong} for the damaged shards of the cache array in `path`.
+
+    Args:
+      path: a cache directory (a site or the token metadata).
+      meta: its meta.json (n_tokens, d_in, dtype, shard_rows, chunk_rows).
+      shards: the shards to check (default: every shard present).
+
+    Each shard costs one read of its index (a few hundred bytes at its end), issued 16 at a time.
+    """
+    if shards is None:
+        shards = written_shards(path)
+    shards = sorted(shards)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        found = pool.map(lambda s: _shard_problem(path, meta, s), shards)
+        return {s: problem for s, problem in zip(shards, found, strict=True) if problem}
+
+
+def delete_shards(path: str, shards) -> None:
+    """Deletes shards of the array in `path` (their rows are then computed again)."""
+    store = _open_kv(path)
+    for future in [store.write(shard_key(s), None) for s in shards]:  # None deletes the key
+        future.result()

@@ -20,6 +20,11 @@
    shards are recomputed from the same deterministic inputs, bit for bit;
 4. when all shards exist, process 0 estimates each site's normalisation scalar C on a sample of
    chunks and marks meta.json complete. Readers refuse incomplete caches.
+
+With `verify=True` (`--mode=cache`) step 2 also checks every written shard of every array,
+finished ones included (its size, index checksum and chunk extents: `storage.shard_problems`);
+an array with damaged shards is marked incomplete, those shards are deleted, and step 3 computes
+them again from the same inputs, bit for bit.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ class _Target:
         self.identity = identity
         self.fingerprint = _fingerprint(identity)
         self.complete = False
+        self.damaged: dict[int, str] = {}
         self.array = None
 
     def inspect(self) -> None:
@@ -118,6 +124,34 @@ class _Target:
                 "Use another workdir or delete the directory."
             )
         self.complete = bool(meta.get("complete"))
+        self.meta_on_disk = meta
+
+    def verify(self) -> None:
+        """Checks every written shard (storage.shard_problems); damage makes it incomplete."""
+        if storage.read_bytes(self.path, storage.META) is None:
+            return
+        meta = self.meta_on_disk
+        if self.complete:  # every shard must be there
+            n_shards = -(-int(meta["n_tokens"]) // int(meta["shard_rows"]))
+            self.damaged = storage.shard_problems(self.path, meta, range(n_shards))
+        else:
+            self.damaged = storage.shard_problems(self.path, meta)
+        if self.damaged:
+            self.complete = False
+
+    def repair(self) -> None:
+        """Marks the array incomplete and deletes its damaged shards (computed again next)."""
+        name = self.site or "token metadata"
+        for shard, problem in sorted(self.damaged.items()):
+            logging.warning(
+                "cache %s (%s): shard %d is damaged (%s); computing it again",
+                name,
+                self.path,
+                shard,
+                problem,
+            )
+        storage.write_json(self.path, storage.META, self.meta(complete=False))
+        storage.delete_shards(self.path, [s for s, p in self.damaged.items() if p != "missing"])
 
     def meta(self, complete: bool, norm_scale: float | None = None) -> dict:
         layout = self.identity["layout"]
@@ -271,12 +305,15 @@ def load_inputs(config):
     return model_cfg, folder, tokenizer, sites, dtype
 
 
-def build_cache(config, workdir: str) -> dict[str, str]:
+def build_cache(config, workdir: str, verify: bool = False) -> dict[str, str]:
     """Writes (or finishes) the activation cache of every site in `config.sites`.
 
     Args:
       config: study config with `model`, `data`, `sites` and optional `cache` sections.
       workdir: local path or gs:// URL; arrays go under `workdir/activations/`.
+      verify: also check every written shard, of finished arrays too (`storage.shard_problems`,
+        one small read per shard); damaged or missing shards are deleted and computed again,
+        the array being marked incomplete meanwhile (`python -m gemmascope --mode=cache`).
 
     Returns:
       {site: site directory}.
@@ -304,6 +341,8 @@ def build_cache(config, workdir: str) -> dict[str, str]:
     )
     for t in targets:  # every check before any write: a refused build changes nothing
         t.inspect()
+        if verify:
+            t.verify()
     todo = [t for t in targets if not t.complete]
     result = {t.site: t.path for t in targets if t.site is not None}
     if not todo:
@@ -315,7 +354,9 @@ def build_cache(config, workdir: str) -> dict[str, str]:
     _sync("gemmascope.activations.inspected")
     if jax.process_index() == 0:
         for t in todo:
-            if storage.read_bytes(t.path, storage.META) is None:
+            if t.damaged:
+                t.repair()
+            elif storage.read_bytes(t.path, storage.META) is None:
                 storage.write_json(t.path, storage.META, t.meta(complete=False))
             storage.create_array(
                 t.path, layout.n_tokens, t.width, t.dtype, shard_rows, cache_cfg.chunk_rows

@@ -228,5 +228,6 @@ def test_a_truncated_shard_is_reported(damaged_copy):
         f.truncate(os.path.getsize(shard_file) // 2)
     src = activations.CacheSource(site_dir, window_tokens=10**6, prefetch=0)
     sharding = NamedSharding(Mesh(np.array(jax.devices()[:2]), ("data",)), P("data", None))
-    with pytest.raises(activations.CacheError, match="shard 0 .* is damaged"):
+    damaged = "resid_post/1 is damaged: shard 0 is damaged .*--mode=cache"
+    with pytest.raises(activations.CacheError, match=damaged):
         next(src.iter_batches(src.n_tokens - src.n_tokens % 2, sharding))
