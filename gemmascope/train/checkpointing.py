@@ -74,17 +74,79 @@ def save(manager: ocp.CheckpointManager, step: int, state, source_state, wait: b
         manager.wait_until_finished()
 
 
+class DamagedCheckpointError(ValueError):
+    """Every checkpoint step of a job is damaged; the message names the folder and the causes."""
+
+
+def _short(error: BaseException, limit: int = 240) -> str:
+    """The first line of an error's message, cut to `limit` characters."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, source_template):
-    """Restores the newest checkpoint into the sharded `abstract_state`.
+    """Restores the newest readable checkpoint into the sharded `abstract_state`.
+
+    A step that cannot be read (a damaged or truncated file) is skipped for the one before it,
+    with a one-line warning; once an older step is restored, the damaged newer steps are deleted
+    (their step numbers are saved again as training passes them).
 
     Returns:
         (state, source_state) or None when the manager holds no checkpoint.
+
+    Raises:
+        ValueError: The newest checkpoint does not fit this job (other shapes).
+        DamagedCheckpointError: No step could be read (names the folder and each cause).
     """
-    step = manager.latest_step()
-    if step is None:
-        return None
-    saved_tree = manager.item_metadata(step)["state"]
-    saved = jax.tree.map(lambda leaf: tuple(leaf.shape), dict(saved_tree))["params"]
+    steps = sorted(manager.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:
+        _check_fits(manager, step, abstract_state)
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), source=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:  # orbax and tensorstore raise many kinds for damaged files
+            damaged.append((step, _short(error)))
+            log.warning(
+                "checkpoint step %d in %s is damaged (%s); trying the one before it",
+                step,
+                manager.directory,
+                _short(error),
+            )
+            continue
+        for bad_step, _ in damaged:
+            manager.delete(bad_step)
+        if damaged:
+            log.warning(
+                "resumed from checkpoint step %d in %s; deleted the damaged step(s) %s",
+                step,
+                manager.directory,
+                [bad for bad, _ in damaged],
+            )
+        return restored["state"], _source_from_json(restored["source"], source_template)
+    if damaged:
+        causes = "; ".join(f"step {step}: {cause}" for step, cause in damaged)
+        raise DamagedCheckpointError(
+            f"every checkpoint in {manager.directory} is damaged ({causes}). Delete that folder "
+            "to train the job from the start, then rerun the same command."
+        )
+    return None
+
+
+def _check_fits(manager, step: int, abstract_state) -> None:
+    """Raises ValueError if checkpoint `step` holds params of other shapes than this job's.
+
+    A step whose metadata cannot be read is left for restore to report as damaged.
+    """
+    try:
+        saved_tree = manager.item_metadata(step)["state"]
+        saved = jax.tree.map(lambda leaf: tuple(leaf.shape), dict(saved_tree))["params"]
+    except Exception:  # damaged metadata: restore() fails on it and falls back
+        return
     expected = {name: tuple(leaf.shape) for name, leaf in abstract_state["params"].items()}
     if saved != expected:
         raise ValueError(
@@ -93,13 +155,6 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, source_templa
             "the source's d_in, the width, the architecture or the sweep changed? Use a new job "
             "name or workdir."
         )
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), source=ocp.args.JsonRestore()
-        ),
-    )
-    return restored["state"], _source_from_json(restored["source"], source_template)
 
 
 class SigtermFlag:

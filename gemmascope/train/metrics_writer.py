@@ -23,6 +23,7 @@ Synopsis:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -32,26 +33,54 @@ import tqdm
 
 from gemmascope import files
 
+log = logging.getLogger(__name__)
 
-def read_history(path: str) -> list[dict]:
+
+def read_history(path: str, skip_damaged: bool = False) -> list[dict]:
     """Reads metrics.jsonl (missing file = empty history).
 
     Every record ends with a newline, so text after the last newline is a line that a kill cut
     short while it was being appended: it is left out (a resumed run logs that step again).
+
+    Args:
+      path: the metrics.jsonl file.
+      skip_damaged: leave out lines that are not a JSON record, with a warning naming each,
+        instead of raising.
+
+    Raises:
+      ValueError: a line is not a JSON record (names the file and the line).
     """
     if not files.exists(path):
         return []
     *complete, _cut_short = files.read_text(path).split("\n")
-    return [json.loads(line) for line in complete if line.strip()]
+    records = []
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a record with a step")
+        except ValueError as error:  # json.JSONDecodeError is a ValueError
+            message = f"{path}, line {number}, is damaged ({error})"
+            if not skip_damaged:
+                raise ValueError(f"{message}: delete that line and rerun") from None
+            log.warning("%s; left out", message)
+            continue
+        records.append(record)
+    return records
 
 
 def truncate_history(path: str, last_step: int) -> list[str]:
-    """Drops lines logged after `last_step`, atomically (a resumed run logs those steps again).
+    """Drops lines logged after `last_step` and damaged lines, atomically.
+
+    A resumed run logs the dropped steps again.
 
     Returns:
       The JSON lines kept (each ending in a newline).
     """
-    lines = [json.dumps(h) + "\n" for h in read_history(path) if h["step"] <= last_step]
+    history = read_history(path, skip_damaged=True)
+    lines = [json.dumps(h) + "\n" for h in history if h["step"] <= last_step]
     files.write_text(path, "".join(lines))
     return lines
 
