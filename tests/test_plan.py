@@ -41,11 +41,11 @@ def test_gemma2_9b_study_plan():
     assert study_plan.n_saes == 6 * len(study_plan.jobs)
     by_name = {job.name: job for job in study_plan.jobs}
     job = by_name["resid_post-L20-w131072-jumprelu"]
-    # The docs/recipe.md#throughput example, for each of the 6 stacked SAEs, latent-sharded over 8
-    # chips.
+    # The docs/recipe.md#throughput example, for each of the 6 stacked SAEs, latent-sharded over
+    # the 8 chips, i.e. the 16 JAX devices (TensorCores) of 8 TPU v3 chips.
     assert job.step_seconds / job.n_saes == pytest.approx(0.045, rel=0.05)
-    assert job.mesh == (1, 8) and job.total_tokens == 8e9 and job.steps == 1_953_125
-    assert by_name["attn_z-L3-w16384-jumprelu"].mesh == (8, 1)
+    assert job.mesh == (1, 16) and job.total_tokens == 8e9 and job.steps == 1_953_125
+    assert by_name["attn_z-L3-w16384-jumprelu"].mesh == (16, 1)
     assert by_name["attn_z-L3-w16384-jumprelu"].d_in == 4096
     assert by_name["mlp_out-L3-w16384-jumprelu"].total_tokens == 4e9
     assert by_name["resid_post-L31-w1048576-jumprelu"].total_tokens == 16e9
@@ -54,10 +54,12 @@ def test_gemma2_9b_study_plan():
     assert study_plan.cache_tokens["resid_post/20"] == 16e9
     # GS: all sites of 2B + 9B ~ 17 PiB; the 9B part alone is most of it.
     assert 10 < study_plan.total_storage_bytes / 2**50 < 17
-    # Memory: params + Adam moments of 6 SAEs of 9B 16k, replicated on each chip.
+    # Memory: params + Adam moments of 6 SAEs of 9B 16k, replicated on each device; a 131k job's
+    # are split over the 16 devices of its model axis.
     mlp16k = by_name["mlp_out-L3-w16384-jumprelu"]
-    assert mlp16k.params_bytes_per_chip == 6 * plan.sae_param_count(3584, 2**14) * 4
-    assert mlp16k.optimizer_bytes_per_chip == 2 * mlp16k.params_bytes_per_chip
+    assert mlp16k.params_bytes_per_device == 6 * plan.sae_param_count(3584, 2**14) * 4
+    assert mlp16k.optimizer_bytes_per_device == 2 * mlp16k.params_bytes_per_device
+    assert job.params_bytes_per_device == 6 * plan.sae_param_count(3584, 2**17) * 4 / 16
     # Gemma 2 9B has 9.24B parameters; caching 16B tokens is one forward pass over them.
     assert study_plan.lm_params == pytest.approx(9.24e9, rel=0.01)
     assert study_plan.cache_flops == pytest.approx(2 * study_plan.lm_params * 16e9)
@@ -100,7 +102,7 @@ def test_every_accelerator_has_a_source():
 def test_resolve_mesh():
     assert plan.resolve_mesh((-1, 1), 8) == (8, 1)
     assert plan.resolve_mesh((2, -1), 8) == (2, 4)
-    with pytest.raises(ValueError, match="does not use 8 chips"):
+    with pytest.raises(ValueError, match="does not use 8 devices"):
         plan.resolve_mesh((3, 1), 8)
 
 

@@ -8,7 +8,7 @@ Synopsis:
 
 For each job (one site x width x architecture, S stacked SAEs): training FLOPs, the step time and
 wall time on `config.plan.accelerator` x `config.plan.n_chips` at `config.plan.mfu`, and parameter,
-optimizer and activation memory per chip for the job's mesh. For each site: the activation cache
+optimizer and activation memory per device for the job's mesh. For each site: the activation cache
 bytes. The estimates follow docs/recipe.md#throughput:
 
 - training FLOPs = 6 x (SAE parameters) x tokens per SAE (forward 2, backward 4 FLOPs per
@@ -19,9 +19,14 @@ bytes. The estimates follow docs/recipe.md#throughput:
   ~104 TiB, the "about 100 TiB" of docs/recipe.md#storage);
 - caching = one LM forward pass (2 x LM parameters FLOPs per token) over the largest site's
   tokens, which captures every site at once;
-- memory per chip = S x params x 4 bytes x 3 (params + Adam's two moments), divided by the model
-  axis for latent-sharded SAEs, plus the step's (batch, latent) activations, about 4 fp32 arrays
-  of (batch / data shards) x (width / model shards) x S.
+- memory per device = S x params x 4 bytes x 3 (params + Adam's two moments), divided by the
+  model axis for latent-sharded SAEs, plus the step's (batch, latent) activations, about 4 fp32
+  arrays of (batch / data shards) x (width / model shards) x S.
+
+Memory is always per JAX *device*, the unit a mesh axis counts and an array is placed on: a chip
+for GPUs and megacore TPUs (v4, v5p), a TensorCore with half the chip's memory on TPU v3
+(`Accelerator.device_memory_bytes`). A job's mesh spans `n_chips x devices_per_chip` devices, as
+`mesh.data = -1` does on the real machine.
 
 For the language model (capture, streaming and evaluation): its memory per device with
 `cache.model_parallel` / `eval.model_parallel`, flagged against one device's memory
@@ -102,17 +107,18 @@ class JobPlan:
     flops: float
     step_seconds: float
     wall_seconds: float
-    params_bytes_per_chip: float
-    optimizer_bytes_per_chip: float
-    activation_bytes_per_chip: float
+    params_bytes_per_device: float
+    optimizer_bytes_per_device: float
+    activation_bytes_per_device: float
+    group: str = ""
 
     @property
-    def memory_bytes_per_chip(self) -> float:
-        """Parameters + optimizer state + step activations, per chip."""
+    def memory_bytes_per_device(self) -> float:
+        """Parameters + optimizer state + step activations, per device."""
         return (
-            self.params_bytes_per_chip
-            + self.optimizer_bytes_per_chip
-            + self.activation_bytes_per_chip
+            self.params_bytes_per_device
+            + self.optimizer_bytes_per_device
+            + self.activation_bytes_per_device
         )
 
 
@@ -146,6 +152,15 @@ class StudyPlan:
         return self.cache_flops / (self.n_chips * self.accelerator.peak_flops * self.mfu)
 
     @property
+    def n_devices(self) -> int:
+        """JAX devices of one job's mesh: chips x devices per chip."""
+        return self.n_chips * self.accelerator.devices_per_chip
+
+    def fits(self, job: JobPlan) -> bool:
+        """Whether a job's SAE memory fits one device of the accelerator."""
+        return job.memory_bytes_per_device <= self.accelerator.device_memory_bytes
+
+    @property
     def n_saes(self) -> int:
         """Number of SAEs over all jobs."""
         return sum(job.n_saes for job in self.jobs)
@@ -166,21 +181,21 @@ class StudyPlan:
         return sum(job.wall_seconds for job in self.jobs)
 
 
-def resolve_mesh(shape: tuple[int, int], n_chips: int) -> tuple[int, int]:
-    """Resolves -1 in a (data, model) mesh shape against `n_chips`.
+def resolve_mesh(shape: tuple[int, int], n_devices: int) -> tuple[int, int]:
+    """Resolves -1 in a (data, model) mesh shape against `n_devices`.
 
     Raises:
-        ValueError: The shape does not multiply to `n_chips`.
+        ValueError: The shape does not multiply to `n_devices`.
     """
     data, model = shape
     if data == -1 and model == -1:
         raise ValueError("Only one mesh axis may be -1.")
     if data == -1:
-        data = n_chips // model
+        data = n_devices // model
     if model == -1:
-        model = n_chips // data
-    if data * model != n_chips:
-        raise ValueError(f"Mesh (data={data}, model={model}) does not use {n_chips} chips.")
+        model = n_devices // data
+    if data * model != n_devices:
+        raise ValueError(f"Mesh (data={data}, model={model}) does not use {n_devices} devices.")
     return data, model
 
 
@@ -191,10 +206,11 @@ def plan_job(
     n_chips: int,
     mfu: float,
 ) -> JobPlan:
-    """Estimates one job on `n_chips` chips of `accelerator`."""
-    n_saes = len(job.sweep_values)
+    """Estimates one job on `n_chips` chips of `accelerator` (its mesh spans their devices)."""
+    n_saes = len(job.sweep_values) * len(job.get("seeds", [0]))
     mesh = dict(job.mesh)
-    data_shards, model_shards = resolve_mesh((mesh["data"], mesh["model"]), n_chips)
+    n_devices = n_chips * accelerator.devices_per_chip
+    data_shards, model_shards = resolve_mesh((mesh["data"], mesh["model"]), n_devices)
     steps = int(-(-float(job.total_tokens) // job.batch_size))
     flops_per_step = sae_flops_per_token(d_in, job.width, job.arch) * job.batch_size * n_saes
     step_seconds = flops_per_step / (n_chips * accelerator.peak_flops * mfu)
@@ -213,9 +229,9 @@ def plan_job(
         flops=flops_per_step * steps,
         step_seconds=step_seconds,
         wall_seconds=step_seconds * steps,
-        params_bytes_per_chip=params_bytes,
-        optimizer_bytes_per_chip=2 * params_bytes,
-        activation_bytes_per_chip=BATCH_LATENT_ARRAYS * 4 * batch_latents,
+        params_bytes_per_device=params_bytes,
+        optimizer_bytes_per_device=2 * params_bytes,
+        activation_bytes_per_device=BATCH_LATENT_ARRAYS * 4 * batch_latents,
     )
 
 
@@ -242,12 +258,14 @@ def make_plan(
         raise ValueError(f"config.plan.n_chips must be positive, got {n_chips}.")
     if selected is None:
         selected = jobs.expand(config, model_cfg)
+    groups = jobs.job_groups(config, model_cfg)
     storage_dtype = str(config.cache.get("dtype", "float32"))
     corpus_tokens = _corpus_token_cap(config.data)
     job_plans, cache_tokens, storage = [], {}, {}
     for job in selected:
         d_in = model_sites.dim(model_cfg, job.site)
         job_plans.append(plan_job(job, d_in, accelerator, n_chips, float(config.plan.mfu)))
+        job_plans[-1].group = groups.get(job.name, "")
         tokens = max(cache_tokens.get(job.site, 0.0), float(job.total_tokens))
         cache_tokens[job.site] = min(tokens, corpus_tokens) if corpus_tokens else tokens
         storage[job.site] = activation_storage_bytes(cache_tokens[job.site], d_in, storage_dtype)

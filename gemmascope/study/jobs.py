@@ -6,6 +6,7 @@ Synopsis:
     chosen = jobs.select(all_jobs, ["resid_post-*", "mlp_out-L3-w512-gated"])
     jobs.job_name("resid_post/12", 16384, "jumprelu") # "resid_post-L12-w16384-jumprelu"
     jobs.sites_of(chosen)                             # the distinct sites they train on
+    jobs.job_groups(config, model_cfg)                # {job name: its group}
 
 A job is one (site, width, architecture): the S sparsity settings of the architecture's sweep are
 stacked on a leading axis inside the job and share every batch (docs/concepts.md). The study config
@@ -84,6 +85,21 @@ def expand(config: ml_collections.ConfigDict, model_cfg) -> list[ml_collections.
                         )
                     by_name[job.name] = job
     return [by_name[name] for name in sorted(by_name)]
+
+
+def job_groups(config: ml_collections.ConfigDict, model_cfg) -> dict[str, str]:
+    """{job name: the first group (by name) that holds it}, for summaries by group.
+
+    Call it on a config that `expand` accepts.
+    """
+    cached = set(model_sites.resolve(model_cfg, list(config.sites)))
+    groups: dict[str, str] = {}
+    for group_name, group in sorted(config.jobs.groups.items()):
+        for site in _group_sites(config, model_cfg, group_name, group, cached):
+            for width in group.widths:
+                for arch_name in sorted(config.jobs.archs):
+                    groups.setdefault(job_name(site, int(width), arch_name), group_name)
+    return groups
 
 
 # Job fields that expand() sets per job; the study's `train` section holds every other field.
