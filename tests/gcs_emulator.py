@@ -7,11 +7,13 @@ it.
     ... subprocess.run([...], env=env) ...
     server.stop()
 
-Two gaps of the emulator, in requests that tensorstore's GCS driver sends and real GCS serves,
+Three gaps of the emulator, in requests that tensorstore's GCS driver sends and real GCS serves,
 are filled here by wrapping its handlers: object listing ignores `startOffset`/`endOffset` (the
-listing would hold objects outside the asked-for key range), and downloads ignore suffix byte
+listing would hold objects outside the asked-for key range); downloads ignore suffix byte
 ranges (`Range: bytes=-N`, the last N bytes: how a zarr shard index is read) and carry no
-`x-goog-generation` header (which tensorstore needs to tell versions of an object apart).
+`x-goog-generation` header (which tensorstore needs to tell versions of an object apart); and
+uploads and deletes ignore the `ifGenerationMatch` precondition (0 = only if the object does not
+exist), which the workdir lock relies on for an atomic create (gemmascope/study/lock.py).
 """
 
 from __future__ import annotations
@@ -95,6 +97,35 @@ def _honour_suffix_ranges(server_module, objects_module) -> None:
                 handlers[method] = download
 
 
+def _honour_generation_match(server_module, objects_module) -> None:
+    """Answers 412 Precondition Failed to uploads and deletes whose ifGenerationMatch fails."""
+    from http import HTTPStatus
+
+    def guarded(original):
+        def handler(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if wanted:
+                bucket = request.params["bucket_name"]
+                name = request.params.get("object_id") or (request.query.get("name") or [""])[0]
+                try:
+                    current = str(storage.get_file_obj(bucket, name)["generation"])
+                except Exception:  # no such object: generation 0
+                    current = "0"
+                if current != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    return None
+            return original(request, response, storage, *args, **kwargs)
+
+        return handler
+
+    for original in (objects_module.insert, objects_module.delete):
+        wrapped = guarded(original)
+        for _, handlers in server_module.HANDLERS:
+            for method, handler in list(handlers.items()):
+                if handler is original:
+                    handlers[method] = wrapped
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -108,6 +139,7 @@ def start(bucket: str):
 
     _honour_list_offsets(server_module, objects)
     _honour_suffix_ranges(server_module, objects)
+    _honour_generation_match(server_module, objects)
     port = _free_port()
     server = server_module.create_server("localhost", port, in_memory=True, default_bucket=bucket)
     server.start()

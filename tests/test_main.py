@@ -22,13 +22,17 @@ def run_cli(*flags):
 
 
 def test_plan_through_the_cli():
-    result = run_cli("--config=experiments/gemma2_27b.py:arch=jumprelu+gated", "--mode=plan")
+    result = run_cli(
+        "--config=experiments/gemma2_27b.py:arch=jumprelu+gated", "--mode=plan", "--plan_jobs"
+    )
     assert result.returncode == 0, result.stderr
     assert "Plan for study 'gemma2_27b_pt': 6 jobs, 36 SAEs" in result.stdout
     assert (
         "resid_post-L22-w131072-gated" in result.stdout
         and "402.3 TiB over 3 sites" in result.stdout
     )
+    # The weights are not on this machine: plan mode says so and still plans (from the preset).
+    assert "model.path = 'gemma-2-27b': no such folder" in result.stdout
 
 
 def test_plan_from_another_directory(tmp_path):
@@ -65,34 +69,39 @@ def test_workdir_holding_another_study(tmp_path):
     stages.check_workdir_config(config, str(tmp_path))
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["name"] == "gemma2_27b_pt" and stored["train"]["batch_size"] == 4096
-    stages.check_workdir_config(config, str(tmp_path))  # the same study: accepted
+    assert stages.check_workdir_config(config, str(tmp_path)) == []  # the same study: accepted
     config.unlock()
     config.eval.n_sequences = 7  # evaluation settings may change
     config.cache.model_parallel = 8  # and how the LM is spread over devices
-    stages.check_workdir_config(config, str(tmp_path))
+    assert stages.check_workdir_config(config, str(tmp_path)) == []
 
+    # Once a job has trained, every study field is consumed: another value is refused.
+    (tmp_path / "runs" / "resid_post-L10-w131072-jumprelu").mkdir(parents=True)
+    (tmp_path / "runs" / "resid_post-L10-w131072-jumprelu" / "metrics.jsonl").write_text("")
     result = run_cli(
-        "--config=experiments/gemma2_27b.py", f"--workdir={tmp_path}", "--mode=cache",
+        "--config=experiments/gemma2_27b.py", f"--workdir={tmp_path}", "--mode=train",
         "--config.train.batch_size=8", "--config.model.dtype=float32",
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{tmp_path} holds a different study" in result.stderr
     assert "model.dtype: workdir has 'bfloat16', this run has 'float32'" in result.stderr
-    assert "train.batch_size: workdir has 4096, this run has 8" in result.stderr
+    assert "train.batch_size: workdir has 4096, this run has 8 (used by its train stage)" in (
+        result.stderr
+    )
 
 
 def test_run_rejects_bad_mode_and_missing_workdir():
     _, config = study.load_config_file("experiments/gemma2_27b.py")
-    with pytest.raises(ValueError, match="Unknown mode 'fly'; valid modes: plan, cache"):
+    with pytest.raises(study.ConfigError, match="--mode=fly: unknown mode; valid modes: plan"):
         stages.run(config, "/tmp/x", "fly")
-    with pytest.raises(ValueError, match="--workdir is required for --mode=train"):
+    with pytest.raises(study.ConfigError, match="--workdir is required for --mode=train"):
         stages.run(config, None, "train")
     with pytest.raises(
-        ValueError, match="--jobs 'nope-\\*' matches no job; valid jobs: resid_post-L10"
+        study.ConfigError, match="--jobs 'nope-\\*' matches no job; valid jobs: resid_post-L10"
     ):
         stages.run(config, None, "plan", ["nope-*"])
-    with pytest.raises(ValueError, match="s3://bucket/study: unsupported URL scheme; use a local"):
-        stages.run(config, "s3://bucket/study", "cache")
+    with pytest.raises(study.ConfigError, match="s3://bucket/study: unsupported URL scheme"):
+        stages.run(config, "s3://bucket/study", "train")
 
 
 def test_import_released_saes_and_evaluate_them(tmp_path):

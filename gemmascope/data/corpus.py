@@ -82,8 +82,14 @@ def embedded_corpus_path() -> Path:
         return Path(__file__).resolve().parent.parent / "assets" / "tinyshakespeare.txt"
 
 
-def _local_path(corpus: str) -> Path | None:
-    """The local file a corpus names, or None for a hub name."""
+def local_file(corpus: str) -> Path | None:
+    """The local file a corpus names, or None for a hub name.
+
+    Raises:
+      FileNotFoundError: a path with a corpus suffix (.txt, .json, .jsonl, .parquet) that is
+        not a file.
+      ValueError: an existing file of an unsupported type.
+    """
     if corpus == EMBEDDED:
         return embedded_corpus_path()
     path = Path(os.path.expanduser(corpus))
@@ -100,7 +106,8 @@ def _local_path(corpus: str) -> Path | None:
     return None
 
 
-def _check_config(cfg) -> None:
+def check_config(cfg) -> None:
+    """Raises ValueError naming the first invalid corpus field (corpus, documents, chat...)."""
     if not isinstance(cfg.corpus, str) or not cfg.corpus:
         raise ValueError(f"data.corpus must be a non-empty string, got {cfg.corpus!r}")
     if cfg.documents not in _TEXT_DOCUMENTS:
@@ -124,8 +131,8 @@ def documents(cfg) -> Iterator[str]:
     """
     import datasets  # heavy import, only when reading a corpus
 
-    _check_config(cfg)
-    path = _local_path(cfg.corpus)
+    check_config(cfg)
+    path = local_file(cfg.corpus)
     if path is None:
         stream = datasets.load_dataset(
             cfg.corpus, cfg.hub_config, split=cfg.hub_split, streaming=True
@@ -168,7 +175,7 @@ def located_documents(cfg) -> tuple[int, Iterator[tuple[int, str]]]:
     Raises:
       ValueError: for a hub corpus (its length is unknown without reading all of it).
     """
-    path = _local_path(cfg.corpus)
+    path = local_file(cfg.corpus)
     if path is None:
         raise ValueError(
             f"data.eval_split='tail' needs a local corpus file, got the hub dataset "
@@ -205,14 +212,14 @@ def _file_sha256(path: Path) -> str:
 
 def identity(cfg) -> dict:
     """A JSON-able description of the corpus: the config plus a content hash of local files."""
-    _check_config(cfg)
+    check_config(cfg)
     # Fields that change nothing in the output are not part of the identity: the tokenizer batch
     # size, and the chat prefixes while chat_wrap is off.
     unused = {"tokenize_batch_size"}
     if not cfg.chat_wrap:
         unused |= {"chat_user_prefix", "chat_model_prefix"}
     described = {key: cfg[key] for key in sorted(cfg.keys()) if key not in unused}
-    path = _local_path(cfg.corpus)
+    path = local_file(cfg.corpus)
     if path is not None:
         described["file_sha256"] = _file_sha256(path)
         described["file_bytes"] = path.stat().st_size

@@ -37,10 +37,14 @@ def _eval_draws(seed: int) -> Iterator[float]:
         yield from np.random.default_rng([seed, block]).random(_ASSIGNMENT_BLOCK)
 
 
-def _check(cfg, tokenizer, split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not isinstance(cfg.seq_len, int) or cfg.seq_len < 2:
+def check_config(cfg) -> None:
+    """Raises ValueError naming the first invalid field of a data config (no file is read).
+
+    Checks the corpus fields (`corpus.check_config`) and the packing fields: seq_len,
+    eval_fraction, n_eval_sequences, max_sequences and seed.
+    """
+    corpus.check_config(cfg)
+    if isinstance(cfg.seq_len, bool) or not isinstance(cfg.seq_len, int) or cfg.seq_len < 2:
         raise ValueError(f"data.seq_len must be an integer >= 2 (BOS + text), got {cfg.seq_len!r}")
     if not 0.0 <= float(cfg.eval_fraction) < 1.0:
         raise ValueError(f"data.eval_fraction must be in [0, 1), got {cfg.eval_fraction!r}")
@@ -50,6 +54,12 @@ def _check(cfg, tokenizer, split: str) -> None:
             raise ValueError(f"data.{name} must be a positive integer or None, got {value!r}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ValueError(f"data.seed must be a non-negative integer, got {cfg.seed!r}")
+
+
+def _check(cfg, tokenizer, split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_config(cfg)
     for name in ("bos_token_id", "eos_token_id"):
         if getattr(tokenizer, name, None) is None:
             raise ValueError(f"the tokenizer has no {name}; packing needs both BOS and EOS tokens")

@@ -8,6 +8,7 @@ Synopsis::
     raw = export.fold(jr_params, norm_scale)        # folds C and b_dec: docs/recipe.md#folding
     export.export_run(workdir, job_name)            # runs/<job> -> saes/<kind>/layer_<L>/...
     export.import_released(npz_path, workdir, site, model_cfg=cfg)
+    export.released_tag(".../average_l0_71/params.npz")         # "average_l0_71"
 """
 
 # The released format.
@@ -16,7 +17,7 @@ from gemmascope.export.layout import list_saes, sae_dir, sweep_tag, width_label
 from gemmascope.export.npz_format import NPZ_KEYS, check_params, load_npz, save_npz
 
 # Workdir export and import.
-from gemmascope.export.release import export_run, import_released
+from gemmascope.export.release import export_run, import_released, released_tag
 
 __all__ = [
     "NPZ_KEYS",
@@ -24,6 +25,7 @@ __all__ = [
     "export_run",
     "fold",
     "import_released",
+    "released_tag",
     "list_saes",
     "load_npz",
     "sae_dir",

@@ -224,6 +224,12 @@ def _jsonable(value):
     return str(value)
 
 
+def released_tag(npz_path: str) -> str:
+    """The folder tag of a released SAE: its path's `average_l0_<N>` part, else "released"."""
+    match = _RELEASED_TAG.search(os.fspath(npz_path))
+    return match.group(0) if match else "released"
+
+
 def import_released(
     npz_path: str,
     workdir: str,
@@ -266,8 +272,7 @@ def import_released(
         params = load_npz(npz_path, d_in=d_in)
     got_d, width = params["W_enc"].shape
     if tag is None:
-        match = _RELEASED_TAG.search(os.fspath(npz_path))
-        tag = match.group(0) if match else "released"
+        tag = released_tag(npz_path)
     kind, layer = layout.split_site(site)
     folder = layout.sae_dir(workdir, site, width, arch, tag)
     save_npz(files.join(folder, layout.PARAMS_FILE), params)

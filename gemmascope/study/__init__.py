@@ -13,6 +13,10 @@ Synopsis:
     all_jobs = study.expand(config, model_cfg)         # train job ConfigDicts, sorted by name
     chosen = study.select(all_jobs, ["resid_post-*"])  # names or globs
     study.run(config, workdir, "all", job_selectors=["resid_post-*"])
+    checked = study.validate(config, "all", workdir=workdir, devices=(8, 8))  # ConfigError
+
+The errors a run expects (a bad field, a workdir in another state, a damaged file) are
+`study.StudyError`s; the command line reports them as one paragraph (gemmascope/study/errors.py).
 """
 
 # The study config: the schema experiment files fill in, and loading them.
@@ -20,11 +24,21 @@ from gemmascope.study.config import (
     NON_STUDY_FIELDS,
     NON_STUDY_SECTIONS,
     base_config,
+    config_arguments,
     importable_folder,
     load_config_file,
     model_config,
     parse_arg,
     to_json_dict,
+)
+
+# The errors a run expects (one paragraph on the command line, no traceback).
+from gemmascope.study.errors import (
+    CheckpointError,
+    ConfigError,
+    DamagedFileError,
+    StudyError,
+    WorkdirError,
 )
 
 # Jobs: the study expanded into (site, width, architecture) training jobs.
@@ -33,13 +47,23 @@ from gemmascope.study.jobs import PER_JOB_FIELDS, expand, job_name, mesh_shape, 
 # Stages: plan | cache -> train -> export -> eval, each resumable.
 from gemmascope.study.stages import MODES, check_workdir_config, parse_released, run, summary
 
+# Validation of a whole study before any stage works.
+from gemmascope.study.validate import CheckedStudy, validate
+
 __all__ = [
+    "CheckedStudy",
+    "CheckpointError",
+    "ConfigError",
+    "DamagedFileError",
     "MODES",
+    "StudyError",
+    "WorkdirError",
     "NON_STUDY_FIELDS",
     "NON_STUDY_SECTIONS",
     "PER_JOB_FIELDS",
     "base_config",
     "check_workdir_config",
+    "config_arguments",
     "expand",
     "importable_folder",
     "job_name",
@@ -53,4 +77,5 @@ __all__ = [
     "sites_of",
     "summary",
     "to_json_dict",
+    "validate",
 ]

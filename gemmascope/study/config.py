@@ -3,6 +3,7 @@
 Synopsis:
     from gemmascope import study
     arg = study.parse_arg("runlocal,layer=3", runlocal=False, layer=12)  # typed by the defaults
+    study.config_arguments("experiments/gemma2_2b.py")  # {"model_dir": "gemma-2-2b", ...}
     config = study.base_config()          # every section with each package's defaults
     module, config = study.load_config_file("experiments/tiny_demo.py:runlocal")
     model_cfg = study.model_config(config.model)   # GemmaConfig without loading weights
@@ -50,6 +51,10 @@ NON_STUDY_SECTIONS = ("plan", "eval", "distributed")
 NON_STUDY_FIELDS = ("cache.model_parallel",)
 
 
+# While config_arguments runs a config file: the specs its get_config passes to parse_arg.
+_recorded_specs: list[dict] | None = None
+
+
 def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
     """Parses a config argument such as "runlocal,layer=3" into a typed ConfigDict.
 
@@ -66,6 +71,8 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
     Raises:
         ValueError: An unknown name, or a value that does not parse as its default's type.
     """
+    if _recorded_specs is not None:
+        _recorded_specs.append(dict(spec))
     parsed = ml_collections.ConfigDict(spec)
     for item in (arg or "").split(","):
         item = item.strip()
@@ -190,6 +197,24 @@ def load_config_file(spec: str) -> tuple[types.ModuleType, ml_collections.Config
             raise ValueError(f"Config file {path!r} has no get_config(arg) function.")
         config = module.get_config(arg) if arg else module.get_config()
     return module, config
+
+
+def config_arguments(path: str) -> dict:
+    """The config arguments of an experiment file with their defaults ({} if it takes none).
+
+    Runs the file's `get_config()` with no argument and records what it passes to `parse_arg`
+    (the names and defaults of the text after the colon in `--config=path.py:arg`).
+
+    Raises:
+        FileNotFoundError: The config file does not exist.
+    """
+    global _recorded_specs
+    _recorded_specs = []
+    try:
+        load_config_file(path.partition(":")[0])
+        return dict(_recorded_specs[0]) if _recorded_specs else {}
+    finally:
+        _recorded_specs = None
 
 
 @contextlib.contextmanager

@@ -5,16 +5,20 @@ Synopsis:
     study.run(config, workdir, mode="all", job_selectors=["resid_post-*"])
     study.check_workdir_config(config, workdir)     # writes or checks workdir/config.json
 
-Every stage skips or resumes finished work, so the same command rerun after a kill finishes the
-study: the cache writer resumes from its atomic progress record, a job whose
-`runs/<job>/final_params.npz` exists is skipped and an unfinished job resumes from its last orbax
-checkpoint, export rewrites its (atomic) files, and evaluation rewrites the table atomically.
+Before any stage works, `run` validates the whole study (gemmascope/study/validate.py), takes
+the workdir's lock (lock.py) and writes or checks its config.json (workdir.py). Every stage skips
+or resumes finished work, so the same command rerun after a kill finishes the study: the cache
+writer resumes from its atomic progress record (and `--mode=cache` also verifies finished sites
+and recomputes damaged shards), a job whose `runs/<job>/final_params.npz` and job.json are whole
+is skipped and any other resumes from its last orbax checkpoint, export rewrites its (atomic)
+files, and evaluation rewrites the table atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import time
 
 import jax
@@ -23,8 +27,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from gemmascope import files
-from gemmascope.study import config as study_config
-from gemmascope.study import jobs
+from gemmascope.study import errors, integrity, jobs, lock, validate
+from gemmascope.study import workdir as workdir_state
+from gemmascope.study.errors import WorkdirError
 
 MODES = ("plan", "cache", "train", "eval", "export", "all")
 
@@ -35,8 +40,14 @@ def run(
     mode: str,
     job_selectors: list[str] | None = None,
     released: list[str] | None = None,
+    plan_jobs: bool = False,
 ) -> None:
     """Runs `mode` for the study `config` in `workdir`.
+
+    Everything is validated first (`study.validate`: the config, every job, the flags and the
+    input files); then, except in plan mode, the workdir (cache, eval, all) or the selected jobs
+    (train, export) are locked (`study.lock`), config.json is written or checked, and each
+    stage's prerequisites are checked before any stage starts.
 
     Args:
         config: A study config.
@@ -46,64 +57,91 @@ def run(
         job_selectors: Job names or globs (default: every job).
         released: "PATH@SITE" of released Gemma Scope params.npz files to import into
             workdir/saes/ (modes export, eval and all), evaluated alongside the study's SAEs.
+        plan_jobs: Plan mode prints one row per job (default: one per group and architecture).
 
     Raises:
-        ValueError: Unknown mode, missing workdir, a selector matching nothing, or a workdir
-            holding a different study.
+        ConfigError: Anything invalid in the config or the flags (every problem listed).
+        WorkdirError: The workdir holds another study, another run holds its lock, or a stage's
+            prerequisite is missing.
     """
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; valid modes: {', '.join(MODES)}.")
-    model_cfg = study_config.model_config(config.model)
-    selected = jobs.select(jobs.expand(config, model_cfg), job_selectors)
+    devices = None if mode == "plan" else (jax.device_count(), jax.local_device_count())
+    checked = validate.validate(
+        config, mode, workdir=workdir, selectors=job_selectors, released=released, devices=devices
+    )
     if mode == "plan":
         from gemmascope import plan
 
         if is_main_process():
-            print(plan.format_plan(plan.make_plan(config, model_cfg, selected)))
+            study_plan = plan.make_plan(config, checked.model_cfg, checked.selected)
+            print(plan.format_plan(study_plan, all_jobs=plan_jobs, notes=checked.notes))
         return
-    _check_workdir_and_source(config, workdir, mode)
-    check_workdir_config(config, workdir)
-    if mode == "cache" or (mode == "all" and config.source == "cache"):
+    # cache, eval and imports write what the whole study shares; train and export only their
+    # jobs' folders, so the launchers' parallel tasks on disjoint jobs may run side by side.
+    shared = bool({"cache", "eval"} & set(checked.stages)) or bool(released)
+    with lock.hold(workdir, None if shared else [job.name for job in checked.selected]):
+        for change in check_workdir_config(config, workdir):
+            _say(f"config.json updated (no stage had used it yet): {change}")
+        _check_prerequisites(config, workdir, checked, released)
+        _run_stages(config, workdir, checked, job_selectors, released)
+
+
+def _run_stages(config, workdir, checked, job_selectors, released) -> None:
+    selected = checked.selected
+    if "cache" in checked.stages:
         with _stage("cache"):
-            run_cache(config, workdir, jobs.sites_of(selected) if job_selectors else None)
-    if mode in ("train", "all"):
+            sites = jobs.sites_of(selected) if job_selectors else None
+            run_cache(config, workdir, sites, verify=checked.stages == ("cache",))
+    if "train" in checked.stages:
         with _stage(f"train ({len(selected)} jobs)"):
             run_train(config, workdir, selected)
-    if released and mode in ("export", "eval", "all"):
+    if released and ("export" in checked.stages or "eval" in checked.stages):
         with _stage(f"import ({len(released)} released SAEs)"):
-            run_import(config, model_cfg, workdir, released)
-    if mode in ("export", "all"):
+            run_import(config, checked.model_cfg, workdir, released)
+    if "export" in checked.stages:
         with _stage("export"):
             run_export(workdir, selected)
-    if mode in ("eval", "all"):
+    if "eval" in checked.stages:
         with _stage("eval"):
             run_eval(config, workdir)
         if is_main_process():
             print(summary(workdir), flush=True)
 
 
-def _check_workdir_and_source(config: ml_collections.ConfigDict, workdir, mode: str) -> None:
-    """Raises ValueError for a missing or unsupported workdir, or an unknown `config.source`."""
-    if not workdir:
-        raise ValueError(f"--workdir is required for --mode={mode}.")
-    if files.is_url(workdir) and not workdir.startswith("gs://"):
-        raise ValueError(
-            f"--workdir={workdir}: unsupported URL scheme; use a local path or a "
-            "gs://bucket/prefix URL."
-        )
-    if config.source not in ("cache", "stream"):
-        raise ValueError(f"config.source must be 'cache' or 'stream', got {config.source!r}.")
+def _check_prerequisites(config, workdir, checked, released) -> None:
+    """Raises WorkdirError when a stage of this run lacks what an earlier mode produces."""
+    stages = checked.stages
+    if "train" in stages and "cache" not in stages and config.source == "cache":
+        workdir_state.require_cache(workdir, jobs.sites_of(checked.selected))
+    if stages == ("export",):
+        states = [workdir_state.job_problem(workdir, job.name) for job in checked.selected]
+        if all(problem == "not trained" for problem in states):
+            raise WorkdirError(
+                f"none of the {len(states)} selected jobs is trained in "
+                f"{files.join(workdir, 'runs')}: run the same command with --mode=train first."
+            )
+    if stages == ("eval",) and not released:
+        from gemmascope.export import layout
+
+        if not layout.list_saes(workdir):
+            raise WorkdirError(
+                f"there are no SAEs in {files.join(workdir, 'saes')} to evaluate: run the same "
+                "command with --mode=train and then --mode=export first (or --mode=all), or "
+                "give --import_released."
+            )
+
+
+def _say(message: str) -> None:
+    if is_main_process():
+        print(f"[gemmascope] {message}", flush=True)
 
 
 @contextlib.contextmanager
 def _stage(name: str):
     """Prints when a stage starts and how long it took (process 0 only)."""
     start = time.time()
-    if is_main_process():
-        print(f"[gemmascope] {name}...", flush=True)
+    _say(f"{name}...")
     yield
-    if is_main_process():
-        print(f"[gemmascope] {name} done in {time.time() - start:.1f} s", flush=True)
+    _say(f"{name} done in {time.time() - start:.1f} s")
 
 
 def is_main_process() -> bool:
@@ -111,82 +149,77 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """Writes workdir/config.json, or checks that the workdir holds this same study.
 
-    Sections in `study.NON_STUDY_SECTIONS` (plan, eval, distributed) and fields in
-    `study.NON_STUDY_FIELDS` (cache.model_parallel) may differ: they do not change what is cached
-    or trained.
+    A field no stage has consumed yet may change (config.json is rewritten); see
+    gemmascope/study/workdir.py. Sections in `study.NON_STUDY_SECTIONS` (plan, eval,
+    distributed) and fields in `study.NON_STUDY_FIELDS` (cache.model_parallel) may always differ.
+
+    Returns:
+        One line per accepted change ([] if none).
 
     Raises:
-        ValueError: The workdir's config.json differs; the message names each differing field
-            with both values.
+        WorkdirError: A consumed field differs; the message names each with both values.
     """
-    path = files.join(workdir, "config.json")
-    resolved = study_config.to_json_dict(config)
-    if files.exists(path):
-        stored = files.read_json(path)
-        differences = [
-            f"  {key}: workdir has {old!r}, this run has {new!r}"
-            for key, old, new in _diff(stored, resolved)
-            if key.split(".")[0] not in study_config.NON_STUDY_SECTIONS
-            and key not in study_config.NON_STUDY_FIELDS
-        ]
-        if differences:
-            raise ValueError(
-                f"{workdir} holds a different study ({path}):\n"
-                + "\n".join(differences[:20])
-                + "\nUse a new --workdir, or the same config and overrides as before."
-            )
-        return
-    if is_main_process():
-        # Atomic: readers see no file or the whole file.
-        files.write_json(path, resolved, sort_keys=True)
+    return workdir_state.check_config(config, workdir, write=is_main_process())
 
 
-def _diff(old, new, prefix=""):
-    """Yields (dotted key, old value, new value) for every leaf that differs."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            dotted = f"{prefix}.{key}" if prefix else key
-            if key not in old or key not in new:
-                yield dotted, old.get(key, "<absent>"), new.get(key, "<absent>")
-            else:
-                yield from _diff(old[key], new[key], dotted)
-    elif old != new:
-        yield prefix, old, new
+def run_cache(
+    config: ml_collections.ConfigDict, workdir: str, sites: list[str] | None, verify: bool = False
+) -> None:
+    """Builds (or finishes) the activation cache for `sites` (default: config.sites).
 
-
-def run_cache(config: ml_collections.ConfigDict, workdir: str, sites: list[str] | None) -> None:
-    """Builds (or finishes) the activation cache for `sites` (default: config.sites)."""
+    With `verify` (`--mode=cache`), the shards of finished sites are checked too, and damaged
+    ones are computed again (activations.build_cache).
+    """
     from gemmascope import activations
 
     if sites is not None:
         config = ml_collections.ConfigDict(config.to_dict())
         config.sites = tuple(sites)
     logging.info("Cache: %s", list(config.sites))
-    activations.build_cache(config, workdir)
+    activations.build_cache(config, workdir, verify=verify)
 
 
 def run_train(
     config: ml_collections.ConfigDict, workdir: str, selected: list[ml_collections.ConfigDict]
 ) -> None:
-    """Trains every selected job that has no final_params.npz yet (resuming unfinished ones).
+    """Trains every selected job that is not finished yet (resuming unfinished ones).
 
-    Activations come from the cache, or with `config.source == "stream"` from the model itself
-    (loaded once for all jobs) through a shuffle buffer.
+    A job is finished when its runs/<job>/final_params.npz and job.json are whole; a damaged
+    one is written again from the job's last checkpoint. Activations come from the cache, or
+    with `config.source == "stream"` from the model itself (loaded once for all jobs) through a
+    shuffle buffer.
+
+    Raises:
+        CheckpointError: Orbax could not save or restore a job's checkpoints (names the folder
+            and the cause).
     """
     from gemmascope import train
 
     open_source = _source_opener(config, workdir)
     for index, job in enumerate(selected):
-        if files.exists(files.join(workdir, "runs", job.name, "final_params.npz")):
-            if is_main_process():
-                print(f"[gemmascope] train {index + 1}/{len(selected)}: {job.name} already done")
+        where = f"train {index + 1}/{len(selected)}: {job.name}"
+        problem = workdir_state.job_problem(workdir, job.name)
+        if problem is None:
+            _say(f"{where} already done")
             continue
-        if is_main_process():
-            print(f"[gemmascope] train {index + 1}/{len(selected)}: {job.name}", flush=True)
-        train.train_sweep(job, open_source(job.site, int(job.seeds[0])), workdir)
+        if problem != "not trained":
+            _say(f"{where}: {problem}; writing it again from the job's last checkpoint")
+        _say(where)
+        try:
+            train.train_sweep(job, open_source(job.site, int(job.seeds[0])), workdir)
+        except Exception as error:
+            if errors.touches(error, "orbax") and not isinstance(error, errors.StudyError):
+                folder = files.join(workdir, "runs", job.name, "checkpoints")
+                raise errors.CheckpointError(
+                    f"job {job.name}: saving or restoring its checkpoints in {folder} failed: "
+                    f"{errors.root_cause(error)}. Fix the cause (disk space, permissions, another "
+                    "run writing the same workdir) and rerun the same command: the job resumes "
+                    "from its last complete checkpoint."
+                ) from error
+            raise
 
 
 def _source_opener(config: ml_collections.ConfigDict, workdir: str):
@@ -220,15 +253,25 @@ def _source_opener(config: ml_collections.ConfigDict, workdir: str):
 
 
 def run_export(workdir: str, selected: list[ml_collections.ConfigDict]) -> None:
-    """Exports every trained selected job to Gemma Scope params.npz files."""
+    """Exports every trained selected job to Gemma Scope params.npz files.
+
+    Raises:
+        DamagedFileError: A selected job's final_params.npz or job.json is damaged.
+    """
     from gemmascope import export
 
     if is_main_process():
         for job in selected:
-            if files.exists(files.join(workdir, "runs", job.name, "final_params.npz")):
-                export.export_run(workdir, job.name)
-            else:
+            problem = workdir_state.job_problem(workdir, job.name)
+            if problem == "not trained":
                 logging.warning("Export: %s is not trained yet; skipped", job.name)
+            elif problem:
+                raise errors.DamagedFileError(
+                    f"cannot export job {job.name}: {problem}. Rerun with --mode=train "
+                    f"--jobs={job.name}: it writes the file again from the job's last checkpoint."
+                )
+            else:
+                export.export_run(workdir, job.name)
     if jax.process_count() > 1:  # the other processes evaluate what process 0 just wrote
         multihost_utils.sync_global_devices("gemmascope export done")
 
@@ -251,22 +294,43 @@ def parse_released(entry: str) -> tuple[str, str]:
 def run_import(
     config: ml_collections.ConfigDict, model_cfg, workdir: str, released: list[str]
 ) -> None:
-    """Places released Gemma Scope params.npz files in workdir/saes/ (checked against the model)."""
-    from gemmascope import export, model
+    """Places released Gemma Scope params.npz files in workdir/saes/ (checked by validate).
 
-    entries = [parse_released(entry) for entry in released]  # every entry checked before writing
-    for path, site in entries:
-        model.sites.check(model_cfg, site)
-        if not files.exists(path):
-            raise FileNotFoundError(f"--import_released: {path} does not exist")
+    Each SAE gets its own folder: entries that would share one (the same site, width and
+    `average_l0_<N>` tag) get `_2`, `_3`... appended to the tag, in the order given, and a folder
+    holding an SAE of another origin is never overwritten.
+    """
+    from gemmascope import export
+    from gemmascope.export import layout
+
     if is_main_process():
-        for path, site in entries:
+        taken: set[str] = set()
+        for path, site in (parse_released(entry) for entry in released):
+            width = integrity.npz_member_shape(path, "W_enc", "w_enc")[1]
+            tag = _free_tag(workdir, path, site, width, export.released_tag(path), taken)
+            taken.add(layout.sae_dir(workdir, site, width, "gemmascope", tag))
             folder = export.import_released(
-                path, workdir, site, model_cfg=model_cfg, model=str(config.model.path)
+                path, workdir, site, model_cfg=model_cfg, tag=tag, model=str(config.model.path)
             )
-            print(f"[gemmascope] imported {path} -> {folder}", flush=True)
+            _say(f"imported {path} -> {folder}")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("gemmascope import done")
+
+
+def _free_tag(workdir: str, path: str, site: str, width: int, tag: str, taken: set) -> str:
+    """`tag`, or `tag_2`, `tag_3`...: the first whose folder is free or holds this same file."""
+    from gemmascope.export import layout
+
+    origin = path if files.is_url(path) else os.path.abspath(path)
+    for n in range(1, 1000):
+        candidate = tag if n == 1 else f"{tag}_{n}"
+        folder = layout.sae_dir(workdir, site, width, "gemmascope", candidate)
+        if folder in taken:
+            continue
+        config_path = files.join(folder, layout.CONFIG_FILE)
+        if not files.exists(config_path) or files.read_json(config_path).get("origin") == origin:
+            return candidate
+    raise errors.WorkdirError(f"more than 999 released SAEs share the folder tag {tag!r}")
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:
