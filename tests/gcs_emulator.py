@@ -104,9 +104,9 @@ def _honour_generation_match(server_module, objects_module) -> None:
     def guarded(original):
         def handler(request, response, storage, *args, **kwargs):
             wanted = request.query.get("ifGenerationMatch")
-            if wanted:
-                bucket = request.params["bucket_name"]
-                name = request.params.get("object_id") or (request.query.get("name") or [""])[0]
+            bucket = request.params["bucket_name"]
+            name = request.params.get("object_id") or (request.query.get("name") or [""])[0]
+            if wanted and name:  # (a multipart upload names its object in the body: not checked)
                 try:
                     current = str(storage.get_file_obj(bucket, name)["generation"])
                 except Exception:  # no such object: generation 0

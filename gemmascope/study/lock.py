@@ -9,9 +9,9 @@ Synopsis:
     lock.holders(workdir)       # {lock path: {"host", "pid", "started", "command", ...}}
 
 Two runs must never write the same files. Modes that write what the whole study shares (the
-activation cache, the metric table, imported SAEs: `cache`, `eval`, `all`) lock the whole
-workdir, `workdir/locks/workdir.lock`. Modes that write only their jobs' folders (`train`,
-`export`) lock each selected job, `workdir/locks/job-<name>.lock`, so the launchers' parallel
+activation cache, the metric table, imported SAEs: `cache`, `eval`, `all`), and train or export
+of every job, lock the whole workdir, `workdir/locks/workdir.lock`. Train and export of the jobs
+`--jobs` selects lock each of them, `workdir/locks/job-<name>.lock`, so the launchers' parallel
 tasks (launch/: one `--mode=train --jobs=...` per task, on disjoint jobs) run side by side,
 while a second run of the same job, or a cache or eval run during training, is refused. Each
 run creates its own locks first and then looks for the other kind, so of two conflicting runs

@@ -75,10 +75,12 @@ def run(
             study_plan = plan.make_plan(config, checked.model_cfg, checked.selected)
             print(plan.format_plan(study_plan, all_jobs=plan_jobs, notes=checked.notes))
         return
-    # cache, eval and imports write what the whole study shares; train and export only their
-    # jobs' folders, so the launchers' parallel tasks on disjoint jobs may run side by side.
+    # cache, eval and imports write what the whole study shares; train and export of selected
+    # jobs only those jobs' folders, so the launchers' parallel tasks on disjoint jobs may run
+    # side by side (without --jobs, every job: the whole workdir, one lock).
     shared = bool({"cache", "eval"} & set(checked.stages)) or bool(released)
-    with lock.hold(workdir, None if shared else [job.name for job in checked.selected]):
+    by_job = job_selectors and not shared
+    with lock.hold(workdir, [job.name for job in checked.selected] if by_job else None):
         for change in check_workdir_config(config, workdir):
             _say(f"config.json updated (no stage had used it yet): {change}")
         _check_prerequisites(config, workdir, checked, released)
@@ -112,7 +114,7 @@ def _check_prerequisites(config, workdir, checked, released) -> None:
     stages = checked.stages
     if "train" in stages and "cache" not in stages and config.source == "cache":
         workdir_state.require_cache(workdir, jobs.sites_of(checked.selected))
-    if stages == ("export",):
+    if stages == ("export",) and not released:
         states = [workdir_state.job_problem(workdir, job.name) for job in checked.selected]
         if all(problem == "not trained" for problem in states):
             raise WorkdirError(

@@ -59,11 +59,8 @@ class CheckedStudy:
 def stages_of(mode: str, source: str) -> tuple[str, ...]:
     """The stages a mode runs: "all" is cache (for a cache source), train, export, eval."""
     if mode == "all":
-        return ("cache", "train", "export", "eval") if source == "cache" else (
-            "train",
-            "export",
-            "eval",
-        )
+        after_cache = ("train", "export", "eval")
+        return ("cache", *after_cache) if source == "cache" else after_cache
     return () if mode == "plan" else (mode,)
 
 
@@ -119,7 +116,7 @@ def validate(
             job_checks.check_each_job(all_jobs, problems)
         mesh_jobs = all_jobs if train_ok else []
         job_checks.check_mesh(config, mesh_jobs, (n_devices, devices_text), problems)
-        with problems.catch("--jobs: "):
+        with problems.catch():
             selected = jobs.select(all_jobs, selectors)
         _check_released(released or [], model_cfg, problems, plan_only, notes)
     if problems.lines:
