@@ -214,3 +214,41 @@ def test_gemma_studies_fit_their_planned_accelerator(experiment):
     for lm in study_plan.lm:
         assert lm.valid and lm.fits, (lm.stage, lm)
     assert "! exceeds" not in plan.format_plan(study_plan)
+
+
+def test_plan_text_groups_sorts_layers_and_lists_every_misfit():
+    _, config = study.load_config_file("experiments/gemma2_9b.py")
+    study_plan = plan.make_plan(config, study.model_config(config.model))
+    by_name = {job.name: job for job in study_plan.jobs}
+    # By hand: 6 SAEs of 1M latents on d = 3584, latent-sharded over the 16 devices (TensorCores)
+    # of 8 TPU v3 chips: params + 2 Adam moments, plus 4 fp32 (4096, 2^20 / 16, 6) arrays.
+    million = by_name["resid_post-L20-w1048576-jumprelu"]
+    params = 6 * (2 * 3584 * 2**20 + 2 * 2**20 + 3584) * 4 / 16
+    assert million.mesh == (1, 16)
+    assert million.memory_bytes_per_device == pytest.approx(3 * params + 4 * 4 * 4096 * 2**16 * 6)
+    assert million.memory_bytes_per_device > 16 * 2**30 and not study_plan.fits(million)
+    misfits = sorted(job.name for job in study_plan.jobs if not study_plan.fits(job))
+    assert len(misfits) == 4  # the three 1M SAEs and the 524k ladder width
+
+    text = plan.format_plan(study_plan)
+    # One row per group x architecture, every misfit named with the advice for sharded jobs.
+    assert len([line for line in text.splitlines() if " jumprelu " in line]) == 4
+    rows = [line.split() for line in text.splitlines()]
+    assert ["all_16k", "jumprelu", "126", "756", "16k"] in [row[:5] for row in rows]
+    assert all(name in text for name in misfits)
+    words = " ".join(text.split())  # the warnings are wrapped at 100 columns
+    assert "already sharded over all 16 devices: use more chips" in words
+    assert "shard their latents" not in words
+
+    # Every job with --plan_jobs, layers in numeric order (L2 before L10).
+    job_rows = plan.format_plan(study_plan, all_jobs=True).split("\n")
+    names = [row.split()[0] for row in job_rows if row]
+    resid16k = [name for name in names if name.startswith("resid_post-") and "-w16384-" in name]
+    assert resid16k[:3] == [f"resid_post-L{n}-w16384-jumprelu" for n in (0, 1, 2)]
+    assert len(resid16k) == 42 and resid16k[-1] == "resid_post-L41-w16384-jumprelu"
+
+    # Not latent-sharded, the same jobs get the advice to shard their latents.
+    config.unlock()
+    config.mesh.shard_latents_from = 0
+    text = plan.format_plan(plan.make_plan(config, study.model_config(config.model)))
+    assert "shard their latents over every device" in " ".join(text.split())

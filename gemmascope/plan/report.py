@@ -148,18 +148,24 @@ def _group_rows(p: StudyPlan) -> list[str]:
 
 
 def _legend(all_jobs: bool) -> list[str]:
-    per = "job" if all_jobs else "group x architecture"
-    lines = [
-        "",
-        f"One row per {per}"
-        + ("" if all_jobs else " (--plan_jobs lists every job)")
-        + ". S / SAEs: SAEs trained (a job stacks its sweep values x seeds); tokens: training "
-        "tokens per SAE; steps: optimizer steps (tokens / train.batch_size); mesh: the job's "
-        "data x model devices; FLOPs: training FLOPs; step, wall: estimated time per step and "
-        "for the jobs, one after another, at the plan's MFU; mem/device: SAE parameters + Adam "
-        "moments + one step's activations on one device (the largest job's); ! = does not fit.",
-    ]
-    return [lines[0], *_wrap(lines[1])]
+    if all_jobs:
+        text = (
+            "One row per job. S: SAEs the job stacks (sweep values x seeds); tokens: training "
+            "tokens per SAE; steps: optimizer steps (tokens / train.batch_size); mesh: the job's "
+            "data x model devices; FLOPs: training FLOPs; step, wall: estimated time per step and "
+            "for the job at the plan's MFU; mem/device: SAE parameters + Adam moments + one step's "
+            "activations on one device; ! = does not fit one device."
+        )
+    else:
+        text = (
+            "One row per group x architecture (--plan_jobs lists every job). jobs, SAEs: jobs and "
+            "the SAEs they stack (sweep values x seeds); widths; tokens: training tokens per SAE; "
+            "FLOPs: training FLOPs of the jobs; wall: their estimated time one after another at "
+            "the plan's MFU; mem/device: SAE parameters + Adam moments + one step's activations on "
+            "one device, for the largest job; ! = some job does not fit one device; sites: the "
+            "layers of each site kind."
+        )
+    return ["", *_wrap(text)]
 
 
 def _wrap(text: str, width: int = 100) -> list[str]:
