@@ -132,14 +132,20 @@ def _study_lines(paths: list[str]) -> list[str]:
     """One line per experiment file: its config arguments with their defaults."""
     lines = []
     for path in paths:
+        shown = os.path.relpath(path, _REPO) if path.startswith(_REPO + os.sep) else path
         try:
             spec = study_config.config_arguments(path)
         except Exception as error:  # a broken experiment file must not break --help
-            lines.append(f"  {os.path.relpath(path, _REPO)}: cannot be loaded ({error})")
+            lines.append(f"  {shown}: cannot be loaded ({error})")
             continue
-        shown = os.path.relpath(path, _REPO) if path.startswith(_REPO) else path
         lines.append(f"  {shown}:{_format_arguments(spec)}")
     return lines
+
+
+def _is_study(path: str) -> bool:
+    """Whether the experiment file defines get_config (common.py does not)."""
+    with open(path) as f:
+        return "def get_config" in f.read()
 
 
 def help_text(argv: list[str]) -> str:
@@ -150,7 +156,7 @@ def help_text(argv: list[str]) -> str:
         studies = "The config arguments of this study (with their defaults):"
     else:
         paths = sorted(glob.glob(os.path.join(_REPO, "experiments", "*.py")))
-        paths = [p for p in paths if "get_config" in open(p).read()]
+        paths = [p for p in paths if _is_study(p)]
         studies = "Studies in experiments/ and their config arguments (with their defaults):"
     module_doc = sys.modules[__name__].__doc__ or ""
     lines = [
