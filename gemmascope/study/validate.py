@@ -208,12 +208,12 @@ def _read_model_folder(path: str, weights: bool, problems: list[str]):
     from gemmascope import model
 
     if not isinstance(path, str) or not path:
-        problems.append("model.path is empty: give an HF Gemma 2 folder or 'embedded'")
+        problems.append("model.path is empty: give an HF Gemma folder or 'embedded'")
         return None
     folder = model.resolve_path(path)
     if not os.path.isdir(folder):
         problems.append(
-            f"model.path = {path!r}: no such folder (an HF Gemma 2 folder with config.json, "
+            f"model.path = {path!r}: no such folder (an HF Gemma 2 or 3 folder with config.json, "
             "model.safetensors and the tokenizer files, or 'embedded')"
         )
         return None
@@ -225,7 +225,7 @@ def _read_model_folder(path: str, weights: bool, problems: list[str]):
     try:
         model_cfg = model.read_config(folder)
     except (ValueError, KeyError, TypeError) as error:
-        problems.append(f"model.path: {config_path} is not a Gemma 2 config.json ({error})")
+        problems.append(f"model.path: {config_path} is not a supported Gemma config.json ({error})")
         return None
     if weights:
         for line in integrity.safetensors_problems(folder):
