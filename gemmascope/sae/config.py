@@ -42,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sparsity_warmup_steps = 10_000
     # Keep decoder rows at unit norm: project their gradients and renormalise after each update.
     cfg.unit_norm_decoder = True
+    # At init W_enc = encoder_init_scale · W_decᵀ with unit W_dec rows (GS: 1; Anthropic's April
+    # 2024 update and SAELens: 0.1; docs/sae.md#initialisation explains the choice).
+    cfg.encoder_init_scale = 1.0
+    # Norm of every W_dec row at init (GS: 1). Other values need unit_norm_decoder = False
+    # (SAELens: 0.1 with a free decoder); the constraint would renormalise them to 1.
+    cfg.decoder_init_norm = 1.0
     # Subtract b_dec from the input before encoding (the pre-encoder bias of
     # docs/recipe.md#jumprelu-model).
     cfg.pre_encoder_bias = True
@@ -68,8 +74,15 @@ def check_in(cfg: ml_collections.ConfigDict, field: str, valid: Iterable[str]) -
 
 
 def check_base(cfg: ml_collections.ConfigDict) -> None:
-    """Validates the shared optimiser / schedule fields of :func:`base_config`."""
-    check_positive(cfg, "lr", "adam_eps")
+    """Validates the shared optimiser / schedule / init fields of :func:`base_config`."""
+    check_positive(cfg, "lr", "adam_eps", "encoder_init_scale", "decoder_init_norm")
+    if cfg.unit_norm_decoder and cfg.decoder_init_norm != 1.0:
+        raise ValueError(
+            f"SAE config field 'decoder_init_norm' is {cfg.decoder_init_norm!r} but "
+            "'unit_norm_decoder' is True, which renormalises every decoder row to 1 after the "
+            "first update: set decoder_init_norm = 1.0, or unit_norm_decoder = False for a free "
+            "decoder."
+        )
     check_positive(
         cfg, "lr_warmup_steps", "sparsity_warmup_steps", "max_grad_norm", allow_zero=True
     )

@@ -6,7 +6,7 @@ vector is the row ``W_dec[i]``. Sources: docs/recipe.md#jumprelu-model (maps), #
 
 Synopsis::
 
-    w_enc, w_dec = init_dictionary(key, d_in, width)   # He-uniform, unit rows, W_enc = W_dec^T
+    w_enc, w_dec = init_dictionary(key, d_in, width, cfg)  # unit rows, W_enc = s·W_decᵀ
     pi = pre_activations(params, x, cfg)                # (x − b_dec) @ W_enc + b_enc
     x_hat = decode(params, f)                           # f @ W_dec + b_dec
     params = constrain(params, cfg)                     # unit rows when cfg.unit_norm_decoder
@@ -42,22 +42,32 @@ def project_out_parallel(grad_dec: jax.Array, w_dec: jax.Array) -> jax.Array:
     return grad_dec - parallel * direction
 
 
-def init_dictionary(key: jax.Array, d_in: int, width: int) -> tuple[jax.Array, jax.Array]:
-    """Gemma Scope initialisation of the encoder and decoder matrices (docs/recipe.md#init).
+def init_dictionary(
+    key: jax.Array,
+    d_in: int,
+    width: int,
+    cfg: ml_collections.ConfigDict | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The encoder and decoder matrices at init (docs/sae.md#initialisation).
 
-    W_dec is He-uniform, then each row is rescaled to unit norm; W_enc = W_dec^T.
+    W_dec is He-uniform with each row rescaled to norm ``cfg.decoder_init_norm``; W_enc is
+    ``cfg.encoder_init_scale`` times the unit-row W_dec transposed. Both 1 (the default, and
+    the only values without a config) is the Gemma Scope init: unit rows, W_enc = W_decᵀ.
 
     Args:
       key: PRNG key.
       d_in: input dimension d.
       width: number of latents M.
+      cfg: the architecture config (fields ``encoder_init_scale``, ``decoder_init_norm``), or
+        None for the Gemma Scope init.
 
     Returns:
       (W_enc (d_in, width), W_dec (width, d_in)), float32.
     """
-    w_dec = jax.nn.initializers.he_uniform()(key, (width, d_in), jnp.float32)
-    w_dec = unit_rows(w_dec)
-    return w_dec.T, w_dec
+    unit = unit_rows(jax.nn.initializers.he_uniform()(key, (width, d_in), jnp.float32))
+    if cfg is None:
+        return unit.T, unit
+    return cfg.encoder_init_scale * unit.T, cfg.decoder_init_norm * unit
 
 
 @jax.custom_vjp

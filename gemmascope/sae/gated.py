@@ -55,7 +55,7 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
     """Unit-norm He-uniform W_dec, W_gate = W_dec^T, r_mag = biases = 0 (GT reference code)."""
     config_lib.check_shape(d_in, width)
     validate(cfg)
-    w_gate, w_dec = dictionary.init_dictionary(key, d_in, width)
+    w_gate, w_dec = dictionary.init_dictionary(key, d_in, width, cfg)
     zeros = jnp.zeros((width,), jnp.float32)
     return {
         "W_gate": w_gate,
@@ -103,7 +103,10 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     x_hat = dictionary.decode(params, f)
     recon = jnp.mean(losses.squared_error(x, x_hat))
     gate_acts = jax.nn.relu(pi_gate)
-    sparsity = coeffs["sparsity_coeff"] * jnp.mean(jnp.sum(gate_acts, axis=-1))
+    # A free decoder (unit_norm_decoder = False) weights each gate by its row norm, so the
+    # penalty cannot be dodged by shrinking the gate and growing the row (as SAELens does).
+    weighted = gate_acts if cfg.unit_norm_decoder else gate_acts * dictionary.row_norms(params["W_dec"])
+    sparsity = coeffs["sparsity_coeff"] * jnp.mean(jnp.sum(weighted, axis=-1))
     frozen = jax.lax.stop_gradient({"W_dec": params["W_dec"], "b_dec": params["b_dec"]})
     aux = cfg.aux_coeff * jnp.mean(losses.squared_error(x, dictionary.decode(frozen, gate_acts)))
     total = recon + sparsity + aux

@@ -92,20 +92,31 @@ def jumprelu_form(
       b_enc: effective encoder bias (M,).
       theta: per-latent threshold (M,), >= 0.
       cfg: the architecture config; when ``cfg.pre_encoder_bias`` is False the encoder saw x
-        itself, so b_dec @ W_enc is added to b_enc to express it with a pre-encoder bias.
+        itself, so b_dec @ W_enc is added to b_enc to express it with a pre-encoder bias; when
+        ``cfg.unit_norm_decoder`` is False the decoder rows' norms are folded into the encoder
+        and the threshold (the form's rows are unit-norm either way).
 
     Returns:
       The float32 :class:`TrainingForm` described in the module docstring.
     """
+    w_enc = jnp.asarray(w_enc, jnp.float32)
+    w_dec = jnp.asarray(params["W_dec"], jnp.float32)
     b_enc = jnp.asarray(b_enc, jnp.float32)
     if not cfg.pre_encoder_bias:
         b_enc = b_enc + jnp.matmul(params["b_dec"], w_enc, precision=_HIGHEST)
+    theta = jnp.broadcast_to(jnp.asarray(theta, jnp.float32), b_enc.shape)
+    if not cfg.unit_norm_decoder:
+        # A free decoder's row norms n_i move into the encoder: π_i·n_i > θ_i·n_i fires exactly
+        # when π_i > θ_i, and (f_i·n_i)(d_i / n_i) = f_i d_i, so latents and reconstructions
+        # are unchanged and the rows come out unit-norm, as the released format expects.
+        norms = jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(w_dec), axis=-1)), 1e-12)
+        w_enc, b_enc, theta, w_dec = w_enc * norms, b_enc * norms, theta * norms, w_dec / norms[:, None]
     return TrainingForm(
-        W_enc=jnp.asarray(w_enc, jnp.float32),
-        W_dec=jnp.asarray(params["W_dec"], jnp.float32),
+        W_enc=w_enc,
+        W_dec=w_dec,
         b_enc=b_enc,
         b_dec=jnp.asarray(params["b_dec"], jnp.float32),
-        threshold=jnp.broadcast_to(jnp.asarray(theta, jnp.float32), b_enc.shape),
+        threshold=theta,
     )
 
 

@@ -51,7 +51,7 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
     """Gemma Scope init (docs/recipe.md#init) for both forms."""
     config_lib.check_shape(d_in, width)
     validate(cfg)
-    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width)
+    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width, cfg)
     return {
         "W_enc": w_enc,
         "b_enc": jnp.zeros((width,), jnp.float32),
@@ -103,10 +103,6 @@ def update_buffers(params: dict, x: jax.Array, metrics: dict, step_index, cfg) -
 
 
 def to_jumprelu(params: dict, cfg: ml_collections.ConfigDict) -> dict:
-    """JumpReLU with threshold 0; decoder norms folded into the encoder (unit-norm rows)."""
-    norms = jnp.maximum(dictionary.row_norms(params["W_dec"]), 1e-12)
-    folded = {**params, "W_dec": params["W_dec"] / norms[:, None]}
+    """JumpReLU with threshold 0 (a free decoder's row norms are folded by ``jumprelu_form``)."""
     theta = jnp.zeros_like(params["b_enc"])
-    return inference.jumprelu_form(
-        folded, params["W_enc"] * norms, params["b_enc"] * norms, theta, cfg
-    )
+    return inference.jumprelu_form(params, params["W_enc"], params["b_enc"], theta, cfg)

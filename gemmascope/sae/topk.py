@@ -83,7 +83,7 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
     config_lib.check_shape(d_in, width)
     validate(cfg)
     validate_k(cfg, width)
-    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width)
+    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width, cfg)
     return {
         "W_enc": w_enc,
         "b_enc": jnp.zeros((width,), jnp.float32),
