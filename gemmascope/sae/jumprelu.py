@@ -3,10 +3,14 @@
 Forward (training form, pre-encoder bias):
     π = (x − b_dec) W_enc + b_enc,   f = π·H(π − θ),   x̂ = f W_dec + b_dec.
 Loss per token, averaged over the batch (docs/recipe.md#jumprelu-loss):
-    coeff form:      ||x − x̂||² + λ_t·Σ_i H(π_i − θ_i)
-    target_l0 form:  ||x − x̂||² + λ_t·(L0 / L0_target − 1)²,  L0 = batch mean of Σ_i H(π_i − θ_i)
+    ||x − x̂||² + λ_t·Σ_i H(π_i − θ_i)
 where λ_t is λ warmed up linearly over ``sparsity_warmup_steps`` and H carries the rectangle STE of
-docs/recipe.md#jumprelu-ste (module :mod:`gemmascope.sae.ste`). θ is fp32, stored as
+docs/recipe.md#jumprelu-ste (module :mod:`gemmascope.sae.ste`). λ is either given
+(``sparsity_form = "coeff"``, Gemma Scope) or steered to a target L0 (``"target_l0"``): the
+buffer ``log_sparsity_coeff`` starts at log ``sparsity_coeff`` and after every step past the
+warmup moves by ``target_l0_rate · clip(log(L0 / target_l0), −1, 1)`` (dual ascent on the
+constraint E[L0] = target, docs/sae.md#target-l0), so the SAE trains on the Gemma Scope loss with
+the λ that gives the L0 asked for. θ is fp32, stored as
 ``log_threshold`` (θ = exp) or ``threshold`` (raw) by ``cfg.threshold_param``
 (docs/recipe.md#short-runs).
 
@@ -17,14 +21,20 @@ Synopsis::
     loss, metrics = loss(params, x, coeffs(cfg, step_index, sweep_value), cfg)
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from gemmascope.sae import config as config_lib
-from gemmascope.sae import dictionary, inference, losses, optim, ste
+from gemmascope.sae import auxk, dictionary, inference, losses, optim, ste
 
 NAME = "jumprelu"
+# L0 below this counts as this in the target_l0 form's log error (an empty batch is a finite step).
+_L0_FLOOR = 1e-2
+# log λ stays in [log 1e-8, log 1e4]: far outside any useful λ, but finite.
+_LOG_COEFF_RANGE = (math.log(1e-8), math.log(1e4))
 # The field a sweep varies in the default (coefficient) form; see sweep_field() for target_l0.
 SWEEP_FIELD = "sparsity_coeff"
 
@@ -34,19 +44,23 @@ def default_config() -> ml_collections.ConfigDict:
     cfg = config_lib.base_config()
     # λ of the L0 penalty in the "coeff" form (GS: 6e-4 gave L0 ≈ 50 on 9B L20, 1e-3 on 131k SAEs).
     cfg.sparsity_coeff = 1e-3
-    # "coeff": λ·L0 per token (GS).  "target_l0": target_l0_coeff·(L0 / target_l0 − 1)²
-    # (docs/recipe.md#short-runs).
+    # "coeff": λ·L0 per token with λ = sparsity_coeff (GS).  "target_l0": the same loss with λ
+    # steered (from sparsity_coeff) so that the batch L0 tracks target_l0 (docs/sae.md#target-l0).
     cfg.sparsity_form = "coeff"
     # The L0 asked for in the "target_l0" form.
     cfg.target_l0 = 32.0
-    # The coefficient of the "target_l0" penalty (also warmed up over sparsity_warmup_steps).
-    cfg.target_l0_coeff = 1.0
+    # "target_l0" form: change of log λ per step at the largest L0 error (|log(L0/target)| >= 1).
+    cfg.target_l0_rate = 0.02
     # STE kernel bandwidth ε (GS: 1e-3, valid for E||x||² = 1 inputs).
     cfg.bandwidth = 1e-3
     # Initial threshold θ for every latent (GS: 1e-3).
     cfg.threshold_init = 1e-3
     # "log": train log θ (tutorial / JR pseudo-code); "raw": train θ itself (better for short runs).
     cfg.threshold_param = "log"
+    # AuxK on dead latents (docs/sae.md#dead-latents): off in Gemma Scope's recipe (α = 0); the
+    # short-run recipe turns it on to revive latents whose threshold outgrew their pre-activations.
+    auxk.add_config_fields(cfg)
+    cfg.auxk_alpha = 0.0
     return cfg
 
 
@@ -55,8 +69,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     config_lib.check_base(cfg)
     config_lib.check_in(cfg, "sparsity_form", ("coeff", "target_l0"))
     config_lib.check_in(cfg, "threshold_param", ("log", "raw"))
-    config_lib.check_positive(cfg, "sparsity_coeff", "target_l0_coeff", allow_zero=True)
-    config_lib.check_positive(cfg, "bandwidth", "threshold_init", "target_l0")
+    config_lib.check_positive(cfg, "sparsity_coeff", allow_zero=cfg.sparsity_form == "coeff")
+    config_lib.check_positive(cfg, "bandwidth", "threshold_init", "target_l0", "target_l0_rate")
+    auxk.validate(cfg)
 
 
 def sweep_field(cfg: ml_collections.ConfigDict) -> str:
@@ -67,11 +82,13 @@ def sweep_field(cfg: ml_collections.ConfigDict) -> str:
 def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:
     """Gemma Scope init (docs/recipe.md#init).
 
-    Unit-norm He-uniform W_dec, W_enc = W_dec^T, zero biases, θ = threshold_init.
+    Unit-norm He-uniform W_dec, W_enc = W_dec^T (scaled by the init fields of
+    docs/sae.md#initialisation), zero biases, θ = threshold_init; in the target_l0 form the
+    buffer ``log_sparsity_coeff`` = log sparsity_coeff.
     """
     config_lib.check_shape(d_in, width)
     validate(cfg)
-    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width)
+    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width, cfg)
     theta = jnp.full((width,), cfg.threshold_init, jnp.float32)
     params = {
         "W_enc": w_enc,
@@ -83,6 +100,10 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
         params["log_threshold"] = jnp.log(theta)
     else:
         params["threshold"] = theta
+    if cfg.sparsity_form == "target_l0":
+        params["log_sparsity_coeff"] = jnp.log(jnp.asarray(cfg.sparsity_coeff, jnp.float32))
+    if cfg.auxk_alpha > 0:
+        params["tokens_since_fired"] = auxk.init_counters(width)
     return params
 
 
@@ -106,11 +127,16 @@ def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Ar
 
 
 def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict:
-    """This step's traced loss coefficients; ``sweep_value`` overrides ``cfg[sweep_field(cfg)]``."""
+    """This step's traced loss coefficients; ``sweep_value`` overrides ``cfg[sweep_field(cfg)]``.
+
+    In the target_l0 form ``sparsity_coeff`` is the warmup factor (λ itself is the buffer).
+    """
     if cfg.sparsity_form == "target_l0":
         target = cfg.target_l0 if sweep_value is None else sweep_value
-        coeff = optim.linear_warmup(cfg.target_l0_coeff, step_index, cfg.sparsity_warmup_steps)
-        return {"sparsity_coeff": coeff, "target_l0": jnp.asarray(target, jnp.float32)}
+        return {
+            "sparsity_coeff": optim.linear_warmup(1.0, step_index, cfg.sparsity_warmup_steps),
+            "target_l0": jnp.asarray(target, jnp.float32),
+        }
     base = cfg.sparsity_coeff if sweep_value is None else sweep_value
     return {"sparsity_coeff": optim.linear_warmup(base, step_index, cfg.sparsity_warmup_steps)}
 
@@ -123,15 +149,18 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     x_hat = dictionary.decode(params, f)
     recon = jnp.mean(losses.squared_error(x, x_hat))
     l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
+    coeff = coeffs["sparsity_coeff"]
     if cfg.sparsity_form == "target_l0":
-        relative = jnp.mean(l0_per_token) / coeffs["target_l0"] - 1.0
-        sparsity = coeffs["sparsity_coeff"] * jnp.square(relative)
-    else:
-        sparsity = coeffs["sparsity_coeff"] * jnp.mean(l0_per_token)
-    total = recon + sparsity
+        coeff = coeff * jnp.exp(jax.lax.stop_gradient(params["log_sparsity_coeff"]))
+    sparsity = coeff * jnp.mean(l0_per_token)
+    aux = auxk.auxk_loss(params, pi, x, x_hat, cfg)
+    total = recon + sparsity + aux
     metrics = losses.batch_metrics(
-        x, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=sparsity
+        x, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=sparsity, aux_loss=aux
     )
+    metrics["sparsity_coeff"] = jnp.asarray(coeff, jnp.float32)
+    if cfg.sparsity_form == "target_l0":
+        metrics["target_l0"] = coeffs["target_l0"]
     return total, metrics
 
 
@@ -148,9 +177,20 @@ def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
 
 
 def update_buffers(params: dict, x: jax.Array, metrics: dict, step_index, cfg) -> dict:
-    """JumpReLU has no buffers."""
-    del x, metrics, step_index, cfg
-    return params
+    """The AuxK firing counters, and the target_l0 form's dual-ascent step on log λ.
+
+    The step on log λ is taken only once the sparsity warmup is over: while the warmup holds the
+    penalty down, L0 is above any target and λ would wind up.
+    """
+    if "tokens_since_fired" in params:
+        params = auxk.update_counters(params, metrics["fired"], x.size // x.shape[-1])
+    if cfg.sparsity_form != "target_l0":
+        return params
+    error = jnp.log(jnp.maximum(metrics["l0"], _L0_FLOOR) / metrics["target_l0"])
+    steer = (jnp.asarray(step_index) >= cfg.sparsity_warmup_steps).astype(jnp.float32)
+    step = steer * cfg.target_l0_rate * jnp.clip(error, -1.0, 1.0)
+    log_coeff = jnp.clip(params["log_sparsity_coeff"] + step, *_LOG_COEFF_RANGE)
+    return {**params, "log_sparsity_coeff": log_coeff.astype(jnp.float32)}
 
 
 def to_jumprelu(params: dict, cfg: ml_collections.ConfigDict) -> dict:

@@ -24,7 +24,7 @@ import optax
 from gemmascope.sae import dictionary
 
 # Param names that hold buffers, not trained parameters, in any architecture.
-BUFFER_KEYS = frozenset({"running_threshold", "tokens_since_fired"})
+BUFFER_KEYS = frozenset({"running_threshold", "tokens_since_fired", "log_sparsity_coeff"})
 
 
 def learning_rate(cfg: ml_collections.ConfigDict, step_index) -> jax.Array:

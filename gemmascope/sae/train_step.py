@@ -110,7 +110,10 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
         metrics = {
             **metrics,
             "lr": optim.learning_rate(cfg, step_index),
-            "sparsity_coeff": jnp.asarray(coeffs.get("sparsity_coeff", 0.0), jnp.float32),
+            # The coefficient the loss used (an architecture whose λ is a buffer reports it).
+            "sparsity_coeff": jnp.asarray(
+                metrics.get("sparsity_coeff", coeffs.get("sparsity_coeff", 0.0)), jnp.float32
+            ),
         }
         return new_params, opt_state, metrics
 

@@ -62,9 +62,30 @@ def test_jumprelu_loss_matches_hand_computation():
     loss, metrics = _jit_loss(arch, cfg)(params, x, {"sparsity_coeff": 0.05})
     np.testing.assert_allclose(loss, rec + 0.05 * l0, rtol=1e-5)
     np.testing.assert_allclose(metrics["l0"], l0, rtol=1e-6)
+    # The target_l0 form is the same loss with λ = warmup factor · exp(log_sparsity_coeff).
     cfg.sparsity_form = "target_l0"
-    loss, _ = _jit_loss(arch, cfg)(params, x, {"sparsity_coeff": 2.0, "target_l0": 5.0})
-    np.testing.assert_allclose(loss, rec + 2.0 * (l0 / 5.0 - 1.0) ** 2, rtol=1e-5)
+    params["log_sparsity_coeff"] = jnp.log(jnp.float32(0.04))
+    loss, metrics = _jit_loss(arch, cfg)(params, x, {"sparsity_coeff": 0.5, "target_l0": 5.0})
+    np.testing.assert_allclose(loss, rec + 0.5 * 0.04 * l0, rtol=1e-5)
+    np.testing.assert_allclose(metrics["sparsity_coeff"], 0.02, rtol=1e-6)
+
+
+@pytest.mark.parametrize("l0, step_index, expected_log_step", [
+    (10.0, 100, 0.02 * np.log(10.0 / 5.0)),   # L0 above target: λ grows by rate·log(L0/t)
+    (1.0, 100, -0.02),                        # log(1/5) < -1 is clipped: λ shrinks by rate
+    (0.0, 100, -0.02),                        # an empty batch is a finite step, not -inf
+    (10.0, 49, 0.0),                          # frozen during the sparsity warmup (50 steps)
+])  # fmt: skip
+def test_target_l0_steers_log_lambda_by_dual_ascent(l0, step_index, expected_log_step):
+    arch = sae.ARCHITECTURES["jumprelu"]
+    cfg = arch.default_config()
+    cfg.update(sparsity_form="target_l0", target_l0_rate=0.02, sparsity_warmup_steps=50)
+    params = {"log_sparsity_coeff": jnp.log(jnp.float32(0.01))}
+    metrics = {"l0": jnp.float32(l0), "target_l0": jnp.float32(5.0)}
+    new = arch.update_buffers(params, jnp.zeros((4, D_IN)), metrics, step_index, cfg)
+    np.testing.assert_allclose(
+        new["log_sparsity_coeff"] - params["log_sparsity_coeff"], expected_log_step, atol=1e-6
+    )
 
 
 def test_centred_affine_gradients_equal_autodiff_of_the_plain_formula():
@@ -316,3 +337,40 @@ def test_bad_config_is_rejected_by_make_train_step_and_bad_sweep_values_by_the_c
     with pytest.raises(ValueError, match="target_l0 = 0"):
         sae.check_sweep_values("jumprelu", _cfg("jumprelu", sparsity_form="target_l0"), [8, 0])
     sae.check_sweep_values("batchtopk", _cfg("batchtopk", k_max=64), [8, 64], width=128)
+
+
+def test_init_scales_set_the_encoder_and_decoder_norms():
+    cfg = sae.ARCHITECTURES["jumprelu"].default_config()
+    cfg.update(encoder_init_scale=0.1, decoder_init_norm=0.5, unit_norm_decoder=False)
+    params = sae.ARCHITECTURES["jumprelu"].init(jax.random.key(0), D_IN, WIDTH, cfg)
+    np.testing.assert_allclose(dictionary.row_norms(params["W_dec"]), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(params["W_enc"], 0.2 * params["W_dec"].T, rtol=1e-6)
+    cfg.unit_norm_decoder = True
+    with pytest.raises(ValueError, match="decoder_init_norm"):
+        sae.ARCHITECTURES["jumprelu"].init(jax.random.key(0), D_IN, WIDTH, cfg)
+
+
+@pytest.mark.parametrize("name", ["jumprelu", "gated", "relu", "batchtopk"])
+def test_a_free_decoder_folds_into_unit_rows_with_the_same_latents_and_reconstruction(name):
+    arch = sae.ARCHITECTURES[name]
+    cfg = arch.default_config()
+    cfg.unit_norm_decoder = False
+    if name == "jumprelu":
+        cfg.threshold_param = "raw"
+    params = _perturbed(arch.init(jax.random.key(0), D_IN, WIDTH, cfg))
+    norms = jnp.asarray(np.random.default_rng(3).uniform(0.05, 3.0, WIDTH), jnp.float32)
+    params["W_dec"] = params["W_dec"] / dictionary.row_norms(params["W_dec"])[:, None] * norms[:, None]
+    if name == "jumprelu":
+        params["threshold"] = jnp.full((WIDTH,), 0.05)
+    if name == "batchtopk":
+        params["running_threshold"] = jnp.float32(0.05)
+    x = _x()
+    form = sae.to_jumprelu(params, name, cfg)
+    np.testing.assert_allclose(dictionary.row_norms(form["W_dec"]), 1.0, rtol=1e-5)
+    f_train = np.asarray(arch.encode(params, x, cfg))
+    f_form = np.asarray(sae.encode_training_form(form, x))
+    np.testing.assert_array_equal(f_form != 0, f_train != 0)
+    np.testing.assert_allclose(f_form, f_train * np.asarray(norms), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        sae.decode_training_form(form, f_form), arch.decode(params, f_train, cfg), atol=1e-5
+    )
