@@ -16,10 +16,14 @@ Synopsis::
     step = sae.make_train_step("jumprelu", cfg)
     params, opt_state, metrics = step(params, opt_state, x, step_index, sweep_value)
     jr = sae.to_jumprelu(params, "jumprelu", cfg)          # a TrainingForm
+    cfg.update(sae.recipes.get("short_run", "jumprelu", total_steps=3000))   # named recipes
+    problem = sae.synthetic.Problem(d=48, n_features=192, mean_l0=4.0)     # known-answer data
     f = sae.encode_training_form(jr, x); x_hat = sae.decode_training_form(jr, f)
 """
 
 # Training form, optimisation, architectures.
+# Named recipes (Gemma Scope's, short runs) and synthetic problems with a known answer.
+from gemmascope.sae import recipes, synthetic  # noqa: E402  (after the registry they use)
 from gemmascope.sae.inference import TrainingForm, decode_training_form, encode_training_form
 from gemmascope.sae.optim import BUFFER_KEYS, learning_rate, linear_warmup, optimizer
 from gemmascope.sae.registry import ARCHITECTURES, get
@@ -60,5 +64,7 @@ __all__ = [
     "linear_warmup",
     "make_train_step",
     "optimizer",
+    "recipes",
+    "synthetic",
     "to_jumprelu",
 ]

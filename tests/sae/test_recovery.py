@@ -1,11 +1,14 @@
-"""Known-answer tests: SAEs trained from scratch recover a known sparse dictionary.
+"""Known-answer tests: SAEs trained from scratch with the short-run recipe recover dictionaries.
 
-The sparsity knobs move L0 where they should.
-
-Synthetic data: 128 random unit-norm true features in d = 64; each feature is active independently
-with probability 4/128 (true L0 ≈ 4) with magnitude U(0.5, 1.5); x = codes @ D, scaled so
-E||x||² ≈ 1 (docs/recipe.md#normalisation). Runs are short, so they use the knobs that
-docs/recipe.md#short-runs describes (raw θ, a larger lr and bandwidth, short warmups).
+Three problems of benchmarks/recovery.py's grid, shrunk to run in seconds (`sae.synthetic`): 2x
+overcomplete with uniform feature frequencies, 4x with Zipf-like frequencies, and 4x with
+correlated feature pairs; d = 32, true L0 = 3, width 256 (one SAE per problem, stacked on a
+vmapped axis so each architecture compiles once). Each architecture trains with
+`sae.recipes.short_run` (what docs/sae.md, the demo and the benchmark recommend) through the real
+training step, and must find the true features among its decoder rows (mean max cosine
+similarity, MMCS) at about the true L0. The 4x problems fail the Gemma Scope init (W_enc = W_decᵀ
+at unit norm) with these knobs (test_gemma_scopes_init_fails_the_4x_problems_in_a_short_run):
+the problems are hard enough to tell a good recipe from a weak one.
 """
 
 import functools
@@ -16,122 +19,142 @@ import numpy as np
 import pytest
 
 from gemmascope import sae
+from gemmascope.sae import synthetic
 
-D_IN, N_TRUE, TRUE_L0, WIDTH = 64, 128, 4.0, 256
-BATCH, N_TRAIN, N_EVAL = 256, 32_768, 4_096
+BATCH, STEPS, N_TRAIN, N_EVAL, WIDTH = 256, 1000, 1 << 16, 1 << 12, 256
+PROBLEMS = {
+    "2x_uniform": synthetic.Problem(d=32, n_features=64, mean_l0=3.0),
+    "4x_zipf": synthetic.Problem(d=32, n_features=128, mean_l0=3.0, frequency="zipf"),
+    "4x_correlated": synthetic.Problem(
+        d=32, n_features=128, mean_l0=3.0, correlated_fraction=0.5
+    ),
+}
+NAMES = tuple(PROBLEMS)
+# (architecture, sweep value, config overrides beyond the recipe, relative L0 tolerance; TopK's
+# L0 can fall below k only where a kept pre-activation is negative)
+CASES = {
+    "jumprelu": ("jumprelu", 0.03, {}, 0.3),
+    "jumprelu_target_l0": ("jumprelu", 3.0, {"sparsity_form": "target_l0"}, 0.1),
+    "gated": ("gated", 0.7, {}, 0.3),
+    "topk": ("topk", 3, {"k": 3}, 0.1),
+    "batchtopk": ("batchtopk", 3, {"k": 3}, 0.3),
+    "matryoshka": ("matryoshka", 3, {"k": 3}, 0.3),
+    "relu": ("relu", 1.0, {}, 0.5),
+}
+# MMCS bars per case on (2x_uniform, 4x_zipf, 4x_correlated), a few hundredths under what the
+# short-run recipe measured at 1000 steps (docs/sae.md#recovery-tests has the table). The 4x Zipf
+# problem's rarest features fire on ~0.4% of tokens; 1000 steps find 85-95% of them. The Gemma
+# Scope init (W_enc = W_decᵀ, unit rows) reaches 0.64-0.67 on both 4x problems with JumpReLU
+# and Gated, ReLU-L1 0.53-0.70 on all three.
+MMCS_BARS = {
+    "jumprelu": (0.97, 0.84, 0.92),
+    "jumprelu_target_l0": (0.97, 0.80, 0.86),
+    "gated": (0.97, 0.90, 0.94),
+    "topk": (0.97, 0.92, 0.93),
+    "batchtopk": (0.92, 0.74, 0.75),
+    "matryoshka": (0.88, 0.74, 0.70),
+    "relu": (0.95, 0.75, 0.90),
+}
 
 
 @functools.lru_cache(maxsize=1)
-def _problem():
-    """(true dictionary (N_TRUE, D_IN), train x, eval x, eval true L0)."""
-    key_dict, key_train, key_eval = jax.random.split(jax.random.key(2024), 3)
-    true_dict = jax.random.normal(key_dict, (N_TRUE, D_IN))
-    true_dict = true_dict / jnp.linalg.norm(true_dict, axis=-1, keepdims=True)
-
-    def sample(key, n):
-        key_on, key_mag = jax.random.split(key)
-        active = jax.random.bernoulli(key_on, TRUE_L0 / N_TRUE, (n, N_TRUE))
-        codes = active * jax.random.uniform(key_mag, (n, N_TRUE), minval=0.5, maxval=1.5)
-        scale = 1.0 / np.sqrt(TRUE_L0 * (1.0 + 1.0 / 12.0))  # E[a²] = 1 + 1/12 for U(0.5, 1.5)
-        return codes @ true_dict * scale, jnp.sum(active, axis=-1)
-
-    x_train, _ = sample(key_train, N_TRAIN)
-    x_eval, eval_l0 = sample(key_eval, N_EVAL)
-    return true_dict, x_train, x_eval, float(jnp.mean(eval_l0))
+def _data():
+    """Every problem's (train x stacked (P, N_TRAIN, 32), eval x, true L0)."""
+    train, evals, l0s = [], [], []
+    for name in NAMES:
+        x_train, _ = synthetic.sample(PROBLEMS[name], N_TRAIN, seed=1)
+        x_eval, l0 = synthetic.sample(PROBLEMS[name], N_EVAL, seed=2)
+        train.append(x_train)
+        evals.append(x_eval)
+        l0s.append(float(np.mean(l0)))
+    return jnp.asarray(np.stack(train)), evals, l0s
 
 
-def _short_run_cfg(name, **overrides):
+def _config(name, overrides):
     cfg = sae.ARCHITECTURES[name].default_config()
-    cfg.lr = 3e-3
-    cfg.lr_warmup_steps = 50
-    cfg.sparsity_warmup_steps = 200
+    cfg.update(sae.recipes.get("short_run", name, total_steps=STEPS))
     cfg.update(overrides)
+    if "dead_tokens" in cfg:
+        cfg.dead_tokens = 100 * BATCH  # the trainer would link it to its dead window
     return cfg
 
 
-def _train(name, cfg, steps, sweep_values, seed=0):
-    """Trains len(sweep_values) SAEs stacked on a sweep axis (the trainer's vmap).
+def _train(name, cfg, value, steps=STEPS):
+    """One SAE per problem through the real training step, vmapped over the problems.
 
-    Returns the stacked params.
+    Each member reads its own problem's batches, in order.
     """
+    x_train, _, _ = _data()
     arch = sae.ARCHITECTURES[name]
-    _, x_train, _, _ = _problem()
-    n_members = len(sweep_values)
-    keys = jax.random.split(jax.random.key(seed), n_members)
-    params = jax.vmap(lambda k: arch.init(k, D_IN, WIDTH, cfg))(keys)
+    keys = jax.random.split(jax.random.key(0), len(NAMES))
+    params = jax.vmap(lambda k: arch.init(k, x_train.shape[-1], WIDTH, cfg))(keys)
     opt_state = jax.vmap(sae.optimizer(cfg).init)(params)
-    step = jax.vmap(sae.make_train_step(name, cfg), in_axes=(0, 0, None, None, 0))
-    if n_members == 1:  # unbatched, so AuxK's lax.cond really skips while nothing is dead
-        single = sae.make_train_step(name, cfg)
-        unstack = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)
-        stack = lambda tree: jax.tree.map(lambda leaf: leaf[None], tree)
-        step = lambda p, o, x, t, v: stack(single(unstack(p), unstack(o), x, t, v[0]))
-    n_batches = N_TRAIN // BATCH
+    step = jax.vmap(sae.make_train_step(name, cfg), in_axes=(0, 0, 0, None, None))
+    n_batches = x_train.shape[1] // BATCH
 
     def body(carry, t):
-        x = jax.lax.dynamic_slice_in_dim(x_train, (t % n_batches) * BATCH, BATCH)
-        params, opt_state, _ = step(*carry, x, t, jnp.asarray(sweep_values))
+        x = jax.lax.dynamic_slice_in_dim(x_train, (t % n_batches) * BATCH, BATCH, axis=1)
+        params, opt_state, _ = step(*carry, x, t, value)
         return (params, opt_state), None
 
     run = jax.jit(lambda p, o: jax.lax.scan(body, (p, o), jnp.arange(steps))[0][0])
     return run(params, opt_state)
 
 
-def _member(params, s):
-    return {key: value[s] for key, value in params.items()}
+def _latents(name, cfg, params, value, x):
+    """The latents export would give (TopK: its per-token rule)."""
+    if name == "topk":
+        return np.asarray(sae.ARCHITECTURES["topk"].encode(params, x, cfg, k=int(value)))
+    return np.asarray(sae.encode_training_form(sae.to_jumprelu(params, name, cfg), x))
 
 
-def _eval_l0(name, params, cfg):
-    _, _, x_eval, _ = _problem()
-    f = sae.ARCHITECTURES[name].encode(params, x_eval, cfg)
-    return float(jnp.mean(jnp.sum(f != 0, axis=-1)))
+@functools.cache
+def _recover(case, **extra_overrides):
+    """{problem: recovery dict} and the stacked params of one case (cached per test session)."""
+    name, value, overrides, _ = CASES[case]
+    cfg = _config(name, {**overrides, **extra_overrides})
+    stacked = _train(name, cfg, value)
+    _, evals, _ = _data()
+    results = {}
+    for i, problem_name in enumerate(NAMES):
+        params = jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
+        latents = _latents(name, cfg, params, value, evals[i])
+        results[problem_name] = synthetic.recovery(PROBLEMS[problem_name], params["W_dec"], latents)
+    return results, stacked
 
 
-def _mean_max_cosine(params):
-    true_dict, _, _, _ = _problem()
-    learned = params["W_dec"] / jnp.linalg.norm(params["W_dec"], axis=-1, keepdims=True)
-    return float(jnp.mean(jnp.max(true_dict @ learned.T, axis=1)))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_short_run_recipe_recovers_the_dictionary(case):
+    _, value, overrides, l0_tolerance = CASES[case]
+    results, stacked = _recover(case)
+    _, _, true_l0s = _data()
+    for problem_name, true_l0, bar in zip(NAMES, true_l0s, MMCS_BARS[case], strict=True):
+        result = results[problem_name]
+        assert result["mmcs"] >= bar, f"{case} on {problem_name}: {result}"
+        # L0 against the target L0 or k where the SAE was given one, else the true L0.
+        given = overrides.get("sparsity_form") == "target_l0" or case == "topk"
+        target = value if given else true_l0
+        assert abs(result["l0"] - target) <= l0_tolerance * target, (
+            f"{case} on {problem_name}: L0 {result['l0']:.2f} vs {target:.2f}"
+        )
+    np.testing.assert_allclose(np.linalg.norm(stacked["W_dec"], axis=-1), 1.0, atol=1e-5)
 
 
-RECOVERY = {
-    "jumprelu": (
-        dict(threshold_param="raw", bandwidth=0.01, sparsity_coeff=0.03),
-        700,
-    ),
-    "gated": (dict(sparsity_coeff=0.7), 800),
-    "topk": (dict(k=4), 300),
-    "batchtopk": (dict(k=4, threshold_start_step=0, threshold_decay=0.99), 400),
-}
-
-
-@pytest.mark.parametrize("name", sorted(RECOVERY))
-def test_known_dictionary_is_recovered(name):
-    overrides, steps = RECOVERY[name]
-    cfg = _short_run_cfg(name, **overrides)
-    arch = sae.ARCHITECTURES[name]
-    params = _member(_train(name, cfg, steps, [cfg[arch.SWEEP_FIELD]]), 0)
-    _, _, _, true_l0 = _problem()
-    mmcs = _mean_max_cosine(params)
-    l0 = _eval_l0(name, params, cfg)
-    assert mmcs >= 0.9, f"{name}: mean max cosine similarity {mmcs:.3f} < 0.9"
-    assert abs(l0 - true_l0) <= 0.3 * true_l0, f"{name}: L0 {l0:.2f} vs true {true_l0:.2f}"
-    np.testing.assert_allclose(jnp.linalg.norm(params["W_dec"], axis=-1), 1.0, atol=1e-5)
-
-
-def test_target_l0_form_lands_near_its_targets():
-    cfg = _short_run_cfg(
-        "jumprelu", sparsity_form="target_l0", threshold_param="raw", bandwidth=0.01
-    )
-    params = _train("jumprelu", cfg, 300, [8.0, 32.0])
-    for s, target in enumerate((8.0, 32.0)):
-        l0 = _eval_l0("jumprelu", _member(params, s), cfg)
-        assert abs(l0 - target) <= 0.3 * target, f"target L0 {target}: got {l0:.2f}"
+@pytest.mark.parametrize("case", ["jumprelu", "gated", "relu"])
+def test_gemma_scopes_init_fails_the_4x_problems_in_a_short_run(case):
+    """The oracle problems are hard enough: the init issue 12 diagnosed does not pass them."""
+    results, _ = _recover(case, encoder_init_scale=1.0)
+    failed = [p for p, bar in zip(NAMES, MMCS_BARS[case], strict=True) if results[p]["mmcs"] < bar]
+    assert {"4x_zipf", "4x_correlated"} <= set(failed), f"{case} with the tied init: {results}"
 
 
 def test_larger_coefficient_gives_smaller_l0():
-    cfg = _short_run_cfg("jumprelu", threshold_param="raw", bandwidth=0.01)
-    coefficients = [0.003, 0.01, 0.03, 0.1]
-    params = _train("jumprelu", cfg, 300, coefficients)
-    l0s = [_eval_l0("jumprelu", _member(params, s), cfg) for s in range(len(coefficients))]
+    cfg = _config("jumprelu", {})
+    _, evals, _ = _data()
+    l0s = []
+    for coeff in (0.003, 0.03, 0.3):
+        params = jax.tree.map(lambda leaf: leaf[0], _train("jumprelu", cfg, coeff, steps=400))
+        latents = _latents("jumprelu", cfg, params, coeff, evals[0])
+        l0s.append(synthetic.recovery(PROBLEMS[NAMES[0]], params["W_dec"], latents)["l0"])
     assert all(np.diff(l0s) < 0), f"L0 not decreasing in λ: {l0s}"
     assert l0s[0] > 1.5 * l0s[-1], f"the coefficient barely moved L0: {l0s}"

@@ -1,0 +1,91 @@
+"""Named training recipes: Gemma Scope's as published, and the one we recommend for short runs.
+
+A recipe is a dict of overrides of an architecture's ``default_config()``. Two are defined:
+
+- ``gemma_scope``: the published recipe (docs/recipe.md#jumprelu): log θ from 1e-3, ε = 1e-3,
+  λ·L0 warmed up over 10k steps, lr 7e-5 with a 1k-step cosine warmup from 0.1x, Adam(0, 0.999),
+  unit-norm decoder, W_enc = W_decᵀ. Written out in full so it cannot drift with the defaults.
+- ``short_run``: what a run of a few thousand steps needs (docs/sae.md#short-run-recipe, measured
+  by benchmarks/recovery.py): raw θ with ε = 0.01 (log θ barely moves in a short run), lr 3e-3
+  with warmups scaled to the run, the encoder initialised at 0.1·W_decᵀ for the architectures in
+  which every latent fires at step 0 (JumpReLU, Gated, ReLU: the unit-norm tied init then
+  reconstructs about M/2d times the input, and the overshoot drives every threshold up before
+  any direction is learned, docs/sae.md#initialisation; the TopK family keeps the tied init,
+  which only k latents per token see), and AuxK on dead latents for JumpReLU (α = 1/32, as the
+  TopK family uses it).
+
+Synopsis::
+
+    cfg = sae.ARCHITECTURES["jumprelu"].default_config()
+    cfg.update(recipes.get("short_run", "jumprelu", total_steps=3000))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# The published Gemma Scope JumpReLU optimisation (docs/recipe.md#optimiser).
+_GEMMA_SCOPE_JUMPRELU = dict(
+    sparsity_form="coeff",
+    threshold_param="log",
+    threshold_init=1e-3,
+    bandwidth=1e-3,
+    lr=7e-5,
+    lr_warmup_steps=1_000,
+    lr_warmup_start=0.1,
+    sparsity_warmup_steps=10_000,
+    adam_b1=0.0,
+    adam_b2=0.999,
+    adam_eps=1e-8,
+    unit_norm_decoder=True,
+    encoder_init_scale=1.0,
+    auxk_alpha=0.0,
+)
+_K_FAMILY = ("topk", "batchtopk", "matryoshka")
+
+
+def gemma_scope(arch: str, total_steps: int | None = None) -> dict:
+    """The published Gemma Scope recipe for JumpReLU; the package defaults for the others."""
+    del total_steps  # the published schedules are in steps, whatever the budget
+    return dict(_GEMMA_SCOPE_JUMPRELU) if arch == "jumprelu" else {}
+
+
+def short_run(arch: str, total_steps: int) -> dict:
+    """The recommended recipe for a run of ``total_steps`` steps (a few hundred to ~10k).
+
+    Warmups scale with the run: the lr warms up over 1/60 of it, the sparsity coefficient over
+    1/15 (50 and 200 steps of a 3,000-step run).
+
+    Raises:
+        ValueError: total_steps < 1.
+    """
+    if total_steps < 1:
+        raise ValueError(f"short_run needs total_steps >= 1, got {total_steps}")
+    overrides = dict(lr=3e-3, lr_warmup_steps=max(1, round(total_steps / 60)))
+    if arch not in _K_FAMILY:
+        # Every latent fires at step 0 in these (not only k): start from an undershoot.
+        overrides["encoder_init_scale"] = 0.1
+        overrides["sparsity_warmup_steps"] = max(1, round(total_steps / 15))
+    if arch == "jumprelu":
+        overrides.update(threshold_param="raw", bandwidth=0.01, auxk_alpha=1.0 / 32.0)
+    if arch in ("batchtopk", "matryoshka"):
+        # The inference threshold is estimated over the last two thirds of the run.
+        overrides["threshold_start_step"] = total_steps // 3
+    return overrides
+
+
+RECIPES: dict[str, Callable[..., dict]] = {"gemma_scope": gemma_scope, "short_run": short_run}
+
+
+def get(recipe: str, arch: str, total_steps: int | None = None) -> dict:
+    """The overrides of ``recipe`` for architecture ``arch``.
+
+    Raises:
+        ValueError: an unknown recipe (the message lists the valid ones), or short_run without
+            total_steps.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; valid recipes: {sorted(RECIPES)}")
+    if recipe == "short_run" and total_steps is None:
+        raise ValueError("the short_run recipe scales its warmups with total_steps: pass it")
+    return RECIPES[recipe](arch, total_steps)
