@@ -15,7 +15,7 @@ file with its own folder importable (`gemmascope.study.importable_folder`).
 
 import ml_collections
 
-from gemmascope import data
+from gemmascope import data, sae
 
 # Sweep values per architecture for the Gemma Scope studies. JumpReLU: λ of
 # docs/recipe.md#jumprelu-loss on inputs normalised to E||x||² = 1; GS names 6e-4 (L0 ≈ 50, 9B L20
@@ -65,21 +65,7 @@ def gemma_scope_archs(names: str) -> ml_collections.ConfigDict:
         # Overrides of the architecture's SAE config.
         archs[name].sae = ml_collections.ConfigDict()
     if "jumprelu" in archs:
-        archs.jumprelu.sae = ml_collections.ConfigDict(
-            dict(
-                sparsity_form="coeff",
-                threshold_param="log",
-                threshold_init=1e-3,
-                bandwidth=1e-3,
-                lr=7e-5,
-                lr_warmup_steps=1_000,
-                lr_warmup_start=0.1,
-                sparsity_warmup_steps=10_000,
-                adam_b1=0.0,
-                adam_b2=0.999,
-                adam_eps=1e-8,
-            )
-        )
+        archs.jumprelu.sae = ml_collections.ConfigDict(sae.recipes.gemma_scope("jumprelu"))
     return archs
 
 

@@ -10,15 +10,15 @@ the text the tiny model was not trained on (data.eval_split="tail"). Ends by pri
 where the metric table and plots are and the table's best rows.
 Run time: docs/quickstart.md, "Demo timing".
 
-The recipe is Gemma Scope's (docs/recipe.md#jumprelu) with the changes a run of a few hundred steps
-needs (docs/recipe.md#short-runs): a raw threshold (log θ barely moves in a short run), the
-target-L0 form of the sparsity loss (the user says which L0 they want; sparsity rises as the target
-falls), a 20x larger learning rate and warmups of tens of steps instead of 1k/10k.
+The recipe is `sae.recipes.short_run` (docs/sae.md#short-run-recipe): Gemma Scope's loss with what
+a run of a few hundred steps needs (a raw threshold, a 40x larger learning rate and warmups scaled
+to the run, the encoder initialised at 0.1·W_decᵀ for JumpReLU and Gated, AuxK on dead JumpReLU
+latents), and JumpReLU's target-L0 form (the user says which L0 they want; λ is steered to it).
 
 Arguments: runlocal (a two-site, few-step version for tests and CI).
 """
 
-from gemmascope import assets, study
+from gemmascope import assets, sae, study
 from gemmascope.study import jobs
 
 
@@ -47,25 +47,25 @@ def get_config(arg=None):
     # Two widths (1x and 2x d_model = 128) for every site; 150k tokens (about one epoch) per SAE.
     config.jobs.groups.all_sites = dict(sites=("*/*",), widths=(128, 256), total_tokens=150_000)
 
-    short_run = dict(lr=1.5e-3, lr_warmup_steps=20, sparsity_warmup_steps=60)
+    # Activations per step: about 290 steps per job.
+    config.train.batch_size = 512
+    steps = 150_000 // config.train.batch_size
     config.jobs.archs.jumprelu = dict(
         # Target L0s: sparsity rises left to right.
         sweep_values=(32.0, 16.0, 8.0),
-        sae=dict(sparsity_form="target_l0", threshold_param="raw", **short_run),
+        sae=dict(sparsity_form="target_l0", **sae.recipes.short_run("jumprelu", steps)),
     )
     config.jobs.archs.gated = dict(
         # L1 coefficients of the gate: sparsity rises left to right.
         sweep_values=(0.03, 0.1, 0.3),
-        sae=dict(**short_run),
+        sae=sae.recipes.short_run("gated", steps),
     )
     config.jobs.archs.topk = dict(
         # k: latents kept per token.
         sweep_values=(32, 16, 8),
-        sae=dict(lr=1.5e-3, lr_warmup_steps=20),
+        sae=sae.recipes.short_run("topk", steps),
     )
 
-    # Activations per step: about 290 steps per job.
-    config.train.batch_size = 512
     config.train.log_every_tokens = 50 * 512
     config.train.ckpt_every_tokens = 200 * 512
     config.train.dead_window_tokens = 100_000

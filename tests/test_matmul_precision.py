@@ -127,7 +127,7 @@ def test_released_and_training_form_functions_request_highest():
     released = {k: jnp.asarray(v, jnp.float32) for k, v in released.items()}
     x = jnp.asarray(rng.normal(size=(2, 3, D_IN)), jnp.float32)
     f = jnp.ones((2, 3, WIDTH))
-    cfg = ml_collections.ConfigDict({"pre_encoder_bias": False})
+    cfg = ml_collections.ConfigDict({"pre_encoder_bias": False, "unit_norm_decoder": True})
     params = {"W_dec": released["W_dec"], "b_dec": released["b_dec"]}
     form = inference.jumprelu_form(params, released["W_enc"], released["b_enc"], 0.0, cfg)
     keep = jnp.ones((2, 3), bool)
