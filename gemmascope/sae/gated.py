@@ -105,7 +105,10 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     gate_acts = jax.nn.relu(pi_gate)
     # A free decoder (unit_norm_decoder = False) weights each gate by its row norm, so the
     # penalty cannot be dodged by shrinking the gate and growing the row (as SAELens does).
-    weighted = gate_acts if cfg.unit_norm_decoder else gate_acts * dictionary.row_norms(params["W_dec"])
+    if cfg.unit_norm_decoder:
+        weighted = gate_acts
+    else:
+        weighted = gate_acts * dictionary.row_norms(params["W_dec"])
     sparsity = coeffs["sparsity_coeff"] * jnp.mean(jnp.sum(weighted, axis=-1))
     frozen = jax.lax.stop_gradient({"W_dec": params["W_dec"], "b_dec": params["b_dec"]})
     aux = cfg.aux_coeff * jnp.mean(losses.squared_error(x, dictionary.decode(frozen, gate_acts)))

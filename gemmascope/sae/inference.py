@@ -110,7 +110,8 @@ def jumprelu_form(
         # when π_i > θ_i, and (f_i·n_i)(d_i / n_i) = f_i d_i, so latents and reconstructions
         # are unchanged and the rows come out unit-norm, as the released format expects.
         norms = jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(w_dec), axis=-1)), 1e-12)
-        w_enc, b_enc, theta, w_dec = w_enc * norms, b_enc * norms, theta * norms, w_dec / norms[:, None]
+        w_enc, b_enc, theta = w_enc * norms, b_enc * norms, theta * norms
+        w_dec = w_dec / norms[:, None]
     return TrainingForm(
         W_enc=w_enc,
         W_dec=w_dec,

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gemmascope.sae import config as config_lib
 from gemmascope.sae import auxk, dictionary, inference, losses, optim, ste
+from gemmascope.sae import config as config_lib
 
 NAME = "jumprelu"
 # L0 below this counts as this in the target_l0 form's log error (an empty batch is a finite step).

@@ -359,7 +359,8 @@ def test_a_free_decoder_folds_into_unit_rows_with_the_same_latents_and_reconstru
         cfg.threshold_param = "raw"
     params = _perturbed(arch.init(jax.random.key(0), D_IN, WIDTH, cfg))
     norms = jnp.asarray(np.random.default_rng(3).uniform(0.05, 3.0, WIDTH), jnp.float32)
-    params["W_dec"] = params["W_dec"] / dictionary.row_norms(params["W_dec"])[:, None] * norms[:, None]
+    unit_rows = params["W_dec"] / dictionary.row_norms(params["W_dec"])[:, None]
+    params["W_dec"] = unit_rows * norms[:, None]
     if name == "jumprelu":
         params["threshold"] = jnp.full((WIDTH,), 0.05)
     if name == "batchtopk":
