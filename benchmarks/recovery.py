@@ -22,7 +22,12 @@ runs peer trainings in parallel with ours):
     PYTHONPATH=. python benchmarks/recovery.py --problems 4x_l4 --archs jumprelu --no_peer
     PYTHONPATH=. python benchmarks/recovery.py --recipe gemma_scope --steps 30000 --problems 2x_l4
 
-Results also go to --out (JSON) so docs tables can be regenerated without retraining.
+Results also go to --out (JSON) so docs tables can be regenerated without retraining, and
+--peer_from reuses the SAELens rows of such a file whose run spec (problem, seed, knobs) is
+exactly the one this run would train, so a change on our side reruns only ours:
+
+    PYTHONPATH=. python benchmarks/recovery.py --out=/tmp/a.json
+    PYTHONPATH=. python benchmarks/recovery.py --peer_from=/tmp/a.json --set auxk_alpha=0
 """
 
 from __future__ import annotations
@@ -151,7 +156,13 @@ def score(problem, w_dec, latents, true_l0):
     return row
 
 
-def run_problem(pname, args, python, pool):
+def _spec_key(pname, args, spec):
+    """What identifies a peer run across invocations: the problem and its knobs, not file paths."""
+    knobs = {k: v for k, v in spec.items() if k not in ("train", "eval")}
+    return json.dumps(dict(problem=pname, problem_seed=args.seed, **knobs), sort_keys=True)
+
+
+def run_problem(pname, args, python, pool, reusable):
     """Trains every architecture (ours and the peer's) on one problem; returns its rows."""
     problem = synthetic.Problem(d=D_IN, seed=args.seed, **PROBLEMS[pname])
     width = args.width_factor * problem.n_features
@@ -166,13 +177,19 @@ def run_problem(pname, args, python, pool):
         futures = {}
         for arch in args.archs:
             values = sweep_values(arch, true_l0)
-            peer_arch = PEER[arch]
+            peer_arch = PEER[arch] if arch in args.peer_archs else None
             if python and peer_arch:
                 _, cfg = sae_config(arch, args)
                 for value in values:
                     spec = peer_spec(peer_arch, value, width, args, paths, cfg)
-                    future = pool.submit(run_peer, python, spec, tmp, f"{arch}_{value}")
-                    futures[(arch, value)] = future
+                    key = _spec_key(pname, args, spec)
+                    if key in reusable:
+                        future = concurrent.futures.Future()
+                        future.set_result(reusable[key])
+                    else:
+                        future = pool.submit(_peer_row, python, spec, tmp, f"{arch}_{value}",
+                                             problem, true_l0)  # fmt: skip
+                    futures[(arch, value)] = (key, future)
         for arch in args.archs:
             values = sweep_values(arch, true_l0)
             start = time.perf_counter()
@@ -184,14 +201,20 @@ def run_problem(pname, args, python, pool):
                 row = dict(problem=pname, arch=arch, value=value, true_l0=true_l0, ours=ours,
                            ours_seconds=seconds)  # fmt: skip
                 if (arch, value) in futures:
-                    out = futures[(arch, value)].result()
-                    peer = synthetic.recovery(problem, out["W_dec"], np.zeros((1, 1)))
-                    peer.update(l0=float(out["l0"]), dead=float(np.mean(out["fired"] == 0)))
-                    peer["l0_error"] = abs(peer["l0"] - true_l0) / true_l0
-                    row["saelens"] = peer
+                    key, future = futures[(arch, value)]
+                    row["saelens"], row["saelens_spec"] = future.result(), key
                 rows.append(row)
                 print(_line(row), flush=True)
     return rows
+
+
+def _peer_row(python, spec, workdir, tag, problem, true_l0):
+    """Trains one SAELens SAE and scores it like ours."""
+    out = run_peer(python, spec, workdir, tag)
+    peer = synthetic.recovery(problem, out["W_dec"], np.zeros((1, 1)))
+    peer.update(l0=float(out["l0"]), dead=float(np.mean(out["fired"] == 0)))
+    peer["l0_error"] = abs(peer["l0"] - true_l0) / true_l0
+    return peer
 
 
 def _cell(result):
@@ -218,6 +241,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="the problems' dictionary seed")
     parser.add_argument("--no_peer", action="store_true", help="skip SAELens")
     parser.add_argument("--peer_workers", type=int, default=1)
+    parser.add_argument(
+        "--peer_archs", default="jumprelu,gated,topk",
+        help="the architectures SAELens trains beside ours (also: relu, batchtopk)",
+    )  # fmt: skip
+    parser.add_argument("--peer_from", default="", help="reuse SAELens rows of this --out JSON")
     parser.add_argument("--out", default="", help="write the rows as JSON here")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -226,6 +254,13 @@ def main():
     args = parser.parse_args()
     args.set = [tuple(item.split("=", 1)) for item in args.set]
     args.archs = args.archs.split(",")
+    args.peer_archs = args.peer_archs.split(",")
+    reusable = {}
+    if args.peer_from:
+        with open(args.peer_from) as f:
+            for row in json.load(f)["rows"]:
+                if "saelens_spec" in row:
+                    reusable[row["saelens_spec"]] = row["saelens"]
     for arch in args.archs:
         if arch not in ARCHS:
             sys.exit(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
@@ -244,7 +279,7 @@ def main():
     rows = []
     with concurrent.futures.ThreadPoolExecutor(args.peer_workers) as pool:
         for pname in args.problems.split(","):
-            rows += run_problem(pname, args, python, pool)
+            rows += run_problem(pname, args, python, pool, reusable)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(args=vars(args), rows=rows), f, indent=1)
