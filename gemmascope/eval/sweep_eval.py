@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gemmascope import mesh as mesh_lib
 from gemmascope import model
 from gemmascope.eval import config as eval_config
 from gemmascope.eval import metrics
@@ -257,8 +258,8 @@ def _batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int, mesh: M
     Padding rows repeat the first row and are masked out by ``row_valid``, so one compiled
     program serves every batch.
     """
-    rows_2d = NamedSharding(mesh, P("data", None))
-    rows_1d = NamedSharding(mesh, P("data"))
+    rows_2d = mesh_lib.named_sharding(mesh, ("batch", "seq"))
+    rows_1d = mesh_lib.named_sharding(mesh, ("batch",))
     for start in range(0, len(tokens), batch_size):
         chunk = tokens[start : start + batch_size]
         kept = positions[start : start + batch_size]
@@ -334,7 +335,7 @@ def evaluate_saes(
     zero_totals = {site: {} for site in sites}
     group_totals = {key: [{}, {}] for key in groups}
     references: dict[str, jax.Array] = {}
-    batch_size = lm_params.batch_for_mesh(int(eval_cfg.batch_size), mesh)
+    batch_size = mesh_lib.batch_for_mesh(int(eval_cfg.batch_size), mesh)
     for batch, kept, row_valid in _batches(tokens, positions, batch_size, mesh):
         acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
             model_params, batch, kept, row_valid, cfg=model_cfg, sites=captured

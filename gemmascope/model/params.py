@@ -19,11 +19,13 @@ one ``ParamSpec`` saying where it lives in the pytree and in an HF checkpoint, h
 between the two layouts, and its logical axes; loading, saving, init and sharding all read the same
 table, so they cannot disagree.
 
-Sharding: logical axes map to mesh axes through ``rules`` (pairs ``(logical, mesh_axis)``, the
-flax ``logical_axis_rules`` convention). The default is Megatron-style: heads, KV heads, the MLP
-hidden axis and the vocabulary split over ``model``; everything else replicated. A dimension that
-the mesh axis does not divide is replicated rather than padded (e.g. two KV heads on 4 devices):
-the forward pass stays exact, only that parameter's memory is not divided.
+Sharding: logical axes map to mesh axes through ``rules`` by ``gemmascope.mesh.logical_to_spec``,
+the one mapping of every array in gemmascope (ordered ``(logical, mesh_axis)`` pairs, the flax
+``logical_axis_rules`` convention; the default ``gemmascope.mesh.RULES``). For the LM it is
+Megatron-style: heads, KV heads, the MLP hidden axis and the vocabulary split over ``model``;
+everything else replicated. A dimension that the mesh axis does not divide is replicated rather
+than padded (e.g. two KV heads on 4 devices): the forward pass stays exact, only that parameter's
+memory is not divided.
 ``replicated_params(cfg, model_parallel)`` lists such fallbacks and ``bytes_per_device`` counts
 them, without devices (for plan mode).
 
@@ -40,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -48,19 +50,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gemmascope import mesh as mesh_lib
 from gemmascope.model.config import GemmaConfig
 
 Params = dict[str, Any]
-Rules = Sequence[tuple[str, str | None]] | Mapping[str, str | None]
+Rules = mesh_lib.Rules
 
-DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
-    ("vocab", "model"),
-    ("heads", "model"),
-    ("kv_heads", "model"),
-    ("mlp", "model"),
-    ("embed", None),
-    ("head_dim", None),
-)
+# The logical-axis rules of every array, the LM's among them (gemmascope.mesh.RULES).
+DEFAULT_RULES = mesh_lib.RULES
 
 _NORMS = ("input_norm", "post_attn_norm", "pre_ffw_norm", "post_ffw_norm")
 _HF_NORM_NAMES = {
@@ -234,46 +231,21 @@ def get_leaf(params: Params, path: tuple[str | int, ...]) -> Any:
 # ---------------------------------------------------------------------------- sharding
 
 
-def _rules_dict(rules: Rules | None) -> dict[str, str | None]:
-    if rules is None:
-        rules = DEFAULT_RULES
-    return dict(rules.items()) if isinstance(rules, Mapping) else dict(rules)
-
-
-def _mesh_axes(
-    shape: Sequence[int],
-    axes: Sequence[str],
-    mesh_shape: Mapping[str, int],
-    rules: Rules | None,
-) -> list[str | None]:
-    """The mesh axis (or None) of each dimension; ``mesh_shape`` maps mesh axis -> size."""
-    mapping = _rules_dict(rules)
-    entries: list[str | None] = []
-    used: set[str] = set()
-    for size, axis in zip(shape, axes, strict=True):
-        mesh_axis = mapping.get(axis)
-        if mesh_axis is not None and mesh_axis not in mesh_shape:
-            raise ValueError(
-                f"Sharding rule maps logical axis {axis!r} to mesh axis {mesh_axis!r}, but the "
-                f"mesh axes are {list(mesh_shape)}."
-            )
-        if mesh_axis is None or mesh_axis in used or size % mesh_shape[mesh_axis]:
-            entries.append(None)
-        else:
-            entries.append(mesh_axis)
-            used.add(mesh_axis)
-    return entries
-
-
 def partition_spec(
     shape: Sequence[int], axes: Sequence[str], mesh: Mesh, rules: Rules | None = None
 ) -> PartitionSpec:
     """The PartitionSpec for an array with logical ``axes``, replicating undivisible dims.
 
+    The mapping is ``gemmascope.mesh.logical_to_spec`` (the one for every array of gemmascope).
+
     Raises:
         ValueError: If a rule names a mesh axis the mesh does not have.
     """
-    return PartitionSpec(*_mesh_axes(shape, axes, dict(mesh.shape), rules))
+    return mesh_lib.logical_to_spec(axes, dict(mesh.shape), _rules(rules), shape)
+
+
+def _rules(rules: Rules | None) -> Rules:
+    return DEFAULT_RULES if rules is None else rules
 
 
 def param_shardings(cfg: GemmaConfig, mesh: Mesh, rules: Rules | None = None) -> Params:
@@ -302,7 +274,7 @@ def lm_mesh(
 
     The params shard over ``model`` (``param_shardings``), token rows over ``data``. Each
     process builds its own mesh from its local devices, so several processes run independent
-    model copies on their own sequences.
+    model copies on their own sequences. Built by ``gemmascope.mesh.make_mesh``.
 
     Args:
         model_parallel: Devices on the ``model`` axis; ``data`` gets the rest.
@@ -321,17 +293,7 @@ def lm_mesh(
             f"{field}={model_parallel} does not divide the {len(devices)} local devices of "
             f"this process; valid values: {valid}"
         )
-    grid = np.array(devices).reshape(len(devices) // model_parallel, model_parallel)
-    return Mesh(grid, ("data", "model"))
-
-
-def batch_for_mesh(batch_size: int, mesh: Mesh) -> int:
-    """``batch_size`` rounded up to a multiple of the mesh's "data" axis.
-
-    Every batch then splits evenly over it and has one compiled shape.
-    """
-    data_shards = mesh.shape["data"]
-    return -(-batch_size // data_shards) * data_shards
+    return mesh_lib.make_mesh([("data", -1), ("model", model_parallel)], devices, field)
 
 
 def replicated_params(
@@ -344,13 +306,15 @@ def replicated_params(
         ``("layers.0.k", "kv_heads", 2)`` for two KV heads on a model axis of 4.
     """
     model_parallel = check_model_parallel(model_parallel)
-    mapping = _rules_dict(rules)
+    mesh_shape = {"data": 1, "model": model_parallel}
     found = []
     for spec in param_specs(cfg):
-        if "model" in _model_axis_placement(spec, model_parallel, rules):
+        placed = mesh_lib.logical_to_spec(spec.axes, mesh_shape, _rules(rules), spec.shape)
+        if "model" in placed:
             continue  # split over the model axis
-        for size, axis in zip(spec.shape, spec.axes, strict=True):
-            if mapping.get(axis) == "model":  # meant to be split, but not divisible
+        intended = mesh_lib.logical_to_spec(spec.axes, mesh_shape, _rules(rules))
+        for size, axis, mesh_axis in zip(spec.shape, spec.axes, intended, strict=True):
+            if mesh_axis == "model":  # meant to be split, but not divisible
                 found.append((".".join(str(k) for k in spec.path), axis, size))
                 break
     return found
@@ -365,23 +329,14 @@ def bytes_per_device(
     parameter's bytes by ``model_parallel``; replicated parameters count whole.
     """
     model_parallel = check_model_parallel(model_parallel)
+    mesh_shape = {"data": 1, "model": model_parallel}
     itemsize = jnp.dtype(dtype).itemsize
     total = 0
     for spec in param_specs(cfg):
         n = int(np.prod(spec.shape)) * itemsize
-        split = "model" in _model_axis_placement(spec, model_parallel, rules)
-        total += n // model_parallel if split else n
+        placed = mesh_lib.logical_to_spec(spec.axes, mesh_shape, _rules(rules), spec.shape)
+        total += n // model_parallel if "model" in placed else n
     return total
-
-
-def _model_axis_placement(
-    spec: ParamSpec, model_parallel: int, rules: Rules | None
-) -> list[str | None]:
-    """The mesh axis of each dimension of ``spec`` on a (data, model) mesh of any data size.
-
-    The rule is ``partition_spec``'s; no devices are needed.
-    """
-    return _mesh_axes(spec.shape, spec.axes, {"data": 1, "model": model_parallel}, rules)
 
 
 def place_params(cfg: GemmaConfig, params: Params, mesh: Mesh, rules: Rules | None = None):

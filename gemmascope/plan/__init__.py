@@ -1,6 +1,6 @@
 """The cost model: what a study will cost before anything runs (`--mode=plan`).
 
-Training FLOPs, step and wall time, memory per chip and activation-cache bytes of every job, and
+Training FLOPs, step and wall time, memory per device and activation-cache bytes of every job, and
 the language model's memory per device when capturing and evaluating, for an accelerator from
 `plan.accelerators`. The formulas and their sources are in docs/recipe.md (infrastructure) and
 docs/scaling.md.
@@ -25,7 +25,6 @@ from gemmascope.plan.estimate import (
     lm_param_count,
     make_plan,
     plan_job,
-    resolve_mesh,
     sae_flops_per_token,
     sae_param_count,
     sae_step_seconds,
@@ -51,7 +50,6 @@ __all__ = [
     "make_plan",
     "plan_job",
     "plan_lm",
-    "resolve_mesh",
     "sae_flops_per_token",
     "sae_param_count",
     "sae_step_seconds",

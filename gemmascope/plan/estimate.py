@@ -26,7 +26,8 @@ bytes. The estimates follow docs/recipe.md#throughput:
 Memory is always per JAX *device*, the unit a mesh axis counts and an array is placed on: a chip
 for GPUs and megacore TPUs (v4, v5p), a TensorCore with half the chip's memory on TPU v3
 (`Accelerator.device_memory_bytes`). A job's mesh spans `n_chips x devices_per_chip` devices, as
-`mesh.data = -1` does on the real machine.
+`mesh.data = -1` does on the real machine (resolved by `gemmascope.mesh.axis_sizes`, as the
+trainer's mesh is).
 
 For the language model (capture, streaming and evaluation): its memory per device with
 `cache.model_parallel` / `eval.model_parallel`, flagged against one device's memory
@@ -40,6 +41,7 @@ import dataclasses
 
 import ml_collections
 
+from gemmascope import mesh as mesh_lib
 from gemmascope.model import sites as model_sites
 from gemmascope.plan import accelerators, lm_memory
 from gemmascope.study import jobs
@@ -181,24 +183,6 @@ class StudyPlan:
         return sum(job.wall_seconds for job in self.jobs)
 
 
-def resolve_mesh(shape: tuple[int, int], n_devices: int) -> tuple[int, int]:
-    """Resolves -1 in a (data, model) mesh shape against `n_devices`.
-
-    Raises:
-        ValueError: The shape does not multiply to `n_devices`.
-    """
-    data, model = shape
-    if data == -1 and model == -1:
-        raise ValueError("Only one mesh axis may be -1.")
-    if data == -1:
-        data = n_devices // model
-    if model == -1:
-        model = n_devices // data
-    if data * model != n_devices:
-        raise ValueError(f"Mesh (data={data}, model={model}) does not use {n_devices} devices.")
-    return data, model
-
-
 def plan_job(
     job: ml_collections.ConfigDict,
     d_in: int,
@@ -208,9 +192,9 @@ def plan_job(
 ) -> JobPlan:
     """Estimates one job on `n_chips` chips of `accelerator` (its mesh spans their devices)."""
     n_saes = len(job.sweep_values) * len(job.get("seeds", [0]))
-    mesh = dict(job.mesh)
     n_devices = n_chips * accelerator.devices_per_chip
-    data_shards, model_shards = resolve_mesh((mesh["data"], mesh["model"]), n_devices)
+    sizes = mesh_lib.axis_sizes(job.mesh, n_devices, field=f"the mesh of job {job.name}")
+    data_shards, model_shards = sizes["data"], sizes["model"]
     steps = int(-(-float(job.total_tokens) // job.batch_size))
     flops_per_step = sae_flops_per_token(d_in, job.width, job.arch) * job.batch_size * n_saes
     step_seconds = flops_per_step / (n_chips * accelerator.peak_flops * mfu)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+from gemmascope import mesh as mesh_lib
 from gemmascope.study import jobs
 
 
@@ -177,16 +178,14 @@ def check_mesh(config, all_jobs: list, devices, problems: Problems) -> None:
 
 def _mesh_problem(shape: dict, job, n_devices: int, devices_text: str) -> str | None:
     """What keeps `job` from running on its mesh over `n_devices` devices, or None."""
-    data, model = int(shape["data"]), int(shape["model"])
-    if data == -1 and n_devices % model == 0:
-        data = n_devices // model
-    elif model == -1 and n_devices % data == 0:
-        model = n_devices // data
-    if data < 1 or model < 1 or data * model != n_devices:
+    try:  # the trainer's and the plan's resolution (gemmascope.mesh)
+        sizes = mesh_lib.axis_sizes(shape, n_devices)
+    except ValueError:
         return (
             f"mesh: a (data={shape['data']}, model={shape['model']}) mesh does not fit "
             f"{devices_text}; set mesh.data x mesh.model to {n_devices} (-1 takes the rest)"
         )
+    data, model = sizes["data"], sizes["model"]
     if job.width % model:
         return (
             f"jobs.groups: width {job.width} is not divisible by the model axis of the mesh "

@@ -17,16 +17,11 @@ from gemmascope.train.config import default_config, itstime, resolve_budget, swe
 # The loop.
 from gemmascope.train.loop import NonFiniteLossError, TrainResult, train_sweep
 
-# Mesh and sharding.
-from gemmascope.train.sharding import logical_to_spec, make_mesh
-
 __all__ = [
     "NonFiniteLossError",
     "TrainResult",
     "default_config",
     "itstime",
-    "logical_to_spec",
-    "make_mesh",
     "resolve_budget",
     "sweep_members",
     "train_sweep",

@@ -23,12 +23,8 @@ import math
 
 import ml_collections
 
+from gemmascope import mesh as mesh_lib
 from gemmascope import sae
-
-# Default logical-axis -> mesh-axis rules, declared once (nothing else picks a sharding). Axes:
-#   batch: token rows of a batch; d_in: the activation dimension; d_sae: the latent axis;
-#   sweep: the leading axis over sweep members (replicated: every device trains every member).
-DEFAULT_AXIS_RULES = (("batch", "data"), ("sweep", None), ("d_sae", "model"), ("d_in", None))
 
 
 def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
@@ -89,8 +85,10 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.members_per_pass = None
     # Device mesh as (axis name, size) pairs; one size may be -1 (all remaining devices).
     c.mesh = [("data", -1), ("model", 1)]
-    # Logical axis -> mesh axis (None = replicated), declared once for params, state and batches.
-    c.logical_axis_rules = [list(rule) for rule in DEFAULT_AXIS_RULES]
+    # Logical axis -> mesh axis (None = replicated) for params, state and batches: ordered
+    # (logical, mesh axis) pairs, flax's convention; the default is gemmascope.mesh.RULES, the one
+    # table the LM and the plan use too (docs/internals.md, "mesh").
+    c.logical_axis_rules = [list(rule) for rule in mesh_lib.RULES]
     return c
 
 

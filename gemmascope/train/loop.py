@@ -28,6 +28,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from gemmascope import files, sae
+from gemmascope import mesh as mesh_lib
 from gemmascope.train import checkpointing, config, metrics_writer, sharding, step
 
 log = logging.getLogger(__name__)
@@ -176,26 +177,27 @@ def train_sweep(
     if is_writer:
         files.makedirs(os.fspath(run_dir))
 
-    # 3. Mesh and sharding rules (declared once, in the config).
-    mesh = sharding.make_mesh(job_cfg.mesh, devices)
-    rules = tuple((str(a), None if m is None else str(m)) for a, m in job_cfg.logical_axis_rules)
+    # 3. Mesh (gemmascope.mesh: the one mesh and sharding vocabulary).
+    mesh = mesh_lib.make_mesh(job_cfg.mesh, devices, field="job_cfg.mesh")
     sharding.check_divisible(mesh, width, job_cfg.batch_size)
 
     # 4. Model and optimizer: one compiled init and step per job shape (cached across jobs).
     values = [value for value, _ in members]
     sweep_dtype = np.int32 if all(isinstance(v, int) for v in values) else np.float32
     fns = step.compiled_functions(
-        job_cfg.arch,
-        sae_cfg,
-        d_in=d_in,
-        width=width,
-        n_members=len(members),
-        batch_size=job_cfg.batch_size,
-        dead_window=budget.dead_window,
-        sweep_dtype=sweep_dtype,
-        mesh=mesh,
-        rules=rules,
-        members_per_pass=config.members_per_pass(job_cfg, mesh.devices.flat[0].platform),
+        step.JobShape(
+            arch=job_cfg.arch,
+            sae_cfg=sae_cfg,
+            d_in=d_in,
+            width=width,
+            n_members=len(members),
+            batch_size=job_cfg.batch_size,
+            dead_window=budget.dead_window,
+            sweep_dtype=sweep_dtype,
+            mesh=mesh,
+            rules=tuple(job_cfg.logical_axis_rules),
+            members_per_pass=config.members_per_pass(job_cfg, mesh.devices.flat[0].platform),
+        )
     )
 
     # 5. Checkpoint / resume. Resume order:

@@ -1,7 +1,9 @@
-"""The (data, model) device mesh and the shardings of a stacked sweep's state and batches.
+"""The logical axes of a stacked sweep's state and batches, and their shardings.
 
-Sharding is declared once, as logical axis rules in the job config; this module names the logical
-axes of every array and maps them through the rules (docs/recipe.md#sharding):
+The mesh and the logical-axis -> mesh-axis mapping are `gemmascope.mesh`'s (the one vocabulary of
+the SAE trainer, the LM and the plan); the rules are the job config's `logical_axis_rules`
+(default `gemmascope.mesh.RULES`). This module names the logical axes of every array of a sweep
+(docs/recipe.md#sharding):
 
 - batches (B, d_in) are ("batch", "d_in"): rows split over `data`;
 - SAE parameters carry a leading "sweep" axis; their latent axis is "d_sae", split over `model`
@@ -9,20 +11,17 @@ axes of every array and maps them through the rules (docs/recipe.md#sharding):
   only its slice of every wide SAE; b_dec and other d_in-sized arrays are replicated.
 
 Synopsis:
-    mesh = make_mesh([("data", -1), ("model", 1)])
-    spec = logical_to_spec(("sweep", "d_sae"), rules)          # PartitionSpec(None, "model")
+    mesh = gemmascope.mesh.make_mesh([("data", -1), ("model", 1)])
     shardings = stacked_shardings(abstract_params, mesh, rules, width=4096, d_in=2304)
     check_divisible(mesh, width=4096, batch_size=4096)     # ValueError naming the field
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+
+from gemmascope import mesh as mesh_lib
 
 # Logical axes of the parameters Gemma Scope's architectures use, without the leading sweep axis.
 # Parameters not listed here get theirs from their shape (see `param_logical_axes`).
@@ -40,62 +39,10 @@ KNOWN_PARAM_AXES = {
 }
 
 
-def make_mesh(mesh_spec: Sequence[Sequence], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a Mesh from (axis name, size) pairs; one size may be -1 (all remaining devices).
-
-    Args:
-        mesh_spec: e.g. [("data", -1), ("model", 1)]; must name the axes `data` and `model`.
-        devices: the devices to lay out (default: every device of every process).
-
-    Raises:
-        ValueError: the sizes do not multiply to the device count, or the axes are not
-            `data` and `model`.
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    names = tuple(str(name) for name, _ in mesh_spec)
-    sizes = [int(size) for _, size in mesh_spec]
-    if sorted(names) != ["data", "model"]:
-        raise ValueError(f"job_cfg.mesh must name the axes 'data' and 'model', got {names}")
-    if sizes.count(-1) > 1:
-        raise ValueError(f"job_cfg.mesh may have at most one size -1, got {list(mesh_spec)}")
-    known = math.prod(s for s in sizes if s != -1)
-    if known <= 0 or len(devices) % known:
-        raise ValueError(
-            f"job_cfg.mesh {list(mesh_spec)} does not divide the {len(devices)} available devices"
-        )
-    sizes = [len(devices) // known if s == -1 else s for s in sizes]
-    if math.prod(sizes) != len(devices):
-        raise ValueError(
-            f"job_cfg.mesh {list(mesh_spec)} has {math.prod(sizes)} devices but "
-            f"{len(devices)} are available; use -1 for one axis to take the rest"
-        )
-    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), names)
-
-
-def logical_to_spec(logical_axes: Sequence[str | None], rules: Sequence[Sequence]) -> PartitionSpec:
-    """Maps logical axis names to a PartitionSpec through `rules` (first matching rule wins).
-
-    A logical axis without a rule, or whose rule maps to None, is replicated. A mesh axis is used
-    at most once per array (a later logical axis that maps to a used mesh axis is replicated).
-    """
-    table: dict[str, str | None] = {}
-    for logical, mesh_axis in rules:
-        table.setdefault(logical, mesh_axis)
-    used, spec = set(), []
-    for axis in logical_axes:
-        mesh_axis = table.get(axis) if axis is not None else None
-        if mesh_axis is not None and mesh_axis in used:
-            mesh_axis = None
-        if mesh_axis is not None:
-            used.add(mesh_axis)
-        spec.append(mesh_axis)
-    return PartitionSpec(*spec)
-
-
 def param_logical_axes(name: str | None, shape: tuple[int, ...], width: int, d_in: int) -> tuple:
     """Logical axes of one stacked parameter (or optimizer slot) of shape (S, ...).
 
-    Known names (KNOWN_PARAM_AXES) are used when the shape agrees; otherwise every axis of size
+    Known names (KNOWN_PARAM_AXES) are used when the shape agrees; otherwise the first axis of size
     `width` is "d_sae" and every other axis is replicated. Layout only: a wrong guess costs memory
     or communication, never correctness.
     """
@@ -107,7 +54,10 @@ def param_logical_axes(name: str | None, shape: tuple[int, ...], width: int, d_i
         sizes = {"d_in": d_in, "d_sae": width}
         if all(sizes[axis] == size for axis, size in zip(known, inner, strict=True)):
             return ("sweep", *known)
-    return ("sweep", *("d_sae" if size == width else None for size in inner))
+    axes: list[str | None] = [None] * len(inner)
+    if width in inner:  # a logical axis names one dimension of an array
+        axes[inner.index(width)] = "d_sae"
+    return ("sweep", *axes)
 
 
 def _leaf_name(path) -> str | None:
@@ -123,7 +73,7 @@ def stacked_shardings(abstract_tree, mesh: Mesh, rules, width: int, d_in: int):
 
     def one(path, leaf):
         axes = param_logical_axes(_leaf_name(path), tuple(leaf.shape), width, d_in)
-        return NamedSharding(mesh, logical_to_spec(axes, rules))
+        return mesh_lib.named_sharding(mesh, axes, rules, leaf.shape)
 
     return jax.tree_util.tree_map_with_path(one, abstract_tree)
 

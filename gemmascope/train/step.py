@@ -13,13 +13,14 @@ State (a plain dict, checkpointed as a whole):
     bad_step     (S,) int32, first step whose loss was not finite, -1 while all were finite
 
 Synopsis:
-    fns = compiled_functions(arch, sae_cfg, d_in=..., width=..., n_members=..., batch_size=...,
-                             dead_window=..., mesh=mesh, rules=rules)
+    shape = JobShape(arch, sae_cfg, d_in=..., width=..., n_members=..., batch_size=...,
+                     dead_window=..., sweep_dtype="float32", mesh=mesh, rules=rules)
+    fns = compiled_functions(shape)
     state = fns.init(seeds, sweep_values)                  # created already sharded
     state, metrics = fns.train_step(state, batch)          # state donated
 
-Compiled functions are cached on everything that shapes the program (architecture, SAE config,
-shapes, mesh, rules) so that dozens of small jobs with identical shapes reuse one compilation.
+Compiled functions are cached on the `JobShape` (architecture, SAE config, shapes, mesh, rules),
+so that dozens of small jobs with identical shapes reuse one compilation.
 
 `members_per_pass` picks how the update runs over the sweep axis: 0 vmaps every member at once
 (`jax.lax.map(..., batch_size=0)` is `vmap`), the right choice on GPU/TPU where batched matrix
@@ -31,15 +32,15 @@ by one (benchmarks/train_sweep.py), so on CPU 1 is faster while still reading ea
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
+from gemmascope import mesh as mesh_lib
 from gemmascope import sae
 from gemmascope.train import sharding
 
@@ -64,73 +65,64 @@ class CompiledFunctions:
     batch_sharding: NamedSharding
 
 
-_CACHE: dict[tuple, CompiledFunctions] = {}
+@dataclasses.dataclass(frozen=True)
+class JobShape:
+    """Everything that shapes one job's compiled program; hashable, the compilation cache key.
+
+    Attributes:
+        arch: the architecture's name (a key of `sae.ARCHITECTURES`).
+        sae_cfg: its resolved config, frozen (hashable, and safe from later edits).
+        d_in: the activation width.
+        width: latents per SAE.
+        n_members: S, the sweep members stacked on the leading axis.
+        batch_size: activations per step. jit specialises on the batch shape by itself; it is
+            part of the shape so that one cache entry is exactly one compiled step, which makes
+            reuse countable.
+        dead_window: steps without firing after which a latent counts as dead.
+        sweep_dtype: "int32" (k sweeps) or "float32", the dtype of the traced sweep values.
+        mesh: the (data, model) mesh.
+        rules: the logical-axis rules ((logical, mesh axis or None) pairs, `gemmascope.mesh`).
+        members_per_pass: 0 vmaps every member at once, k vmaps k at a time, 1 runs them one
+            after another (module docstring).
+    """
+
+    arch: str
+    sae_cfg: ml_collections.FrozenConfigDict
+    d_in: int
+    width: int
+    n_members: int
+    batch_size: int
+    dead_window: int
+    sweep_dtype: str
+    mesh: Mesh
+    rules: tuple[tuple[str, str | None], ...] = mesh_lib.RULES
+    members_per_pass: int = 0
+
+    def __post_init__(self):
+        """Freezes the SAE config and normalises the dtype and rules (equal shapes, equal keys)."""
+        if not isinstance(self.sae_cfg, ml_collections.FrozenConfigDict):
+            object.__setattr__(self, "sae_cfg", ml_collections.FrozenConfigDict(self.sae_cfg))
+        object.__setattr__(self, "sweep_dtype", np.dtype(self.sweep_dtype).name)
+        rules = tuple((str(a), None if m is None else str(m)) for a, m in self.rules)
+        object.__setattr__(self, "rules", rules)
 
 
-def _config_key(cfg: ml_collections.ConfigDict) -> str:
-    """A canonical string of a ConfigDict, used as (part of) the compilation cache key."""
-    return json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+_CACHE: dict[JobShape, CompiledFunctions] = {}
 
 
-def compiled_functions(
-    arch_name: str,
-    sae_cfg: ml_collections.ConfigDict,
-    *,
-    d_in: int,
-    width: int,
-    n_members: int,
-    batch_size: int,
-    dead_window: int,
-    sweep_dtype: np.dtype,
-    mesh: Mesh,
-    rules: tuple,
-    members_per_pass: int = 0,
-) -> CompiledFunctions:
-    """Returns the (cached) jitted init and step for one job shape; see the module docstring."""
-    # batch_size is not needed to build (jit specialises on the batch shape by itself); it is in
-    # the key so that one cache entry is exactly one compiled step, which makes reuse countable.
-    key = (
-        arch_name,
-        _config_key(sae_cfg),
-        d_in,
-        width,
-        n_members,
-        batch_size,
-        dead_window,
-        np.dtype(sweep_dtype).name,
-        mesh,
-        rules,
-        members_per_pass,
-    )
-    if key not in _CACHE:
-        _CACHE[key] = _build(
-            arch_name,
-            ml_collections.ConfigDict(sae_cfg),
-            d_in,
-            width,
-            n_members,
-            dead_window,
-            np.dtype(sweep_dtype),
-            mesh,
-            rules,
-            members_per_pass,
-        )
-    return _CACHE[key]
+def compiled_functions(shape: JobShape) -> CompiledFunctions:
+    """Returns the (cached) jitted init and step of one job shape; see the module docstring."""
+    if shape not in _CACHE:
+        _CACHE[shape] = _build(shape)
+    return _CACHE[shape]
 
 
-def _build(
-    arch_name,
-    sae_cfg,
-    d_in,
-    width,
-    n_members,
-    dead_window,
-    sweep_dtype,
-    mesh,
-    rules,
-    members_per_pass,
-):
+def _build(shape: JobShape) -> CompiledFunctions:
     """Builds (does not yet compile) the jitted init and step of one job shape."""
+    arch_name, sae_cfg = shape.arch, shape.sae_cfg
+    d_in, width, n_members = shape.d_in, shape.width, shape.n_members
+    dead_window, members_per_pass = shape.dead_window, shape.members_per_pass
+    mesh, rules = shape.mesh, shape.rules
     arch = sae.ARCHITECTURES[arch_name]
     single_step = sae.make_train_step(arch_name, sae_cfg)
     optimizer = sae.optimizer(sae_cfg)
@@ -181,11 +173,11 @@ def _build(
         return new_state, metrics
 
     seeds_shape = jax.ShapeDtypeStruct((n_members,), jnp.int32)
-    values_shape = jax.ShapeDtypeStruct((n_members,), sweep_dtype)
+    values_shape = jax.ShapeDtypeStruct((n_members,), np.dtype(shape.sweep_dtype))
     shapes = jax.eval_shape(init, seeds_shape, values_shape)
 
     def named(*logical_axes):
-        return NamedSharding(mesh, sharding.logical_to_spec(logical_axes, rules))
+        return mesh_lib.named_sharding(mesh, logical_axes, rules)
 
     state_shardings = {
         "params": sharding.stacked_shardings(shapes["params"], mesh, rules, width, d_in),
@@ -199,7 +191,7 @@ def _build(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings
     )
     batch_sharding = named("batch", "d_in")
-    replicated = NamedSharding(mesh, PartitionSpec())
+    replicated = named()
     jitted_init = jax.jit(
         init, in_shardings=(replicated, replicated), out_shardings=state_shardings
     )

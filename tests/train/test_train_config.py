@@ -1,13 +1,10 @@
-"""Unit tests of the job config, the token->step budget and the sharding rules."""
+"""Unit tests of the job config, the token->step budget and the sweep state's logical axes."""
 
-import jax
 import pytest
-from jax.sharding import PartitionSpec
 
+import gemmascope.mesh
 from gemmascope import train
 from gemmascope.train import config, sharding
-
-RULES = config.DEFAULT_AXIS_RULES
 
 
 def test_default_config_documents_gemma_scope_defaults():
@@ -46,28 +43,6 @@ def test_members_are_values_times_seeds_values_major():
         train.sweep_members(cfg)
 
 
-def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
-    mesh = train.make_mesh([("data", -1), ("model", 4)])
-    assert dict(mesh.shape) == {"data": 2, "model": 4}
-    with pytest.raises(ValueError, match="does not divide the 8 available devices"):
-        train.make_mesh([("data", -1), ("model", 3)])
-    with pytest.raises(ValueError, match="has 4 devices but 8 are available"):
-        train.make_mesh([("data", 2), ("model", 2)])
-    with pytest.raises(ValueError, match="'data' and 'model'"):
-        train.make_mesh([("batch", -1), ("model", 1)])
-    one = train.make_mesh([("data", 1), ("model", 1)], devices=jax.devices()[:1])
-    assert one.devices.size == 1
-
-
-def test_logical_rules_map_latents_to_model_and_rows_to_data():
-    assert train.logical_to_spec(("batch", "d_in"), RULES) == PartitionSpec("data", None)
-    assert train.logical_to_spec(("sweep", "d_in", "d_sae"), RULES) == PartitionSpec(
-        None, None, "model"
-    )
-    # A mesh axis is used once per array: the second d_sae is replicated.
-    assert train.logical_to_spec(("d_sae", "d_sae"), RULES) == PartitionSpec("model", None)
-
-
 @pytest.mark.parametrize(
     "name, shape, axes",
     [
@@ -85,7 +60,7 @@ def test_param_axes_by_name_then_shape(name, shape, axes):
 
 
 def test_divisibility_errors_name_the_field_and_the_axis():
-    mesh = train.make_mesh([("data", 2), ("model", 4)])
+    mesh = gemmascope.mesh.make_mesh([("data", 2), ("model", 4)])
     with pytest.raises(ValueError, match=r"width=30 is not divisible by the mesh's model axis \(4"):
         sharding.check_divisible(mesh, 30, 64)
     with pytest.raises(ValueError, match=r"batch_size=63 is not divisible .* data axis"):

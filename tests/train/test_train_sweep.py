@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from job_runner import tiny_activations, tiny_job
 
+import gemmascope.mesh
 from gemmascope import activations, train
 from gemmascope.train import step as step_lib
 
@@ -99,20 +100,19 @@ def test_one_device_matches_the_sharded_mesh(reference, tmp_path):
 def test_latent_axis_is_sharded_on_model(tmp_path, members_per_pass):
     cfg = tiny_job()
     sae_cfg = train.loop.resolve_sae_config(cfg, train.config.get_architecture("jumprelu"))
-    mesh = train.make_mesh(cfg.mesh)
-    fns = step_lib.compiled_functions(
-        "jumprelu",
-        sae_cfg,
+    shape = step_lib.JobShape(
+        arch="jumprelu",
+        sae_cfg=sae_cfg,
         d_in=16,
         width=32,
         n_members=2,
         batch_size=64,
         dead_window=4,
-        sweep_dtype=np.float32,
-        mesh=mesh,
-        rules=train.config.DEFAULT_AXIS_RULES,
+        sweep_dtype="float32",
+        mesh=gemmascope.mesh.make_mesh(cfg.mesh),
         members_per_pass=members_per_pass,
     )
+    fns = step_lib.compiled_functions(shape)
     state = fns.init(np.array([0, 1], np.int32), np.array([1e-4, 1e-3], np.float32))
     batch = next(_source().iter_batches(64, fns.batch_sharding))
     state, _ = fns.train_step(state, batch)
