@@ -95,7 +95,9 @@ def _run_stages(config, workdir, checked, job_selectors, released) -> None:
             run_cache(config, workdir, sites, verify=checked.stages == ("cache",))
     if "train" in checked.stages:
         with _stage(f"train ({len(selected)} jobs)"):
-            run_train(config, workdir, selected)
+            finished = run_train(config, workdir, selected)
+        if not finished:  # preempted: a checkpoint is saved; the same command resumes
+            return
     if released and ("export" in checked.stages or "eval" in checked.stages):
         with _stage(f"import ({len(released)} released SAEs)"):
             run_import(config, checked.model_cfg, workdir, released)
@@ -186,13 +188,17 @@ def run_cache(
 
 def run_train(
     config: ml_collections.ConfigDict, workdir: str, selected: list[ml_collections.ConfigDict]
-) -> None:
+) -> bool:
     """Trains every selected job that is not finished yet (resuming unfinished ones).
 
     A job is finished when its runs/<job>/final_params.npz and job.json are whole; a damaged
     one is written again from the job's last checkpoint. Activations come from the cache, or
     with `config.source == "stream"` from the model itself (loaded once for all jobs) through a
     shuffle buffer.
+
+    Returns:
+        False when a job was preempted (its checkpoint is saved; no later job is started, and
+        rerunning the same command resumes it), else True.
 
     Raises:
         CheckpointError: Orbax could not save or restore a job's checkpoints (names the folder
@@ -211,7 +217,7 @@ def run_train(
             _say(f"{where}: {problem}; writing it again from the job's last checkpoint")
         _say(where)
         try:
-            train.train_sweep(job, open_source(job.site, int(job.seeds[0])), workdir)
+            result = train.train_sweep(job, open_source(job.site, int(job.seeds[0])), workdir)
         except Exception as error:
             if errors.touches(error, "orbax") and not isinstance(error, errors.StudyError):
                 folder = files.join(workdir, "runs", job.name, "checkpoints")
@@ -222,6 +228,10 @@ def run_train(
                     "from its last complete checkpoint."
                 ) from error
             raise
+        if result.preempted:
+            _say(f"preempted in {job.name}; rerun the same command to resume")
+            return False
+    return True
 
 
 def _source_opener(config: ml_collections.ConfigDict, workdir: str):

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a sweep job (state + data-source position) and the SIGTERM flag.
+"""Orbax checkpoints of a sweep job (state + data-source position) and the preemption watch.
 
 One `CheckpointManager` per job under `runs/<job>/checkpoints`, with two items:
 `state` (the whole stacked train state: params, optimizer state, step, firing counters, sweep
@@ -9,8 +9,8 @@ Synopsis:
     manager = make_manager(run_dir / "checkpoints", keep=2, async_save=True)
     save(manager, step, state, source.state(), wait=False)
     restored = restore_latest(manager, abstract_state, source.state())  # None if no checkpoint
-    with SigtermFlag() as preempt:
-        ... if preempt.requested(): save and stop ...
+    with PreemptionWatch() as preemption:
+        ... if preemption.reached(step, at_sync_point=is_log): save and stop ...
 """
 
 from __future__ import annotations
@@ -157,27 +157,46 @@ def _check_fits(manager, step: int, abstract_state) -> None:
         )
 
 
-class SigtermFlag:
-    """Context manager that turns SIGTERM into a flag the training loop polls.
+class PreemptionWatch:
+    """Context manager that turns a preemption notice (SIGTERM) into one step to save and stop at.
 
-    Preemption (Cloud TPU, Slurm) sends SIGTERM; the handler only records it, and the loop saves a
-    checkpoint and returns at the next step boundary. The previous handler is restored on exit.
-    Outside the main thread (where handlers cannot be installed) the flag stays False.
+    Preemption (Cloud TPU, Slurm) sends SIGTERM; the loop then saves a checkpoint at a step
+    boundary and returns. Every process must pick the same step (a checkpoint is written by all of
+    them together), and no step may wait on the other hosts to find out:
+
+    - one process: a SIGTERM handler sets a flag, read by `reached` (nothing to agree on);
+    - several processes (`jax.distributed`) with JAX's preemption service (the default,
+      `jax_enable_preemption_service`): JAX's own SIGTERM handler, installed by
+      `jax.distributed.initialize`, starts a background protocol in which the processes agree
+      on the first step all of them can still reach; `reached(step)` is
+      `multihost_utils.reached_preemption_sync_point(step)`, a local check (no collective). Our
+      handler is not installed, as it would replace JAX's;
+    - several processes without the service: the flags of all processes are gathered, but only
+      at steps where the loop already synchronises (`at_sync_point`: its log and checkpoint
+      steps), so a notice is acted on at the next of those.
+
+    The previous SIGTERM handler is restored on exit. Outside the main thread (where handlers
+    cannot be installed) a single process never sees the notice.
     """
 
     def __init__(self):
-        """A flag that is not yet installed (enter the context to install it)."""
+        """A watch that is not yet installed (enter the context to install it)."""
         self._flag = False
         self._previous = None
         self._installed = False
+        self.mode = "local"
 
     def _handle(self, signum, frame):
         del signum, frame
-        log.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
+        log.warning("SIGTERM received: saving a checkpoint at a step boundary, then stopping")
         self._flag = True
 
-    def __enter__(self) -> SigtermFlag:
-        """Installs the SIGTERM handler (main thread only)."""
+    def __enter__(self) -> PreemptionWatch:
+        """Picks the mode (class docstring) and installs the SIGTERM handler where needed."""
+        if jax.process_count() > 1:
+            self.mode = "service" if jax.config.jax_enable_preemption_service else "gather"
+        if self.mode == "service":
+            return self
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
             self._installed = True
@@ -190,9 +209,19 @@ class SigtermFlag:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def requested(self) -> bool:
-        """True once any process got SIGTERM (all processes agree, so they save the same step)."""
-        if jax.process_count() == 1:
+    def reached(self, step: int, at_sync_point: bool) -> bool:
+        """True at the step every process saves and stops at; never waits on other hosts.
+
+        Args:
+            step: the number of steps completed (the same on every process).
+            at_sync_point: whether the loop synchronises the processes at this step anyway
+                (used only without JAX's preemption service).
+        """
+        if self.mode == "local":
             return self._flag
+        if self.mode == "service":
+            return multihost_utils.reached_preemption_sync_point(step)
+        if not at_sync_point:
+            return False
         flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
         return bool(np.any(flags))

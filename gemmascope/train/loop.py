@@ -236,7 +236,7 @@ def train_sweep(
     batches = source.iter_batches(job_cfg.batch_size, fns.batch_sharding)
     current, preempted = start_step, False
     try:
-        with checkpointing.SigtermFlag() as sigterm:
+        with checkpointing.PreemptionWatch() as preemption:
             while current < budget.total_steps:
                 batch = next(batches)
                 # Batches and state are already on device; the step itself moves no data.
@@ -245,7 +245,8 @@ def train_sweep(
                 current += 1
                 is_log = config.itstime(current, budget.log_every, budget.total_steps)
                 is_ckpt = config.itstime(current, budget.ckpt_every, budget.total_steps)
-                preempted = sigterm.requested()
+                # Never a collective: the processes agree on the step in the background.
+                preempted = preemption.reached(current, at_sync_point=is_log or is_ckpt)
                 if is_log or is_ckpt or preempted:
                     _check_finite(state, members, sweep_field, manager)
                 if is_log:

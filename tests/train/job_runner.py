@@ -6,7 +6,8 @@ Run as a script it trains `tiny_job` in its own process:
 
 `--slow-after N MARKER` touches MARKER once N batches were drawn and then slows the source down, so
 the parent can send SIGTERM mid-run. `--process I --port P` joins a 2-process
-`jax.distributed` job on localhost (each process with 4 forced CPU devices). The script prints
+`jax.distributed` job on localhost (each process with 4 forced CPU devices); both options together
+let the parent preempt one process of the two. The script prints
 one JSON line: {"preempted", "steps", "process"}.
 """
 

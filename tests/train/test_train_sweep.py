@@ -43,8 +43,8 @@ def reference(tmp_path_factory):
     return train.train_sweep(tiny_job(), _source(), workdir)
 
 
-def _run_child(args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def _run_child(args, extra_env=None, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(extra_env or {}))
     return subprocess.Popen(
         [sys.executable, str(RUNNER), *args],
         env=env,
@@ -192,17 +192,47 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_of_four_devices_equal_one_of_eight(reference, tmp_path):
+@pytest.mark.parametrize(
+    "service", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["service", "gather"]
+)
+def test_two_processes_stop_together_on_one_sigterm_and_resume(reference, tmp_path, service):
+    # Two processes of four devices; SIGTERM reaches process 1 only. JAX's preemption service
+    # makes both save and stop at the same step, without a per-step collective (without the
+    # service, the flags are gathered at log and checkpoint steps only); the checkpoint's global
+    # arrays then resume in this one process of eight devices.
+    env = {"JAX_ENABLE_PREEMPTION_SERVICE": str(service).lower()}
     port = _free_port()
+    markers = [tmp_path / f"reached{i}" for i in (0, 1)]
     children = [
-        _run_child([str(tmp_path), "--process", str(i), "--port", str(port)]) for i in (0, 1)
+        _run_child(
+            [str(tmp_path), "--process", str(i), "--port", str(port)]
+            + ["--slow-after", "6", str(markers[i])],
+            extra_env=env,
+        )
+        for i in (0, 1)
     ]
+    deadline = time.monotonic() + 180
+    while not markers[1].exists():
+        assert all(c.poll() is None for c in children), children[1].communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "process 1 never reached batch 6"
+        time.sleep(0.05)
+    children[1].send_signal(signal.SIGTERM)
     outputs = [_finish(child) for child in children]
     assert sorted(o["process"] for o in outputs) == [0, 1]
-    assert all(o["steps"] == 24 for o in outputs)
-    distributed = _load_npz(tmp_path / "runs" / "tiny" / "final_params.npz")
+    assert all(o["preempted"] for o in outputs)
+    stopped = outputs[0]["steps"]
+    assert outputs[1]["steps"] == stopped and 6 <= stopped < 24
+    if not service:
+        assert stopped % 4 == 0  # a log step (every 4): the only steps the flags are gathered at
+    run_dir = tmp_path / "runs" / "tiny"
+    saved = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == stopped and not (run_dir / "final_params.npz").exists()
+
+    resumed = train.train_sweep(tiny_job(), _source(), tmp_path)
+    assert not resumed.preempted and resumed.steps == 24
     for name, value in reference.params.items():
-        np.testing.assert_allclose(distributed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(resumed.params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in reference.history]
 
 
 def test_nonfinite_loss_names_member_and_step_and_keeps_last_good_checkpoint(tmp_path):
