@@ -1,6 +1,7 @@
 """Activation sources for SAE training: in-memory arrays, the on-disk cache, and streaming.
 
-Every source has the interface the trainer uses (docs/internals.md):
+Every source has the interface the trainer uses, the protocol `ActivationSource`
+(docs/internals.md):
 
     src.d_in; src.n_tokens; src.norm_scale          # batches are already x / norm_scale
     for batch in src.iter_batches(batch_size, sharding): ...   # global fp32 jax.Arrays
@@ -18,16 +19,19 @@ See docs/activations.md for the format, the shuffle and resume guarantees.
 from gemmascope.activations.array_source import ArraySource, estimate_norm_scale
 from gemmascope.activations.config import default_config
 from gemmascope.activations.reader import CacheSource, open_source
+from gemmascope.activations.source import ActivationSource, check_source
 from gemmascope.activations.storage import CacheError
 from gemmascope.activations.streaming import StreamingSource
 from gemmascope.activations.writer import build_cache
 
 __all__ = [
+    "ActivationSource",
     "ArraySource",
     "CacheError",
     "CacheSource",
     "StreamingSource",
     "build_cache",
+    "check_source",
     "default_config",
     "estimate_norm_scale",
     "open_source",

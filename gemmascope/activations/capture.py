@@ -117,9 +117,7 @@ def _jitted_capture(model_cfg, sites: tuple[str, ...], storage_dtype: str, mesh:
     """The jitted capture function, shared by every Capturer with the same statics."""
     dtype = jnp.dtype(storage_dtype)
 
-    @functools.partial(
-        jax.jit, out_shardings=mesh_lib.named_sharding(mesh, ("batch", "seq", None))
-    )
+    @functools.partial(jax.jit, out_shardings=mesh_lib.named_sharding(mesh, ("batch", "seq", None)))
     def run(params, tokens):
         acts = model.collect_sites(model_cfg, params, tokens, capture=list(sites))
         return {site: acts[site].astype(dtype) for site in sites}

@@ -52,7 +52,7 @@ def check_config(cfg) -> None:
     if cfg.dtype not in storage.DTYPES:
         raise ValueError(f"cache.dtype must be one of {storage.DTYPES}, got {cfg.dtype!r}")
     for name in ("shard_rows", "chunk_rows", "norm_sample_tokens", "batch_size", "model_parallel"):
-        value = cfg.get(name, 1) if name == "model_parallel" else cfg[name]
+        value = cfg[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"cache.{name} must be a positive integer, got {value!r}")
     if cfg.shard_rows % cfg.chunk_rows:

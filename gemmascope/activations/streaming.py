@@ -145,7 +145,7 @@ class StreamingSource(PositionState):
         if cache is not None:
             kwargs.setdefault("drop_special", cache.drop_special)
             kwargs.setdefault("forward_batch", cache.batch_size)
-            kwargs.setdefault("model_parallel", cache.get("model_parallel", 1))
+            kwargs.setdefault("model_parallel", cache.model_parallel)
         mesh = lm_params.lm_mesh(kwargs.get("model_parallel", 1), field="cache.model_parallel")
         _, params = model.load_hf(folder, dtype=writer.MODEL_DTYPES[dtype], mesh=mesh)
         return cls(model_cfg, params, sequences, site, seed=seed, **kwargs)

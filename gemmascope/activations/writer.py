@@ -326,7 +326,7 @@ def build_cache(config, workdir: str, verify: bool = False) -> dict[str, str]:
     cache_cfg = config.get("cache") or default_config()
     check_config(cache_cfg)
     # Before anything is written: a model_parallel the local devices cannot take is refused.
-    mesh = lm_params.lm_mesh(cache_cfg.get("model_parallel", 1), field="cache.model_parallel")
+    mesh = lm_params.lm_mesh(cache_cfg.model_parallel, field="cache.model_parallel")
     model_cfg, folder, tokenizer, sites, dtype = load_inputs(config)
     seqs = data.sequences(config.data, tokenizer, cache_cfg.split)
     user_prefix = data.user_prefix_ids(config.data, tokenizer)

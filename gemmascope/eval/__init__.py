@@ -16,9 +16,10 @@ from gemmascope.eval.config import default_config, validate
 from gemmascope.eval.run import evaluate, find_saes
 
 # The engine.
-from gemmascope.eval.sweep_eval import SaeEntry, evaluate_saes
+from gemmascope.eval.sweep_eval import GroupKey, SaeEntry, evaluate_saes
 
 __all__ = [
+    "GroupKey",
     "SaeEntry",
     "default_config",
     "evaluate",

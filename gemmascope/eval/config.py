@@ -48,7 +48,7 @@ def lm_mesh(cfg: ml_collections.ConfigDict) -> Mesh:
     Raises:
       ValueError: ``eval.model_parallel`` is not a positive divisor of the local device count.
     """
-    return lm_params.lm_mesh(cfg.get("model_parallel", 1), field="eval.model_parallel")
+    return lm_params.lm_mesh(cfg.model_parallel, field="eval.model_parallel")
 
 
 def splice_batch(cfg: ml_collections.ConfigDict, backend: str | None = None) -> int:
@@ -69,7 +69,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         smallest = 0 if field == "splice_batch" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
             raise ValueError(f"eval.{field} must be an integer >= {smallest}, got {value!r}")
-    lm_params.check_model_parallel(cfg.get("model_parallel", 1), "eval.model_parallel")
+    lm_params.check_model_parallel(cfg.model_parallel, "eval.model_parallel")
     threshold = cfg.get("dense_threshold")
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise ValueError(f"eval.dense_threshold must be in (0, 1), got {threshold!r}")

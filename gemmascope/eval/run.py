@@ -71,7 +71,7 @@ def table_rows(
     root = files.join(workdir, "saes")
     for entry, (values, info) in zip(saes, results, strict=True):
         config = entry.config
-        recorded_model = config.get("model")
+        recorded_model = config["model"]
         sae_id = _relative_id(entry.folder, root)
         rows.append(
             {
@@ -83,10 +83,10 @@ def table_rows(
                 "d_in": int(config["d_in"]),
                 "width": int(config["width"]),
                 "architecture": config["architecture"],
-                "source": config.get("source", "trained"),
-                "sweep_field": config.get("sweep_field"),
-                "sweep_value": config.get("sweep_value"),
-                "tokens_trained": config.get("tokens_trained"),
+                "source": config["source"],
+                "sweep_field": config["sweep_field"],
+                "sweep_value": config["sweep_value"],
+                "tokens_trained": config["tokens_trained"],
                 **values,
             }
         )
@@ -120,7 +120,7 @@ def evaluate(config, workdir: str) -> pd.DataFrame:
     # The positions the SAEs were trained on: not BOS/EOS/pad, nor a chat template's user prefix.
     positions = data.trained_positions(config.data, tokenizer, tokens, model_cfg.special_token_ids)
     results = evaluate_saes(model_cfg, model_params, tokens, saes, eval_cfg, positions)
-    model_name = str(config.model.get("path")) if hasattr(config.model, "get") else None
+    model_name = str(config.model.path)
     rows, details = table_rows(saes, results, workdir, model_name)
     frame = table.build_table(rows)
     if jax.process_index() != 0:  # multi-host: every process computes, process 0 writes

@@ -30,15 +30,16 @@ Synopsis::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from gemmascope import mesh as mesh_lib
 from gemmascope import model
@@ -48,14 +49,51 @@ from gemmascope.export import layout
 from gemmascope.export.npz_format import NPZ_KEYS, load_npz
 from gemmascope.model import params as lm_params
 
+JUMPRELU = {"type": "jumprelu"}
+
+
+class GroupKey(NamedTuple):
+    """SAEs with equal keys are stacked and spliced in one program, whatever their architecture.
+
+    After export all are the same five arrays, applied by the same encoder rule.
+    """
+
+    site: str
+    width: int
+    encoder: str  # "jumprelu" or "topk"
+
 
 @dataclasses.dataclass
 class SaeEntry:
-    """One SAE to evaluate: its folder, its config.json and its raw-unit Gemma Scope params."""
+    """One SAE to evaluate: its folder, its config.json, its raw-unit Gemma Scope params.
+
+    Attributes:
+        folder: where it was loaded from (names it in errors and in the table).
+        config: its config.json (``export.layout.read_config``).
+        params: the five arrays of ``NPZ_KEYS``.
+        encoder: the encoder rule, ``{"type": "jumprelu"}`` or ``{"type": "topk", "k": k}``
+            (config.json's ``encoder``).
+    """
 
     folder: str
     config: dict
     params: dict[str, np.ndarray]
+    encoder: dict = dataclasses.field(default_factory=lambda: dict(JUMPRELU))
+
+    def __post_init__(self):
+        """Checks the encoder rule (a clear error naming the folder)."""
+        kind, k = self.encoder.get("type"), self.encoder.get("k")
+        if kind not in ("jumprelu", "topk"):
+            raise ValueError(
+                f"{self.folder}/config.json: encoder type {kind!r} is unknown; valid: 'jumprelu', "
+                "'topk'"
+            )
+        width = self.config["width"]
+        if kind == "topk" and not (isinstance(k, int) and 1 <= k <= width):
+            raise ValueError(
+                f"{self.folder}/config.json: topk encoder needs an integer k in 1..{width}, got "
+                f"{k!r}"
+            )
 
     @classmethod
     def load(cls, folder: str) -> SaeEntry:
@@ -64,34 +102,12 @@ class SaeEntry:
         params = load_npz(
             f"{folder}/{layout.PARAMS_FILE}", d_in=int(config["d_in"]), width=int(config["width"])
         )
-        entry = cls(folder=folder, config=config, params=params)
-        encoder = entry.encoder
-        if encoder.get("type") not in ("jumprelu", "topk"):
-            raise ValueError(
-                f"{folder}/config.json: encoder type {encoder.get('type')!r} is unknown; "
-                "valid: 'jumprelu', 'topk'"
-            )
-        k = encoder.get("k")
-        if encoder["type"] == "topk" and not (isinstance(k, int) and 1 <= k <= config["width"]):
-            raise ValueError(
-                f"{folder}/config.json: topk encoder needs an integer k in 1..{config['width']}, "
-                f"got {k!r}"
-            )
-        return entry
+        return cls(folder=folder, config=config, params=params, encoder=config["encoder"])
 
     @property
-    def encoder(self) -> dict:
-        """The encoder rule: ``{"type": "jumprelu"}`` (default) or ``{"type": "topk", "k": k}``."""
-        return self.config.get("encoder") or {"type": "jumprelu"}
-
-    @property
-    def group_key(self) -> tuple[str, int, str]:
-        """The (site, width, encoder type) key: SAEs with equal keys are spliced together.
-
-        They are stacked and spliced in one program, whatever their architecture: after export
-        all are the same arrays.
-        """
-        return (self.config["site"], int(self.config["width"]), self.encoder["type"])
+    def group_key(self) -> GroupKey:
+        """The key of the group this SAE is spliced with."""
+        return GroupKey(self.config["site"], int(self.config["width"]), self.encoder["type"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +302,9 @@ def evaluate_saes(
 ) -> list[tuple[dict, dict]]:
     """Evaluates every SAE on ``tokens`` with one clean pass per batch.
 
+    Three phases: group and stack the SAEs (``_prepare_groups``), accumulate every pass's sums
+    over the batches (``_accumulate``), turn the sums into each SAE's metrics (``_results``).
+
     Args:
       model_cfg: ``model.GemmaConfig`` (Gemma 2 or 3).
       model_params: the model's params pytree.
@@ -313,78 +332,163 @@ def evaluate_saes(
         raise ValueError("evaluate_saes: no SAEs to evaluate")
     mesh = eval_config.lm_mesh(eval_cfg)
     tokens, positions = _check_tokens(model_cfg, tokens, positions)
-    groups = _group_saes(model_cfg, saes)
-    sites = tuple(sorted({key[0] for key in groups}))
-    prefixes = {site: prefix_site(site) for site in sites}
-    captured = tuple(sorted(set(sites) | {p for p in prefixes.values() if p is not None}))
-    with_lm = bool(eval_cfg.lm_metrics)
-    splice_batch = eval_config.splice_batch(eval_cfg)
+    groups = _prepare_groups(model_cfg, saes, eval_config.splice_batch(eval_cfg), mesh)
     model_params = lm_params.place_params(model_cfg, model_params, mesh)
-    replicated = NamedSharding(mesh, P())
-    stacked, k_maxes, chunks = {}, {}, {}
-    for key, members in groups.items():
-        chunks[key] = min(splice_batch, len(members))
-        group = _stack_group([saes[i] for i in members], chunks[key])
-        stacked[key] = jax.device_put(group, replicated)
-        k_maxes[key] = None
-        if key[2] == "topk":
-            k_maxes[key] = max(int(saes[i].encoder["k"]) for i in members)
-
-    clean_totals: dict = {}
-    site_totals = {site: {} for site in sites}
-    zero_totals = {site: {} for site in sites}
-    group_totals = {key: [{}, {}] for key in groups}
-    references: dict[str, jax.Array] = {}
+    passes = _Passes(model_cfg, model_params, bool(eval_cfg.lm_metrics), groups)
     batch_size = mesh_lib.batch_for_mesh(int(eval_cfg.batch_size), mesh)
-    for batch, kept, row_valid in _batches(tokens, positions, batch_size, mesh):
+    totals = _accumulate(passes, _batches(tokens, positions, batch_size, mesh))
+    return _results(saes, groups, totals, eval_cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: the groups.
+
+
+@dataclasses.dataclass
+class _Group:
+    """One group's SAEs, stacked as ``_group_pass`` runs them.
+
+    Attributes:
+        members: indices (into the caller's list of SAEs) of the group's SAEs, in stacking order.
+        chunk: SAEs spliced per vmapped pass.
+        k_max: the largest k of a TopK group (static), None for JumpReLU.
+        stacked: the stacked params on the mesh, replicated (``_stack_group``).
+    """
+
+    members: list[int]
+    chunk: int
+    k_max: int | None
+    stacked: dict[str, jax.Array]
+
+
+def _prepare_groups(
+    model_cfg, saes: Sequence[SaeEntry], splice_batch: int, mesh: Mesh
+) -> dict[GroupKey, _Group]:
+    """Groups the SAEs by ``GroupKey`` (site and width checked) and stacks each group."""
+    indices: dict[GroupKey, list[int]] = {}
+    for index, entry in enumerate(saes):
+        site = entry.config["site"]
+        model.sites.check(model_cfg, site)
+        if model.sites.dim(model_cfg, site) != entry.params["W_enc"].shape[0]:
+            raise ValueError(
+                f"{entry.folder}: d_in {entry.params['W_enc'].shape[0]} does not match site "
+                f"{site} of width {model.sites.dim(model_cfg, site)}"
+            )
+        indices.setdefault(entry.group_key, []).append(index)
+    replicated = mesh_lib.named_sharding(mesh, ())
+    groups = {}
+    for key, members in indices.items():
+        chunk = min(splice_batch, len(members))
+        stacked = _stack_group([saes[i] for i in members], chunk)
+        k_max = None
+        if key.encoder == "topk":
+            k_max = max(int(saes[i].encoder["k"]) for i in members)
+        groups[key] = _Group(members, chunk, k_max, jax.device_put(stacked, replicated))
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 2: the sums over every batch.
+
+
+@dataclasses.dataclass
+class _Passes:
+    """What every batch's passes share: the model, whether LM metrics run, the groups."""
+
+    model_cfg: object
+    model_params: dict
+    with_lm: bool
+    groups: dict[GroupKey, _Group]
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """The sites that have an SAE."""
+        return tuple(sorted({key.site for key in self.groups}))
+
+
+@dataclasses.dataclass
+class _Totals:
+    """Host-side float64/int64 sums of every pass, accumulated over the batches.
+
+    Attributes:
+        clean: the clean pass's cross-entropy sum ``ce`` and LM token count ``n``.
+        site: per site, the variance sums (FVU's denominator).
+        zero: per site, the LM sums with the site zero-ablated.
+        recon: per group, the reconstruction sums of every stacked element.
+        lm: per group, the LM sums (delta CE, KL) of every stacked element.
+    """
+
+    clean: dict = dataclasses.field(default_factory=dict)
+    site: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(dict))
+    zero: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(dict))
+    recon: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(dict))
+    lm: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(dict))
+
+
+def _accumulate(passes: _Passes, batches) -> _Totals:
+    """Runs the clean, per-site and per-group passes on every batch; returns their sums."""
+    totals = _Totals()
+    references: dict[str, jax.Array] = {}
+    cfg, params = passes.model_cfg, passes.model_params
+    prefixes = {site: prefix_site(site) for site in passes.sites}
+    captured = tuple(sorted(set(passes.sites) | {p for p in prefixes.values() if p is not None}))
+    for batch, kept, row_valid in batches:
         acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
-            model_params, batch, kept, row_valid, cfg=model_cfg, sites=captured
+            params, batch, kept, row_valid, cfg=cfg, sites=captured
         )
-        _add(clean_totals, {"ce": clean_ce, "n": n_lm})
-        for site in sites:
+        _add(totals.clean, {"ce": clean_ce, "n": n_lm})
+        for site in passes.sites:
             if site not in references:  # a fixed shift: the first batch's mean (site_sums)
                 w = keep.astype(jnp.float32)[..., None]
                 references[site] = jnp.sum(acts[site] * w, (0, 1)) / jnp.maximum(w.sum(), 1.0)
             prefix = acts[prefixes[site]] if prefixes[site] else None
-            shared = (model_params, batch, keep, acts[site], prefix, clean_logp)
+            shared = (params, batch, keep, acts[site], prefix, clean_logp)
             variance, zero_lm = _site_pass(
-                *shared, references[site], cfg=model_cfg, site=site, with_lm=with_lm
+                *shared, references[site], cfg=cfg, site=site, with_lm=passes.with_lm
             )
-            _add(site_totals[site], variance)
-            _add(zero_totals[site], zero_lm)
-        for key in groups:
-            site = key[0]
-            prefix = acts[prefixes[site]] if prefixes[site] else None
+            _add(totals.site[site], variance)
+            _add(totals.zero[site], zero_lm)
+        for key, group in passes.groups.items():
+            prefix = acts[prefixes[key.site]] if prefixes[key.site] else None
             recon, lm = _group_pass(
-                model_params,
+                params,
                 batch,
                 keep,
-                acts[site],
+                acts[key.site],
                 prefix,
-                stacked[key],
-                cfg=model_cfg,
-                site=site,
-                k_max=k_maxes[key],
-                chunk=chunks[key],
-                with_lm=with_lm,
+                group.stacked,
+                cfg=cfg,
+                site=key.site,
+                k_max=group.k_max,
+                chunk=group.chunk,
+                with_lm=passes.with_lm,
             )
-            _add(group_totals[key][0], recon)
-            _add(group_totals[key][1], lm)
+            _add(totals.recon[key], recon)
+            _add(totals.lm[key], lm)
+    return totals
 
+
+# ---------------------------------------------------------------------------------------------
+# Phase 3: each SAE's metrics.
+
+
+def _results(
+    saes: Sequence[SaeEntry], groups: dict[GroupKey, _Group], totals: _Totals, eval_cfg
+) -> list[tuple[dict, dict]]:
+    """(metrics, details) of every SAE, in the caller's order, from the accumulated sums."""
+    with_lm = bool(eval_cfg.lm_metrics)
     results: list = [None] * len(saes)
-    for key, members in groups.items():
-        site = key[0]
-        recon_all, lm_all = group_totals[key]
-        for position, index in enumerate(members):
-            row = chunks[key] + position  # after the chunk of references (_stack_group)
-            recon = {k: v[row] for k, v in recon_all.items()}
-            lm = {k: v[row] for k, v in lm_all.items()} if with_lm else None
+    for key, group in groups.items():
+        for position, index in enumerate(group.members):
+            row = group.chunk + position  # after the chunk of references (_stack_group)
+            recon = {k: v[row] for k, v in totals.recon[key].items()}
+            lm = {k: v[row] for k, v in totals.lm[key].items()} if with_lm else None
             results[index] = _finish(
                 recon,
-                site_totals[site],
+                totals.site[key.site],
                 lm,
-                clean_totals,
-                zero_totals[site],
+                totals.clean,
+                totals.zero[key.site],
                 saes[index],
                 eval_cfg,
             )
@@ -404,21 +508,6 @@ def _check_tokens(model_cfg, tokens, positions) -> tuple[np.ndarray, np.ndarray]
             f"evaluate_saes: positions has shape {positions.shape} but tokens {tokens.shape}"
         )
     return tokens, positions
-
-
-def _group_saes(model_cfg, saes: Sequence[SaeEntry]) -> dict[tuple, list[int]]:
-    """Indices of the SAEs per group key, each SAE's site and width checked against the model."""
-    groups: dict[tuple, list[int]] = {}
-    for index, entry in enumerate(saes):
-        site = entry.config["site"]
-        model.sites.check(model_cfg, site)
-        if model.sites.dim(model_cfg, site) != entry.params["W_enc"].shape[0]:
-            raise ValueError(
-                f"{entry.folder}: d_in {entry.params['W_enc'].shape[0]} does not match site "
-                f"{site} of width {model.sites.dim(model_cfg, site)}"
-            )
-        groups.setdefault(entry.group_key, []).append(index)
-    return groups
 
 
 def _finish(recon, site, lm, clean, zero, entry: SaeEntry, eval_cfg) -> tuple[dict, dict]:

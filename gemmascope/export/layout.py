@@ -107,7 +107,20 @@ def read_config(folder: str) -> dict:
     """Reads and checks one SAE folder's ``config.json``."""
     path = files.join(folder, CONFIG_FILE)
     config = files.read_json(path)
-    required = ("site", "kind", "layer", "d_in", "width", "architecture")
+    required = (
+        "site",
+        "kind",
+        "layer",
+        "d_in",
+        "width",
+        "architecture",
+        "source",
+        "encoder",
+        "sweep_field",
+        "sweep_value",
+        "tokens_trained",
+        "model",
+    )
     missing = [k for k in required if k not in config]
     if missing:
         raise ValueError(f"{path}: missing field(s) {missing}; required: {list(required)}")

@@ -18,6 +18,7 @@ import os
 import re
 
 import jax
+import ml_collections
 import numpy as np
 
 from gemmascope import files, sae
@@ -43,38 +44,29 @@ def _load_job(workdir: str, job_name: str) -> tuple[dict, dict[str, np.ndarray]]
                 f"(runs present: {present or 'none'})"
             )
     job = files.read_json(job_path)
-    required = ("site", "arch", "width", "norm_scale", "d_in")
+    required = ("site", "arch", "width", "norm_scale", "d_in", "sae", "sweep_field", "members")
     missing = [k for k in required if k not in job]
     if missing:
         raise ValueError(f"{job_path}: missing field(s) {missing}; required: {list(required)}")
     return job, files.load_npz(params_path)
 
 
-def _member_config(arch, job: dict, sweep_field: str | None, value):
+def _member_config(arch: sae.Architecture, job: dict, value) -> ml_collections.ConfigDict:
     """The architecture config of one member: defaults, the job's SAE config, the sweep value."""
     cfg = arch.default_config()
-    cfg.update(job.get("sae") or job.get("arch_cfg") or {})
-    cfg[sweep_field or _sweep_field(arch, cfg)] = value
+    cfg.update(job["sae"])
+    cfg[job["sweep_field"]] = value
     return cfg
 
 
-def _sweep_field(arch, cfg) -> str:
-    """The config field the sweep varies (some architectures pick it from their config)."""
-    pick = getattr(arch, "sweep_field", None)
-    return pick(cfg) if callable(pick) else arch.SWEEP_FIELD
-
-
 def _members(job: dict, job_name: str) -> list[dict]:
-    """The job's members in stacking order: ``{"sweep_value", "seed"}`` each.
-
-    The trainer records ``members`` (every sweep value x seed pair); older job files only have
-    ``sweep_values`` (one seed).
-    """
-    members = job.get("members") or [
-        {"sweep_value": v, "seed": 0} for v in job.get("sweep_values", [])
-    ]
-    if not members:
-        raise ValueError(f"job {job_name!r}: no sweep members (sweep_values is empty)")
+    """The job's members in stacking order, ``{"sweep_value", "seed"}`` each (job.json's)."""
+    members = job["members"]
+    if not members or not all({"sweep_value", "seed"} <= set(m) for m in members):
+        raise ValueError(
+            f"job {job_name!r}: job.json's members must be a non-empty list of "
+            f'{{"sweep_value", "seed"}}, got {members!r}'
+        )
     return [dict(m) for m in members]
 
 
@@ -151,23 +143,21 @@ def export_run(workdir: str, job_name: str) -> list[str]:
                 f"leading sweep axis of {len(members)} (one per member)"
             )
     _check_thresholds_estimated(job, job_name, stacked)
-    sweep_field = job.get("sweep_field") or _sweep_field(
-        arch, _member_config(arch, job, None, members[0]["sweep_value"])
-    )
-    several_seeds = len({m.get("seed", 0) for m in members}) > 1
+    sweep_field = job["sweep_field"]
+    several_seeds = len({m["seed"] for m in members}) > 1
     kind, layer = layout.split_site(job["site"])
     d_in, width = int(job["d_in"]), int(job["width"])
     folders = []
     for index, member in enumerate(members):
         value = member["sweep_value"]
         member_params = {k: v[index] for k, v in stacked.items()}
-        member_cfg = _member_config(arch, job, sweep_field, value)
+        member_cfg = _member_config(arch, job, value)
         jr, encoder = _inference_form(member_params, arch_name, member_cfg)
         raw = fold(jr, job["norm_scale"])
         check_params(raw, d_in=d_in, width=width, source=f"job {job_name!r} member {index}")
         tag = layout.sweep_tag(sweep_field, value)
         if several_seeds:
-            tag += f"_seed{member.get('seed', 0)}"
+            tag += f"_seed{member['seed']}"
         folder = layout.sae_dir(workdir, job["site"], width, arch_name, tag)
         _check_not_taken(folder, job_name, width)
         save_npz(files.join(folder, layout.PARAMS_FILE), raw)
@@ -176,7 +166,7 @@ def export_run(workdir: str, job_name: str) -> list[str]:
             "source": "trained",
             "job": job_name,
             "member": index,
-            "seed": member.get("seed", 0),
+            "seed": member["seed"],
             "model": job.get("model") or None,
             "site": job["site"],
             "kind": kind,
@@ -219,7 +209,7 @@ def _jsonable(value):
         return value.item()
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if hasattr(value, "to_dict"):
+    if isinstance(value, ml_collections.ConfigDict):
         return _jsonable(value.to_dict())
     return str(value)
 

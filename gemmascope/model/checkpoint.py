@@ -397,7 +397,7 @@ def resolve_path(path: str) -> str:
     return path
 
 
-def load_from_config(model_cfg: Mapping[str, Any] | Any, mesh: Mesh | None = None):
+def load_from_config(model_cfg: Mapping[str, Any], mesh: Mesh | None = None):
     """Loads (cfg, params, tokenizer) from a study config's ``model`` section.
 
     Args:
@@ -412,11 +412,10 @@ def load_from_config(model_cfg: Mapping[str, Any] | Any, mesh: Mesh | None = Non
         ValueError: On an unknown dtype name, or a tokenizer with more tokens than the model
             has embedding rows.
     """
-    get = model_cfg.get if hasattr(model_cfg, "get") else lambda k, d=None: getattr(model_cfg, k, d)
-    dtype_name = get("dtype", "float32") or "float32"
+    dtype_name = model_cfg.get("dtype", "float32") or "float32"
     if dtype_name not in _DTYPES:
         raise ValueError(f"model.dtype {dtype_name!r} is not supported; valid: {sorted(_DTYPES)}.")
-    path = get("path", None)
+    path = model_cfg.get("path")
     if not path:
         raise ValueError("model.path is required (an HF Gemma folder or 'embedded').")
     path = resolve_path(path)

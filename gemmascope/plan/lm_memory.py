@@ -162,9 +162,7 @@ def plan_lm(
     plans = []
     for stage, (section, args) in stages.items():
         field = f"{section}.model_parallel"
-        model_parallel = lm_params.check_model_parallel(
-            config[section].get("model_parallel", 1), field
-        )
+        model_parallel = lm_params.check_model_parallel(config[section].model_parallel, field)
         cost = functools.partial(
             _lm_bytes,
             model_cfg,

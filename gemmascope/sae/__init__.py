@@ -26,7 +26,7 @@ Synopsis::
 from gemmascope.sae import recipes, synthetic  # noqa: E402  (after the registry they use)
 from gemmascope.sae.inference import TrainingForm, decode_training_form, encode_training_form
 from gemmascope.sae.optim import BUFFER_KEYS, learning_rate, linear_warmup, optimizer
-from gemmascope.sae.registry import ARCHITECTURES, get
+from gemmascope.sae.registry import ARCHITECTURES, Architecture, check_architecture, get
 from gemmascope.sae.train_step import check_sweep_values, make_train_step
 
 
@@ -54,8 +54,10 @@ def to_jumprelu(params: dict, name: str, cfg) -> TrainingForm:
 
 __all__ = [
     "ARCHITECTURES",
+    "Architecture",
     "BUFFER_KEYS",
     "TrainingForm",
+    "check_architecture",
     "check_sweep_values",
     "decode_training_form",
     "encode_training_form",

@@ -20,6 +20,8 @@ import contextlib
 import io
 import os
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import ml_collections
@@ -30,6 +32,9 @@ from gemmascope import files
 from gemmascope.study import errors, integrity, jobs, lock, validate
 from gemmascope.study import workdir as workdir_state
 from gemmascope.study.errors import WorkdirError
+
+if TYPE_CHECKING:  # the stages import the heavy packages only when a mode needs them
+    from gemmascope.activations import ActivationSource
 
 MODES = ("plan", "cache", "train", "eval", "export", "all")
 
@@ -234,7 +239,9 @@ def run_train(
     return True
 
 
-def _source_opener(config: ml_collections.ConfigDict, workdir: str):
+def _source_opener(
+    config: ml_collections.ConfigDict, workdir: str
+) -> Callable[[str, int], ActivationSource]:
     """Returns open_source(site, seed) for the study's activation source."""
     from gemmascope import activations
 
@@ -244,7 +251,7 @@ def _source_opener(config: ml_collections.ConfigDict, workdir: str):
     from gemmascope.model import params as lm_params
 
     # lm_mesh checks the field (a clear error before the model is loaded).
-    mesh = lm_params.lm_mesh(config.cache.get("model_parallel", 1), field="cache.model_parallel")
+    mesh = lm_params.lm_mesh(config.cache.model_parallel, field="cache.model_parallel")
     model_parallel = mesh.shape["model"]
     model_cfg, params, tokenizer = model.load_from_config(config.model, mesh=mesh)
     sequences = data.sequences(config.data, tokenizer, split="train")

@@ -54,7 +54,7 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     # Number of latents (d_sae) of every SAE in the job.
     c.width = 16384
     # Values of the architecture's SWEEP_FIELD (e.g. sparsity_coeff, k), one SAE per value.
-    c.sweep_values = [sae_cfg[sweep_field(arch_module, sae_cfg)]]
+    c.sweep_values = [sae_cfg[arch_module.sweep_field(sae_cfg)]]
     # Init seeds; the job trains every (sweep value, seed) pair, S = len(values) * len(seeds).
     c.seeds = [0]
     # Activations per optimizer step (docs/recipe.md#optimiser: 4096).
@@ -92,20 +92,13 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     return c
 
 
-def get_architecture(name: str):
+def get_architecture(name: str) -> sae.Architecture:
     """Returns `sae.ARCHITECTURES[name]`, or raises a ValueError listing the valid names."""
     if name not in sae.ARCHITECTURES:
         raise ValueError(
             f"unknown SAE architecture {name!r}; valid architectures: {sorted(sae.ARCHITECTURES)}"
         )
     return sae.ARCHITECTURES[name]
-
-
-def sweep_field(arch_module, sae_cfg: ml_collections.ConfigDict) -> str:
-    """The SAE config field a sweep varies (the arch may pick it from its config)."""
-    if hasattr(arch_module, "sweep_field"):
-        return arch_module.sweep_field(sae_cfg)
-    return arch_module.SWEEP_FIELD
 
 
 def sweep_members(job_cfg: ml_collections.ConfigDict) -> list[tuple[float | int, int]]:

@@ -27,7 +27,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from gemmascope import files, sae
+from gemmascope import activations, files, sae
 from gemmascope import mesh as mesh_lib
 from gemmascope.train import checkpointing, config, metrics_writer, sharding, step
 
@@ -70,7 +70,9 @@ class NonFiniteLossError(FloatingPointError):
     """A sweep member's loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-def resolve_sae_config(job_cfg: ml_collections.ConfigDict, arch) -> ml_collections.ConfigDict:
+def resolve_sae_config(
+    job_cfg: ml_collections.ConfigDict, arch: sae.Architecture
+) -> ml_collections.ConfigDict:
     """The SAE config the step uses: job_cfg.sae checked against the arch, token warmups applied.
 
     Its windows are tied to the job's by `config.link_sae_config` (AuxK's dead window, the
@@ -99,12 +101,11 @@ def resolve_sae_config(job_cfg: ml_collections.ConfigDict, arch) -> ml_collectio
                 raise ValueError(f"job_cfg.{tokens_field} must be >= 0 tokens, got {tokens!r}")
             defaults[steps_field] = -(-int(tokens) // job_cfg.batch_size)
     values = list(job_cfg.sweep_values)
-    if config.sweep_field(arch, defaults) == "k" and defaults.get("k_max", 0) is None and values:
+    if arch.sweep_field(defaults) == "k" and defaults.get("k_max", 0) is None and values:
         # top_k runs with the static k_max; each member's traced k picks its k-th value below it.
         defaults.k_max = max(max(int(v) for v in values), int(defaults.k))
     config.link_sae_config(job_cfg, defaults)
-    if hasattr(arch, "validate"):
-        arch.validate(defaults)
+    arch.validate(defaults)
     sae.check_sweep_values(job_cfg.arch, defaults, values, width=int(job_cfg.width))
     return defaults
 
@@ -137,14 +138,17 @@ def _check_finite(state, members, sweep_field, manager) -> None:
 
 
 def train_sweep(
-    job_cfg: ml_collections.ConfigDict, source, workdir, devices: list | None = None
+    job_cfg: ml_collections.ConfigDict,
+    source: activations.ActivationSource,
+    workdir,
+    devices: list | None = None,
 ) -> TrainResult:
     """Trains every sweep member of `job_cfg` on batches of `source`; resumes if checkpointed.
 
     Args:
         job_cfg: a `default_config()` (with overrides).
-        source: an activation source (docs/internals.md): d_in, norm_scale, iter_batches(batch
-            size, sharding), state(), restore(state).
+        source: an `activations.ActivationSource` (docs/internals.md): d_in, norm_scale,
+            iter_batches(batch size, sharding), state(), restore(state).
         workdir: the study's workdir; this job writes workdir/runs/<job_cfg.name>/.
         devices: the devices job_cfg.mesh lays out (default: every device of every process).
 
@@ -155,12 +159,14 @@ def train_sweep(
     Raises:
         ValueError: unknown architecture or SAE config field, width or batch not divisible by
             the mesh, a source whose d_in differs from the checkpoint's, bad budgets.
+        TypeError: `source` lacks a member of `activations.ActivationSource`.
         NonFiniteLossError: a member's loss became NaN/Inf (names the member and the step).
     """
-    # 1. Config: architecture, SAE config, members, step budgets.
+    # 1. Config: architecture, SAE config, members, step budgets; the source's contract.
+    activations.check_source(source)
     arch = config.get_architecture(job_cfg.arch)
     sae_cfg = resolve_sae_config(job_cfg, arch)
-    sweep_field = config.sweep_field(arch, sae_cfg)
+    sweep_field = arch.sweep_field(sae_cfg)
     members = config.sweep_members(job_cfg)
     budget = config.resolve_budget(job_cfg)
     d_in, width = int(source.d_in), int(job_cfg.width)
@@ -265,8 +271,7 @@ def train_sweep(
     finally:
         writer.close()
         manager.close()
-        if hasattr(batches, "close"):
-            batches.close()
+        batches.close()
 
     # 7. Outputs: final params and job.json (written atomically, by process 0).
     params = _to_host(state["params"])

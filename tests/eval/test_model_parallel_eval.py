@@ -31,10 +31,11 @@ def _entry(name, params, site, encoder=None):
         "width": params["W_enc"].shape[1],
         "architecture": "test",
     }
-    if encoder:
-        config["encoder"] = encoder
     return SaeEntry(
-        f"/fake/{name}", config, {k: np.asarray(v, np.float32) for k, v in params.items()}
+        f"/fake/{name}",
+        config,
+        {k: np.asarray(v, np.float32) for k, v in params.items()},
+        encoder=encoder or {"type": "jumprelu"},
     )
 
 

@@ -102,6 +102,15 @@ def test_export_errors_are_clear(tmp_path):
     np.savez(params_path, **truncated)
     with pytest.raises(ValueError, match="leading sweep axis of 2"):
         export.export_run(str(tmp_path), name)
+    # job.json is the trainer's: a file without its members is refused, not guessed at.
+    job_path = os.path.join(tmp_path, "runs", name, "job.json")
+    with open(job_path) as f:
+        job = json.load(f)
+    del job["members"]
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['members'\]"):
+        export.export_run(str(tmp_path), name)
 
 
 @pytest.mark.parametrize("arch_name", ["batchtopk", "matryoshka"])

@@ -328,3 +328,17 @@ def test_resume_with_a_source_of_another_width_is_refused(tmp_path):
         ValueError, match=r"does not fit this job: .*'W_enc': \(1, 16, 32\).*'W_enc': \(1, 24, 32\)"
     ):
         train.train_sweep(tiny_job("w", 4, [1e-3]), wider, tmp_path)
+
+
+def test_a_source_lacking_members_is_a_clear_error(tmp_path):
+    class NotASource:
+        d_in, n_tokens, norm_scale = 16, 2048, 1.0
+
+        def iter_batches(self, batch_size, sharding):
+            yield from ()
+
+    with pytest.raises(
+        TypeError, match=r"NotASource is not an activation source: .*\['restore', 'state'\]"
+    ):
+        train.train_sweep(tiny_job(), NotASource(), tmp_path)
+    assert isinstance(_source(), activations.ActivationSource)
