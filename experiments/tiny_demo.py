@@ -69,6 +69,8 @@ def get_config(arg=None):
     config.train.log_every_tokens = 50 * 512
     config.train.ckpt_every_tokens = 200 * 512
     config.train.dead_window_tokens = 100_000
+    # Held-out FVU, L0 and dead fraction of every SAE every 100 steps (on one held-out batch).
+    config.train.heldout_every_tokens = 100 * 512
     config.train.progress_bar = False
 
     # Evaluation on the 64 held-out sequences, in one batch (the clean pass is shared).

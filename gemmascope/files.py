@@ -7,7 +7,8 @@ Synopsis:
     files.read_json(path); files.exists(path); files.listdir(files.join(workdir, "runs"))
     files.write_bytes(path, payload)                      # atomic
     files.save_npz(path, {"w": w}); files.load_npz(path)  # numpy arrays, never pickle
-    files.remove(path); files.default_file_mode()         # 0o644 with umask 022
+    files.remove(path)                                    # a missing file is not an error
+    files.default_file_mode()                             # 0o644 with umask 022
 
 A path is a string: a local path, or a URL with a scheme (`gs://bucket/prefix`). URLs go through
 `etils.epath`, the file layer orbax already uses for its checkpoints (it reaches GCS through gcsfs),
@@ -125,7 +126,7 @@ def default_file_mode() -> int:
 
 
 def remove(path: str) -> None:
-    """Deletes a file or object if it exists."""
+    """Deletes a file or object; one that does not exist is not an error."""
     if is_url(path):
         target = _epath(path)
         if target.exists():

@@ -6,10 +6,12 @@ For tests, notebooks and synthetic data:
     for batch in src.iter_batches(4096, NamedSharding(mesh, P("data", None))):
         ...                                           # global fp32 jax.Array, already x / C
     state = src.state(); src.restore(state)           # resume exactly where a checkpoint was
+    rows = src.hold_out(512)                          # the array's last 512 rows, never streamed
 
 The stream is an endless sequence of epochs, each a uniform random permutation of all tokens
-(one `ShuffleOrder` window covering the whole array); batches may straddle epoch boundaries, so
-no token is ever dropped and every token appears exactly once per epoch.
+(one `ShuffleOrder` window covering the whole array, less any held-out rows at its end); batches
+may straddle epoch boundaries, so no token is ever dropped and every token appears exactly once
+per epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from gemmascope.activations import global_batch as global_batch_lib
 from gemmascope.activations.shuffle import ShuffleOrder, check_seed
+from gemmascope.activations.source import check_hold_out
 from gemmascope.activations.source_position import PositionState
 
 
@@ -58,7 +61,7 @@ class ArraySource(PositionState):
 
     Attributes:
       d_in: feature width.
-      n_tokens: rows in one epoch.
+      n_tokens: rows in one epoch (the array's rows less the held-out ones).
       norm_scale: the scalar C; batches hold x / C.
     """
 
@@ -94,6 +97,17 @@ class ArraySource(PositionState):
             self.norm_scale = check_norm_scale(norm_scale)
         self._order = ShuffleOrder(self.n_tokens, self._seed, self.n_tokens, self.n_tokens)
         self._position = 0  # stream position of the next batch's first token
+        self._held_out: np.ndarray | None = None
+
+    def hold_out(self, n_tokens: int) -> np.ndarray:
+        """The array's last `n_tokens` rows (fp32, x / C); the stream shuffles the rest only."""
+        total = len(self._array)
+        n_tokens = check_hold_out(n_tokens, total - 1, self._held_out)
+        if self._held_out is None:
+            self._held_out = self._read_rows(np.arange(total - n_tokens, total))
+            self.n_tokens = total - n_tokens
+            self._order = ShuffleOrder(self.n_tokens, self._seed, self.n_tokens, self.n_tokens)
+        return self._held_out.copy()
 
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._array[rows].astype(np.float32) / np.float32(self.norm_scale)

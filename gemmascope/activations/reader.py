@@ -4,6 +4,7 @@
     for batch in src.iter_batches(4096, NamedSharding(mesh, P("data", None))):
         ...                                   # global fp32 jax.Array (4096, d_in), already x / C
     state = src.state(); src.restore(state)   # exact resume
+    rows = src.hold_out(4096)                 # the cache's last rows; the stream stops before them
 
 Order: global batch i holds stream positions [i*B, (i+1)*B) of a `ShuffleOrder` whose blocks are
 the cache's chunks and whose windows hold `window_tokens` tokens (default 2^20, i.e. at least
@@ -28,6 +29,7 @@ import numpy as np
 from gemmascope.activations import chunk_reading, storage
 from gemmascope.activations import global_batch as global_batch_lib
 from gemmascope.activations.shuffle import ShuffleOrder, check_seed
+from gemmascope.activations.source import check_hold_out
 from gemmascope.activations.source_position import PositionState
 
 
@@ -65,7 +67,8 @@ class CacheSource(PositionState):
 
     Attributes:
       d_in: feature width.
-      n_tokens: rows in the cache (one epoch).
+      n_tokens: rows in one epoch: the cache's, less the held-out rows and the rest of their
+        first chunk (`hold_out`).
       norm_scale: the scalar C from meta.json; batches hold x / C.
       site: the site name.
       meta: the cache's meta.json.
@@ -120,15 +123,30 @@ class CacheSource(PositionState):
         self.site = meta["site"]
         self.d_in, self.n_tokens = int(meta["d_in"]), int(meta["n_tokens"])
         self.norm_scale = float(meta["norm_scale"])
-        self._order = ShuffleOrder(
-            self.n_tokens, check_seed(seed), meta["chunk_rows"], window_tokens
-        )
+        self._seed, self._window_tokens = check_seed(seed), window_tokens
+        self._order = ShuffleOrder(self.n_tokens, self._seed, meta["chunk_rows"], window_tokens)
         reader = chunk_reading.chunk_reader(site_dir, array, meta["chunk_rows"], meta["shard_rows"])
         self._chunks = _ChunkCache(
             reader, meta["chunk_rows"], self.d_in, self._order.blocks_per_window + 64
         )
         self._prefetch = int(prefetch)
         self._position = 0
+        self._held_out: np.ndarray | None = None
+
+    def hold_out(self, n_tokens: int) -> np.ndarray:
+        """The cache's last `n_tokens` rows (fp32, x / C).
+
+        The stream then shuffles whole chunks only, up to the chunk the held-out rows start in
+        (the rows of that chunk before them are neither trained on nor held out).
+        """
+        total, chunk = int(self.meta["n_tokens"]), int(self.meta["chunk_rows"])
+        n_tokens = check_hold_out(n_tokens, total - chunk, self._held_out)
+        if self._held_out is None:
+            rows = self._chunks.rows(np.arange(total - n_tokens, total, dtype=np.int64))
+            self._held_out = rows.astype(np.float32) / np.float32(self.norm_scale)
+            self.n_tokens = (total - n_tokens) // chunk * chunk
+            self._order = ShuffleOrder(self.n_tokens, self._seed, chunk, self._window_tokens)
+        return self._held_out.copy()
 
     def iter_batches(self, batch_size: int, sharding: jax.sharding.Sharding) -> Iterator[jax.Array]:
         """Yields global fp32 (batch_size, d_in) arrays laid out per `sharding`, forever.

@@ -20,6 +20,8 @@ The stream (per process; docs/activations.md):
 Everything is a function of (seed, position), so `state()` is one integer and `restore` rebuilds
 the current buffer by re-running its forward pass: resumed runs see exactly the same batches.
 C is estimated once, identically on every process, from the first sequences in corpus order.
+`hold_out(n)` reserves the corpus's last sequences with at least n kept tokens: no process streams
+them, and their last n kept tokens are the held-out rows (every process computes the same ones).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gemmascope.activations import global_batch as global_batch_lib
 from gemmascope.activations.array_source import check_norm_scale, estimate_norm_scale
 from gemmascope.activations.capture import Capturer, TokenLayout
 from gemmascope.activations.shuffle import check_seed
+from gemmascope.activations.source import check_hold_out
 from gemmascope.activations.source_position import PositionState
 from gemmascope.model import params as lm_params
 
@@ -122,6 +125,27 @@ class StreamingSource(PositionState):
             self.norm_scale = check_norm_scale(norm_scale)
         self._position = 0
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._held_out: np.ndarray | None = None
+
+    def hold_out(self, n_tokens: int) -> np.ndarray:
+        """The last `n_tokens` kept tokens of the corpus's last sequences (fp32, x / C).
+
+        Those sequences leave every process's share of the stream.
+        """
+        kept = self._layout.keep.sum(axis=1)
+        n_sequences = len(kept)
+        # The last sequences each process may give up, keeping at least one sequence per process.
+        available = int(kept[jax.process_count() :].sum())
+        n_tokens = check_hold_out(n_tokens, available, self._held_out)
+        if self._held_out is None:
+            from_end = np.cumsum(kept[::-1])
+            first = n_sequences - int(np.searchsorted(from_end, n_tokens)) - 1
+            rows = self._kept_rows(np.arange(first, n_sequences))[-n_tokens:]
+            self._held_out = rows / np.float32(self.norm_scale)
+            self._mine = self._mine[self._mine < first]
+            self._epoch_tokens = int(self._layout.keep[self._mine].sum())
+            self._epoch_cache = None
+        return self._held_out.copy()
 
     @classmethod
     def from_config(cls, config, site: str, seed: int = 0, **kwargs) -> StreamingSource:

@@ -27,6 +27,7 @@ from gemmascope.plan.estimate import (
     plan_job,
     sae_flops_per_token,
     sae_param_count,
+    sae_step_flops,
     sae_step_seconds,
 )
 
@@ -52,5 +53,6 @@ __all__ = [
     "plan_lm",
     "sae_flops_per_token",
     "sae_param_count",
+    "sae_step_flops",
     "sae_step_seconds",
 ]

@@ -35,6 +35,8 @@ class Accelerator:
             chip's HBM; megacore TPUs and GPUs: one).
         chips_per_host: Chips attached to one host, i.e. one JAX process (TPU VMs: 4; a typical
             HGX/DGX GPU server: 8).
+        device_kinds: The `jax.Device.device_kind` strings of this chip's devices (a trailing
+            "*" matches any suffix), so a run can find its peak (`for_device`).
     """
 
     name: str
@@ -44,6 +46,19 @@ class Accelerator:
     source: str
     devices_per_chip: int = 1
     chips_per_host: int = 4
+    device_kinds: tuple[str, ...] = ()
+
+    @property
+    def device_peak_flops(self) -> float:
+        """Peak FLOP/s of one JAX device (a TPU v3 TensorCore is half a chip)."""
+        return self.peak_flops / self.devices_per_chip
+
+    def matches(self, device_kind: str) -> bool:
+        """Whether a device of `device_kind` is one of this chip's devices."""
+        return any(
+            device_kind.startswith(kind[:-1]) if kind.endswith("*") else device_kind == kind
+            for kind in self.device_kinds
+        )
 
     @property
     def device_memory_bytes(self) -> float:
@@ -68,6 +83,7 @@ ACCELERATORS = {
             "2 TensorCores per chip, each a JAX device with 16 GiB; 4 chips per host)",
             devices_per_chip=2,
             chips_per_host=4,
+            device_kinds=("TPU v3",),
         ),
         Accelerator(
             "tpu_v4",
@@ -76,6 +92,7 @@ ACCELERATORS = {
             32 * GiB,
             "https://cloud.google.com/tpu/docs/v4 (275 TFLOPs bf16, 32 GiB HBM2 per chip; "
             "megacore: one JAX device per chip; 4 chips per host)",
+            device_kinds=("TPU v4",),
         ),
         Accelerator(
             "tpu_v5p",
@@ -84,6 +101,7 @@ ACCELERATORS = {
             95e9,
             "https://cloud.google.com/tpu/docs/v5p (459 TFLOPs bf16, 95 GB HBM2e per chip; "
             "megacore: one JAX device per chip; 4 chips per host)",
+            device_kinds=("TPU v5", "TPU v5p"),
         ),
         Accelerator(
             "a100",
@@ -93,6 +111,7 @@ ACCELERATORS = {
             "NVIDIA A100 datasheet (312 TFLOPS BF16 Tensor Core dense; 624 with sparsity); "
             "8 GPUs per HGX A100 host",
             chips_per_host=8,
+            device_kinds=("NVIDIA A100*",),
         ),
         Accelerator(
             "h100",
@@ -102,6 +121,7 @@ ACCELERATORS = {
             "NVIDIA H100 datasheet (1,979 TFLOPS BF16 with sparsity; half that dense); "
             "8 GPUs per HGX H100 host",
             chips_per_host=8,
+            device_kinds=("NVIDIA H100*",),
         ),
     )
 }
@@ -118,3 +138,11 @@ def get(name: str) -> Accelerator:
             f"Unknown accelerator {name!r}; valid accelerators: {', '.join(sorted(ACCELERATORS))}."
         )
     return ACCELERATORS[name]
+
+
+def for_device(device) -> Accelerator | None:
+    """The accelerator whose devices `device` (a `jax.Device`) is one of; None if unknown (CPU)."""
+    for chip in ACCELERATORS.values():
+        if chip.matches(device.device_kind):
+            return chip
+    return None

@@ -64,6 +64,11 @@ def sae_flops_per_token(d_in: int, width: int, arch: str = "jumprelu") -> float:
     return 6.0 * 2 * d_in * width * ARCH_FLOP_FACTOR.get(arch, 1.0)
 
 
+def sae_step_flops(d_in: int, width: int, batch_size: int, n_saes: int, arch: str) -> float:
+    """Training FLOPs of one step of `n_saes` stacked SAEs (the plan's, and the trainer's MFU)."""
+    return sae_flops_per_token(d_in, width, arch) * batch_size * n_saes
+
+
 def sae_step_seconds(
     *,
     d_in: int,
@@ -77,7 +82,7 @@ def sae_step_seconds(
 ) -> float:
     """Estimated seconds per training step of `n_saes` stacked SAEs on `n_chips` chips."""
     chip = accelerators.get(accelerator)
-    flops = sae_flops_per_token(d_in, width, arch) * batch_size * n_saes
+    flops = sae_step_flops(d_in, width, batch_size, n_saes, arch)
     return flops / (n_chips * chip.peak_flops * mfu)
 
 
@@ -196,7 +201,7 @@ def plan_job(
     sizes = mesh_lib.axis_sizes(job.mesh, n_devices, field=f"the mesh of job {job.name}")
     data_shards, model_shards = sizes["data"], sizes["model"]
     steps = int(-(-float(job.total_tokens) // job.batch_size))
-    flops_per_step = sae_flops_per_token(d_in, job.width, job.arch) * job.batch_size * n_saes
+    flops_per_step = sae_step_flops(d_in, job.width, job.batch_size, n_saes, job.arch)
     step_seconds = flops_per_step / (n_chips * accelerator.peak_flops * mfu)
     params_bytes = n_saes * sae_param_count(d_in, job.width) * 4 / model_shards
     batch_latents = (job.batch_size / data_shards) * (job.width / model_shards) * n_saes

@@ -67,6 +67,10 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.sparsity_warmup_tokens = None
     # Write metrics (jsonl, TensorBoard, progress bar) every this many tokens.
     c.log_every_tokens = 4096 * 1000
+    # Every this many tokens (and at the end), each member's FVU, L0 and dead fraction on one fixed
+    # held-out batch (batch_size rows the source holds out: training never sees them), logged as
+    # heldout/fvu, heldout/l0, heldout/frac_dead. 0 = off (and nothing is held out).
+    c.heldout_every_tokens = 4096 * 5000
     # Save an orbax checkpoint every this many tokens (also saved at the end and on SIGTERM).
     c.ckpt_every_tokens = 4096 * 25_000
     # A latent is dead if it has not fired in the last this many tokens (OAI/DL use 10M): for the
@@ -120,12 +124,32 @@ class Budget:
         log_every: steps between metric writes.
         ckpt_every: steps between periodic checkpoints.
         dead_window: steps without firing after which a latent counts as dead.
+        heldout_every: steps between held-out evaluations (each also a logged step); 0 = none.
     """
 
     total_steps: int
     log_every: int
     ckpt_every: int
     dead_window: int
+    heldout_every: int = 0
+
+    def due(self, step: int) -> Due:
+        """What is due after `step` completed steps (each also at the last step)."""
+        heldout = bool(self.heldout_every) and itstime(step, self.heldout_every, self.total_steps)
+        return Due(
+            log=heldout or itstime(step, self.log_every, self.total_steps),
+            ckpt=itstime(step, self.ckpt_every, self.total_steps),
+            heldout=heldout,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Due:
+    """The periodic actions due after one step (`Budget.due`)."""
+
+    log: bool
+    ckpt: bool
+    heldout: bool
 
 
 def tokens_to_steps(tokens: int, batch_size: int, field: str) -> int:
@@ -144,11 +168,18 @@ def resolve_budget(job_cfg: ml_collections.ConfigDict) -> Budget:
     batch = job_cfg.batch_size
     if not isinstance(batch, int) or batch <= 0:
         raise ValueError(f"job_cfg.batch_size must be a positive int, got {batch!r}")
+    heldout = job_cfg.heldout_every_tokens
+    if isinstance(heldout, bool) or not isinstance(heldout, (int, float)) or heldout < 0:
+        raise ValueError(
+            f"job_cfg.heldout_every_tokens must be a number of tokens >= 0 (0 = off), got "
+            f"{heldout!r}"
+        )
     return Budget(
         total_steps=tokens_to_steps(job_cfg.total_tokens, batch, "total_tokens"),
         log_every=tokens_to_steps(job_cfg.log_every_tokens, batch, "log_every_tokens"),
         ckpt_every=tokens_to_steps(job_cfg.ckpt_every_tokens, batch, "ckpt_every_tokens"),
         dead_window=tokens_to_steps(job_cfg.dead_window_tokens, batch, "dead_window_tokens"),
+        heldout_every=tokens_to_steps(heldout, batch, "heldout_every_tokens") if heldout else 0,
     )
 
 

@@ -29,7 +29,8 @@ from jax.experimental import multihost_utils
 
 from gemmascope import activations, files, sae
 from gemmascope import mesh as mesh_lib
-from gemmascope.train import checkpointing, config, metrics_writer, sharding, step
+from gemmascope.activations import global_batch
+from gemmascope.train import checkpointing, config, metrics_writer, sharding, step, throughput
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +170,7 @@ def train_sweep(
     sweep_field = arch.sweep_field(sae_cfg)
     members = config.sweep_members(job_cfg)
     budget = config.resolve_budget(job_cfg)
-    d_in, width = int(source.d_in), int(job_cfg.width)
-    if job_cfg.get("d_in") is not None and int(job_cfg.d_in) != d_in:
-        raise ValueError(
-            f"the source's d_in is {d_in} but job_cfg.d_in is {job_cfg.d_in} (site "
-            f"{job_cfg.site!r}); give this job the activations of its own site"
-        )
+    d_in = _source_width(job_cfg, source)
 
     # 2. Logging: the run directory; only process 0 writes files.
     #    A local path or a gs:// URL: epath.Path joins both (pathlib would break "gs://").
@@ -185,51 +181,28 @@ def train_sweep(
 
     # 3. Mesh (gemmascope.mesh: the one mesh and sharding vocabulary).
     mesh = mesh_lib.make_mesh(job_cfg.mesh, devices, field="job_cfg.mesh")
-    sharding.check_divisible(mesh, width, job_cfg.batch_size)
+    sharding.check_divisible(mesh, int(job_cfg.width), job_cfg.batch_size)
 
-    # 4. Model and optimizer: one compiled init and step per job shape (cached across jobs).
-    values = [value for value, _ in members]
-    sweep_dtype = np.int32 if all(isinstance(v, int) for v in values) else np.float32
-    fns = step.compiled_functions(
-        step.JobShape(
-            arch=job_cfg.arch,
-            sae_cfg=sae_cfg,
-            d_in=d_in,
-            width=width,
-            n_members=len(members),
-            batch_size=job_cfg.batch_size,
-            dead_window=budget.dead_window,
-            sweep_dtype=sweep_dtype,
-            mesh=mesh,
-            rules=tuple(job_cfg.logical_axis_rules),
-            members_per_pass=config.members_per_pass(job_cfg, mesh.devices.flat[0].platform),
-        )
-    )
+    # 4. Model and optimizer: one compiled init, step and held-out evaluation per job shape
+    #    (cached across jobs).
+    shape = _job_shape(job_cfg, sae_cfg, members, budget, d_in, mesh)
+    fns = step.compiled_functions(shape)
 
-    # 5. Checkpoint / resume. Resume order:
+    # 5. The held-out batch: taken from the source before its stream starts, so training never
+    #    sees it (docs/internals.md, "activations").
+    heldout = _heldout_batch(source, fns, shape) if budget.heldout_every else None
+
+    # 6. Checkpoint / resume. Resume order:
     #    (1) the newest checkpoint in run_dir/checkpoints (same job, e.g. after preemption);
     #    (2) otherwise from scratch: state created already sharded from the members' seeds.
     manager = checkpointing.make_manager(
         _absolute(run_dir / "checkpoints"), job_cfg.keep_checkpoints, job_cfg.async_checkpointing
     )
-    restored = checkpointing.restore_latest(manager, fns.abstract_state, source.state())
-    if restored is not None:
-        state, source_state = restored
-        source.restore(source_state)
-        saved_values = np.asarray(jax.device_get(state["sweep_value"]))
-        if not np.allclose(saved_values, np.asarray(values, sweep_dtype)):
-            raise ValueError(
-                f"the checkpoint in {manager.directory} trained {sweep_field}="
-                f"{saved_values.tolist()} but job_cfg.sweep_values gives {values}; use a new job "
-                "name or workdir"
-            )
-        log.info("resumed %s from step %d", job_cfg.name, int(jax.device_get(state["step"])))
-    else:
-        seeds = np.asarray([seed for _, seed in members], np.int32)
-        state = fns.init(seeds, np.asarray(values, sweep_dtype))
+    state = _restore_or_init(manager, fns, source, members, shape, sweep_field)
     start_step = int(jax.device_get(state["step"]))
 
-    # 6. The loop: one batch feeds every member; periodic logs, NaN checks and checkpoints.
+    # 7. The loop: one batch feeds every member; periodic logs (with held-out metrics), NaN
+    #    checks and checkpoints.
     writer = metrics_writer.MetricsWriter(
         run_dir,
         budget.total_steps,
@@ -238,44 +211,46 @@ def train_sweep(
         enabled=is_writer,
         progress=job_cfg.progress_bar,
         tensorboard=job_cfg.tensorboard,
+        flops_per_step=throughput.step_flops(shape),
+        peak_flops=throughput.peak_flops(mesh.devices.flat),
     )
     batches = source.iter_batches(job_cfg.batch_size, fns.batch_sharding)
     current, preempted = start_step, False
     try:
         with checkpointing.PreemptionWatch() as preemption:
-            while current < budget.total_steps:
+            while current < budget.total_steps and not preempted:
                 batch = next(batches)
                 # Batches and state are already on device; the step itself moves no data.
                 with jax.transfer_guard("disallow"):
                     state, metrics = fns.train_step(state, batch)
                 current += 1
-                is_log = config.itstime(current, budget.log_every, budget.total_steps)
-                is_ckpt = config.itstime(current, budget.ckpt_every, budget.total_steps)
+                due = budget.due(current)
                 # Never a collective: the processes agree on the step in the background.
-                preempted = preemption.reached(current, at_sync_point=is_log or is_ckpt)
-                if is_log or is_ckpt or preempted:
+                preempted = preemption.reached(current, at_sync_point=due.log or due.ckpt)
+                if due.log or due.ckpt or preempted:
                     _check_finite(state, members, sweep_field, manager)
-                if is_log:
+                if due.heldout:
+                    metrics = {**metrics, **_heldout_metrics(fns, state, heldout)}
+                if due.log:
                     writer.write(current, _to_host(metrics))
                 else:
                     writer.advance(current)
-                if is_ckpt or preempted:
+                if due.ckpt or preempted:
+                    writer.flush()  # the records of every step <= current are written first
                     last = current == budget.total_steps
                     checkpointing.save(
                         manager, current, state, source.state(), wait=preempted or last
                     )
-                if preempted:
-                    log.warning("preempted at step %d; rerun the same job to resume", current)
-                    break
+        if preempted:
+            log.warning("preempted at step %d; rerun the same job to resume", current)
         manager.wait_until_finished()
     finally:
         writer.close()
         manager.close()
         batches.close()
 
-    # 7. Outputs: final params and job.json (written atomically, by process 0).
+    # 8. Outputs: final params and job.json (written atomically, by process 0).
     params = _to_host(state["params"])
-    history = metrics_writer.read_history(writer.path) if is_writer else []
     if not preempted and is_writer:
         files.save_npz(os.fspath(run_dir / "final_params.npz"), params)
         job = job_cfg.to_dict()
@@ -292,12 +267,79 @@ def train_sweep(
     return TrainResult(
         params=params,
         members=[{"sweep_field": sweep_field, "sweep_value": v, "seed": s} for v, s in members],
-        history=history,
+        history=metrics_writer.read_history(run_dir) if is_writer else [],
         tokens_trained=current * job_cfg.batch_size,
         steps=current,
         preempted=preempted,
         run_dir=run_dir,
     )
+
+
+def _source_width(job_cfg: ml_collections.ConfigDict, source) -> int:
+    """The source's d_in, checked against job_cfg.d_in when the job names one."""
+    d_in = int(source.d_in)
+    if job_cfg.get("d_in") is not None and int(job_cfg.d_in) != d_in:
+        raise ValueError(
+            f"the source's d_in is {d_in} but job_cfg.d_in is {job_cfg.d_in} (site "
+            f"{job_cfg.site!r}); give this job the activations of its own site"
+        )
+    return d_in
+
+
+def _sweep_dtype(members) -> np.dtype:
+    """int32 for integer sweeps (k), else float32."""
+    values = [value for value, _ in members]
+    return np.dtype(np.int32 if all(isinstance(v, int) for v in values) else np.float32)
+
+
+def _job_shape(job_cfg, sae_cfg, members, budget, d_in, mesh) -> step.JobShape:
+    """The `step.JobShape` of this job (the key of its compiled functions)."""
+    return step.JobShape(
+        arch=job_cfg.arch,
+        sae_cfg=sae_cfg,
+        d_in=d_in,
+        width=int(job_cfg.width),
+        n_members=len(members),
+        batch_size=job_cfg.batch_size,
+        dead_window=budget.dead_window,
+        sweep_dtype=_sweep_dtype(members),
+        mesh=mesh,
+        rules=tuple(job_cfg.logical_axis_rules),
+        members_per_pass=config.members_per_pass(job_cfg, mesh.devices.flat[0].platform),
+    )
+
+
+def _restore_or_init(manager, fns, source, members, shape: step.JobShape, sweep_field: str):
+    """The newest checkpoint's state (the source restored to its position), or a fresh state."""
+    values = np.asarray([value for value, _ in members], shape.sweep_dtype)
+    restored = checkpointing.restore_latest(manager, fns.abstract_state, source.state())
+    if restored is None:
+        seeds = np.asarray([seed for _, seed in members], np.int32)
+        return fns.init(seeds, values)
+    state, source_state = restored
+    source.restore(source_state)
+    saved_values = np.asarray(jax.device_get(state["sweep_value"]))
+    if not np.allclose(saved_values, values):
+        raise ValueError(
+            f"the checkpoint in {manager.directory} trained {sweep_field}="
+            f"{saved_values.tolist()} but job_cfg.sweep_values gives {values.tolist()}; use a new "
+            "job name or workdir"
+        )
+    log.info("resumed from step %d", int(jax.device_get(state["step"])))
+    return state
+
+
+def _heldout_batch(source, fns, shape: step.JobShape) -> jax.Array:
+    """The source's held-out rows, one batch, laid out like a training batch."""
+    rows = source.hold_out(shape.batch_size)
+    return global_batch.global_batch(
+        np.arange(shape.batch_size), shape.d_in, fns.batch_sharding, lambda r: rows[r]
+    )
+
+
+def _heldout_metrics(fns, state, batch) -> dict:
+    """Every member's held-out metrics, named heldout/<metric>."""
+    return {f"heldout/{name}": value for name, value in fns.heldout(state, batch).items()}
 
 
 def _json_default(value):

@@ -53,6 +53,10 @@ class CompiledFunctions:
         init: (seeds (S,) int32, sweep_values (S,)) -> state, sharded by `state_shardings`.
         train_step: (state, batch (B, d_in)) -> (state, metrics); state donated. `metrics` maps
             recon_loss, sparsity_loss, loss, l0, fvu, lr, sparsity_coeff, frac_dead to (S,) arrays.
+        heldout: (state, batch (B, d_in)) -> {fvu, l0, frac_dead}, each (S,): every member's
+            training-form forward pass (`arch.loss`'s metrics, at the state's step and the
+            member's sweep value) on a batch it does not train on; frac_dead is the fraction of
+            latents that fire on none of the batch's tokens. The state is not changed.
         abstract_state: the state's ShapeDtypeStructs, each carrying its sharding (restore target).
         state_shardings: the NamedSharding of every state leaf.
         batch_sharding: the sharding batches must have (rows on `data`).
@@ -60,6 +64,7 @@ class CompiledFunctions:
 
     init: Callable
     train_step: Callable
+    heldout: Callable
     abstract_state: dict
     state_shardings: dict
     batch_sharding: NamedSharding
@@ -172,6 +177,21 @@ def _build(shape: JobShape) -> CompiledFunctions:
         }
         return new_state, metrics
 
+    def heldout(state, batch):
+        def member_metrics(member):
+            params, value = member
+            coeffs = arch.coeffs(sae_cfg, state["step"], value)
+            _, metrics = arch.loss(params, batch, coeffs, sae_cfg)
+            never_fired = jnp.mean((metrics["fired"] == 0).astype(jnp.float32))
+            return {"fvu": metrics["fvu"], "l0": metrics["l0"], "frac_dead": never_fired}
+
+        members = (state["params"], state["sweep_value"])
+        if members_per_pass == 1:
+            metrics = jax.lax.map(member_metrics, members)
+        else:
+            metrics = jax.lax.map(member_metrics, members, batch_size=members_per_pass)
+        return {name: jnp.asarray(value, jnp.float32) for name, value in metrics.items()}
+
     seeds_shape = jax.ShapeDtypeStruct((n_members,), jnp.int32)
     values_shape = jax.ShapeDtypeStruct((n_members,), np.dtype(shape.sweep_dtype))
     shapes = jax.eval_shape(init, seeds_shape, values_shape)
@@ -201,9 +221,13 @@ def _build(shape: JobShape) -> CompiledFunctions:
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
+    jitted_heldout = jax.jit(
+        heldout, in_shardings=(state_shardings, batch_sharding), out_shardings=replicated
+    )
     return CompiledFunctions(
         init=jitted_init,
         train_step=jitted_step,
+        heldout=jitted_heldout,
         abstract_state=abstract_state,
         state_shardings=state_shardings,
         batch_sharding=batch_sharding,

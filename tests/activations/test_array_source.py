@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gemmascope import activations
 from gemmascope.activations import ArraySource
 
 
@@ -108,3 +109,25 @@ def test_bad_input_raises_clear_errors(mesh):
         next(src.iter_batches(4, "data"))
     with pytest.raises(ValueError, match="position"):
         src.restore({"step": 3})
+
+
+def test_held_out_rows_are_the_last_ones_and_never_streamed(mesh):
+    x = _data(n=100, d=12)
+    src = ArraySource(x, seed=3)
+    assert isinstance(src, activations.ActivationSource)
+    held_out = src.hold_out(20)
+    c = np.float32(src.norm_scale)  # estimated from every row, held-out ones included
+    np.testing.assert_array_equal(held_out, x[80:] / c)
+    np.testing.assert_array_equal(src.hold_out(20), held_out)  # the same n again: the same rows
+    assert src.n_tokens == 80
+    sharding = NamedSharding(mesh, P("data", None))
+    batches = list(itertools.islice(src.iter_batches(16, sharding), 10))  # two epochs of 80
+    stream = np.concatenate([jax.device_get(b) for b in batches])
+    for epoch in (stream[:80], stream[80:]):  # each epoch: rows 0..79, once each
+        order = np.lexsort(epoch.T[::-1])
+        expected = x[:80] / c
+        np.testing.assert_array_equal(epoch[order], expected[np.lexsort(expected.T[::-1])])
+    with pytest.raises(ValueError, match="20 rows are already held out"):
+        src.hold_out(10)
+    with pytest.raises(ValueError, match=r"would leave nothing to train on \(at most 99"):
+        ArraySource(x).hold_out(100)

@@ -231,3 +231,26 @@ def test_a_truncated_shard_is_reported(damaged_copy):
     damaged = "resid_post/1 is damaged: shard 0 is damaged .*--mode=cache"
     with pytest.raises(activations.CacheError, match=damaged):
         next(src.iter_batches(src.n_tokens - src.n_tokens % 2, sharding))
+
+
+def test_held_out_rows_are_the_caches_last_and_never_streamed(reference_cache):
+    _, workdir = reference_cache
+    values = storage.open_array(storage.site_dir(workdir, "resid_post/1")).read().result()
+    src = activations.open_source(workdir, "resid_post/1", seed=2, window_tokens=128)
+    assert isinstance(src, activations.ActivationSource)
+    total, chunk = values.shape[0], src.meta["chunk_rows"]
+    held_out = src.hold_out(40)
+    c = np.float32(src.norm_scale)
+    np.testing.assert_array_equal(held_out, values[total - 40 :] / c)
+    # The stream is whole chunks before the held-out rows' first chunk, each row once an epoch.
+    assert src.n_tokens == (total - 40) // chunk * chunk
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+    sharding = NamedSharding(mesh, P("data", None))
+    n_batches = src.n_tokens // 16
+    epoch = np.concatenate(
+        [jax.device_get(b) for b in itertools.islice(src.iter_batches(16, sharding), n_batches)]
+    )
+    expected = values[: n_batches * 16] / c
+    np.testing.assert_allclose(  # divided by C on the devices: 1 ulp from numpy's x / C
+        epoch[np.lexsort(epoch.T[::-1])], expected[np.lexsort(expected.T[::-1])], rtol=3e-7
+    )

@@ -49,6 +49,30 @@ def test_one_epoch_is_every_kept_token_once(setup):
     assert not np.allclose(stream[:16], expected[:16])
 
 
+def test_held_out_tokens_are_the_last_sequences_and_never_streamed(setup):
+    cfg, params, seqs, keep, direct = setup
+    src = activations.StreamingSource(cfg, params, seqs, SITE, seed=0, buffer_tokens=160)
+    assert isinstance(src, activations.ActivationSource)
+    held_out = src.hold_out(40)
+    c = np.float32(src.norm_scale)
+    # The last 40 kept tokens of the corpus, from the fewest last sequences that hold them.
+    kept_per_sequence = keep.sum(axis=1)
+    first = len(seqs) - 1
+    while kept_per_sequence[first:].sum() < 40:
+        first -= 1
+    np.testing.assert_allclose(
+        held_out, direct[first:][keep[first:]][-40:] / c, rtol=1e-4, atol=1e-5
+    )
+    # One epoch is every kept token of the other sequences, once.
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
+    sharding = NamedSharding(mesh, P("data", None))
+    n = int(keep[:first].sum())
+    batches = list(itertools.islice(src.iter_batches(16, sharding), -(-n // 16)))
+    stream = np.concatenate([jax.device_get(b) for b in batches])[:n]
+    expected = direct[:first][keep[:first]] / c
+    np.testing.assert_allclose(_sorted_rows(stream), _sorted_rows(expected), rtol=1e-4, atol=1e-5)
+
+
 def test_resume_reproduces_batches(setup):
     cfg, params, seqs, _, _ = setup
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))

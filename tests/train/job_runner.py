@@ -68,6 +68,9 @@ class SlowAfter:
         self._source, self._n, self._marker = source, n, Path(marker)
         self.d_in, self.n_tokens, self.norm_scale = source.d_in, source.n_tokens, source.norm_scale
 
+    def hold_out(self, n_tokens):
+        return self._source.hold_out(n_tokens)
+
     def state(self):
         return self._source.state()
 

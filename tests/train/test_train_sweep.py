@@ -338,7 +338,8 @@ def test_a_source_lacking_members_is_a_clear_error(tmp_path):
             yield from ()
 
     with pytest.raises(
-        TypeError, match=r"NotASource is not an activation source: .*\['restore', 'state'\]"
+        TypeError,
+        match=r"NotASource is not an activation source: it lacks \['hold_out', 'restore', 'state",
     ):
         train.train_sweep(tiny_job(), NotASource(), tmp_path)
     assert isinstance(_source(), activations.ActivationSource)
