@@ -1,12 +1,17 @@
 """Every experiment config loads (default and runlocal) and --mode=plan runs on it.
 
-Also the shared recipe data of experiments/common.py, and loading from any current directory.
+Also the shared recipe data of experiments/common.py, loading from any current directory, and the
+Gemma studies' runlocal variants training a real job through the train stage, preempted and resumed.
 """
 
 import glob
+import json
 import os
+import shutil
+import signal
 import sys
 
+import numpy as np
 import pytest
 
 from gemmascope import study
@@ -94,3 +99,75 @@ def test_sibling_modules_of_two_folders_stay_apart(tmp_path):
     assert hasattr(study.load_config_file(ours)[0].common, "GEMMA_SCOPE_SWEEPS")
     assert study.load_config_file(str(mine / "study.py"))[1] == {"name": "mine"}
     assert hasattr(study.load_config_file(ours)[0].common, "GEMMA_SCOPE_SWEEPS")
+
+
+GEMMA_STUDIES = ("gemma2_2b.py", "gemma2_9b.py", "gemma2_27b.py")
+LOCAL_JOB = "resid_post-L0-w64-jumprelu"
+
+
+def _runlocal(name):
+    """A Gemma study's runlocal config, on 8 sequences of the corpus (a cache of seconds)."""
+    _, config = study.load_config_file(os.path.join(REPO, "experiments", f"{name}:runlocal"))
+    with config.unlocked():
+        config.data.max_sequences = 8
+    return config
+
+
+@pytest.fixture(scope="module")
+def runlocal_cache(tmp_path_factory):
+    """The runlocal cache, built once: the three studies' runlocal configs cache the same sites."""
+    from gemmascope import activations
+
+    workdir = tmp_path_factory.mktemp("runlocal_cache")
+    activations.build_cache(_runlocal(GEMMA_STUDIES[0]), str(workdir))
+    return workdir / "activations"
+
+
+class _SigtermAfter:
+    """A source that sends this process SIGTERM once `n` batches were drawn (a preemption)."""
+
+    def __init__(self, source, n):
+        self._source, self._n = source, n
+        self.d_in, self.n_tokens, self.norm_scale = source.d_in, source.n_tokens, source.norm_scale
+        self.hold_out, self.state, self.restore = source.hold_out, source.state, source.restore
+
+    def iter_batches(self, batch_size, sharding):
+        for i, batch in enumerate(self._source.iter_batches(batch_size, sharding)):
+            if i == self._n:
+                signal.raise_signal(signal.SIGTERM)
+            yield batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GEMMA_STUDIES)
+def test_runlocal_trains_a_job_is_preempted_and_resumes(
+    name, runlocal_cache, tmp_path, monkeypatch, capsys
+):
+    # The study's own job (its architecture, sweep and SAE overrides) through the train stage:
+    # uninterrupted, and preempted by SIGTERM after 5 batches then rerun, which must end equal.
+    from gemmascope import activations
+
+    config = _runlocal(name)
+    for run in ("uninterrupted", "preempted"):
+        shutil.copytree(runlocal_cache, tmp_path / run / "activations")
+    stages.run(config, str(tmp_path / "uninterrupted"), "train", [LOCAL_JOB])
+
+    open_source = activations.open_source
+    monkeypatch.setattr(
+        activations, "open_source", lambda *a, **kw: _SigtermAfter(open_source(*a, **kw), 5)
+    )
+    stages.run(config, str(tmp_path / "preempted"), "train", [LOCAL_JOB])
+    assert f"preempted in {LOCAL_JOB}" in capsys.readouterr().out
+    run_dir = tmp_path / "preempted" / "runs" / LOCAL_JOB
+    assert not (run_dir / "final_params.npz").exists()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()] == ["6"]
+    monkeypatch.undo()
+    stages.run(config, str(tmp_path / "preempted"), "train", [LOCAL_JOB])
+
+    expected = np.load(tmp_path / "uninterrupted" / "runs" / LOCAL_JOB / "final_params.npz")
+    resumed = np.load(run_dir / "final_params.npz")
+    assert sorted(resumed.files) == sorted(expected.files)
+    for key in expected.files:  # bitwise: the same compiled step on the same device
+        np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
+    job = json.loads((run_dir / "job.json").read_text())
+    assert job["steps"] == 16 and len(job["members"]) == 3
