@@ -1,4 +1,4 @@
-"""`ArraySource`: an in-memory (tokens, d_in) array behind the trainer's source interface.
+"""`ArraySource`: an in-memory (tokens, d_in) array as an `ActivationSource`.
 
 For tests, notebooks and synthetic data:
 

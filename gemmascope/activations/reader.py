@@ -63,7 +63,7 @@ class _ChunkCache:
 
 
 class CacheSource(PositionState):
-    """The trainer's source interface over one site of a cache.
+    """An `ActivationSource` over one site of a cache.
 
     Attributes:
       d_in: feature width.

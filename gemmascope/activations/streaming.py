@@ -1,4 +1,4 @@
-"""`StreamingSource`: the trainer's source interface fed straight by the model's forward pass.
+"""`StreamingSource`: an `ActivationSource` fed straight by the model's forward pass.
 
 For runs that do not store activations (docs/recipe.md#storage: storing pays only when many runs
 reuse them):
