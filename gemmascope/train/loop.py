@@ -1,8 +1,8 @@
 """`train_sweep`: train the S SAEs of one job on one activation source, resumably.
 
-The loop reads top to bottom: config -> logging -> mesh ->
-input -> model and optimizer -> state (created sharded) -> checkpoint/resume -> loop -> outputs.
-Fork this file rather than adding flags that switch code paths.
+The loop reads top to bottom, in numbered sections: config -> logging -> mesh -> model and
+optimizer (compiled per job shape) -> held-out batch -> checkpoint/resume (state created sharded)
+-> loop -> outputs. Fork this file rather than adding flags that switch code paths.
 
 Synopsis:
     job_cfg = train.default_config("jumprelu"); job_cfg.width = 4096; ...
