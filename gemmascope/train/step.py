@@ -54,9 +54,10 @@ class CompiledFunctions:
         train_step: (state, batch (B, d_in)) -> (state, metrics); state donated. `metrics` maps
             recon_loss, sparsity_loss, loss, l0, fvu, lr, sparsity_coeff, frac_dead to (S,) arrays.
         heldout: (state, batch (B, d_in)) -> {fvu, l0, frac_dead}, each (S,): every member's
-            training-form forward pass (`arch.loss`'s metrics, at the state's step and the
-            member's sweep value) on a batch it does not train on; frac_dead is the fraction of
-            latents that fire on none of the batch's tokens. The state is not changed.
+            training-form forward pass (`arch.loss`'s metrics, at the state's step, the member's
+            sweep value and `sae_cfg.matmul_precision`) on a batch it does not train on;
+            frac_dead is the fraction of latents that fire on none of the batch's tokens. The
+            state is not changed.
         abstract_state: the state's ShapeDtypeStructs, each carrying its sharding (restore target).
         state_shardings: the NamedSharding of every state leaf.
         batch_sharding: the sharding batches must have (rows on `data`).
@@ -181,7 +182,8 @@ def _build(shape: JobShape) -> CompiledFunctions:
         def member_metrics(member):
             params, value = member
             coeffs = arch.coeffs(sae_cfg, state["step"], value)
-            _, metrics = arch.loss(params, batch, coeffs, sae_cfg)
+            with jax.default_matmul_precision(sae_cfg.matmul_precision):  # training's precision
+                _, metrics = arch.loss(params, batch, coeffs, sae_cfg)
             never_fired = jnp.mean((metrics["fired"] == 0).astype(jnp.float32))
             return {"fvu": metrics["fvu"], "l0": metrics["l0"], "frac_dead": never_fired}
 
