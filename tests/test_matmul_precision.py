@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import gemmascope.mesh
 from gemmascope import eval as gs_eval
 from gemmascope import model, sae
 from gemmascope.eval import metrics
@@ -85,26 +86,29 @@ def test_every_matmul_of_the_train_step_runs_at_the_configured_precision(name, p
 def test_the_trainers_compiled_step_keeps_the_configured_precision():
     cfg = sae.ARCHITECTURES["topk"].default_config()
     cfg.k = 4
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
-    found = []
+    mesh = gemmascope.mesh.make_mesh([("data", 1), ("model", 1)], jax.devices()[:1])
+    found, heldout = [], []
     for members_per_pass in (0, 1):  # vmapped members, and members one after another
-        fns = train_step_lib.compiled_functions(
-            "topk",
-            cfg,
+        shape = train_step_lib.JobShape(
+            arch="topk",
+            sae_cfg=cfg,
             d_in=D_IN,
             width=WIDTH,
             n_members=2,
             batch_size=BATCH,
             dead_window=4,
-            sweep_dtype=np.int32,
+            sweep_dtype="int32",
             mesh=mesh,
-            rules=(("batch", "data"), ("sweep", None), ("d_sae", "model"), ("d_in", None)),
             members_per_pass=members_per_pass,
         )
+        fns = train_step_lib.compiled_functions(shape)
         batch = jax.ShapeDtypeStruct((BATCH, D_IN), jnp.float32)
         with jax.default_matmul_precision("bfloat16"):
             found += dot_precisions(fns.train_step, fns.abstract_state, batch)
+            heldout += dot_precisions(fns.heldout, fns.abstract_state, batch)
     assert len(found) >= 8 and all(p == HIGHEST for p in found), found
+    # The held-out metrics (a forward pass of the same loss) run at the same precision.
+    assert len(heldout) >= 4 and all(p == HIGHEST for p in heldout), heldout
 
 
 def test_sae_config_refuses_an_unknown_precision():
