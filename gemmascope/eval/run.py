@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gemmascope import data, files, model
-from gemmascope.eval import plots, table
+from gemmascope.eval import equal_l0, plots, table
 from gemmascope.eval.config import lm_mesh, validate
 from gemmascope.eval.sweep_eval import SaeEntry, evaluate_saes
 from gemmascope.export import layout
@@ -127,6 +127,8 @@ def evaluate(config, workdir: str) -> pd.DataFrame:
         return frame
     out_dir = files.join(workdir, "eval")
     table.write_table(frame, out_dir)
+    points = equal_l0.compare(frame)
+    files.write_bytes(files.join(out_dir, "equal_l0.csv"), points.to_csv(index=False).encode())
     layout.write_json_atomic(files.join(out_dir, "details.json"), details)
     if eval_cfg.plots:
         plots.write_plots(frame, details, files.join(out_dir, "plots"))

@@ -362,10 +362,12 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:
 def summary(workdir: str, n_best: int = 10) -> str:
     """Returns where the table and plots are, one line per architecture, and the best rows.
 
-    "Best" = lowest delta LM loss (the primary Gemma Scope metric, docs/recipe.md#metrics), then
-    FVU.
+    Also one line per pair of architectures compared at equal L0 (``eval.equal_l0``). "Best" =
+    lowest delta LM loss (the primary Gemma Scope metric, docs/recipe.md#metrics), then FVU.
     """
     import pandas as pd
+
+    from gemmascope.eval import equal_l0
 
     eval_dir = files.join(workdir, "eval")
     table = pd.read_csv(io.BytesIO(files.read_bytes(files.join(eval_dir, "saes.csv"))))
@@ -381,6 +383,8 @@ def summary(workdir: str, n_best: int = 10) -> str:
             f"FVU median {rows.fvu.median():.3f}  delta LM loss median "
             f"{rows.delta_loss.median():.4f}"
         )
+    lines += ["", f"Architectures at equal L0 ({files.join(eval_dir, 'equal_l0.csv')}):"]
+    lines += equal_l0.summary_lines(equal_l0.compare(table)) or ["  no overlapping L0 ranges"]
     sort_by = [c for c in ("delta_loss", "fvu") if c in table.columns]
     columns = [
         c for c in ("sae", "l0", "fvu", "delta_loss", "kl_div", "frac_dead") if c in table.columns

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from gemmascope import data, export, model
 from gemmascope import eval as gs_eval
-from gemmascope.eval import table
+from gemmascope.eval import equal_l0, table
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "export"))
 from fake_training_run import fake_run  # noqa: E402  (a trainer-shaped run, shared with export)
@@ -108,6 +108,9 @@ def test_evaluate_writes_table_details_and_plots(tmp_path):
     np.testing.assert_allclose(from_csv["delta_loss"], frame["delta_loss"], rtol=1e-9)
     markdown = open(os.path.join(eval_dir, "saes.md")).read().splitlines()
     assert len(markdown) == 2 + 4 and markdown[0].startswith("| sae | model | site |")
+    # One SAE per curve here: the equal-L0 comparison has its columns and no points.
+    points = pd.read_csv(os.path.join(eval_dir, "equal_l0.csv"))
+    assert list(points.columns) == list(equal_l0.POINT_COLUMNS) and points.empty
     rows = frame.set_index("sae")
     ours = rows.loc[os.path.relpath(exported[0], os.path.join(workdir, "saes"))]
     assert ours["architecture"] == "jumprelu" and ours["sweep_value"] == 1e-3
