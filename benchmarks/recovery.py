@@ -61,7 +61,8 @@ PROBLEMS = {
     ),
 }
 # Sweep values per architecture: coefficients, or multiples of the true L0 (k, target L0).
-COEFFS = {"jumprelu": (0.01, 0.03, 0.1), "gated": (0.3, 1.0, 3.0), "relu": (0.3, 1.0, 3.0)}
+# (Gated and ReLU at λ = 3 end at L0 0 on every problem, SAELens's too: their grid stops at 1.)
+COEFFS = {"jumprelu": (0.01, 0.03, 0.1), "gated": (0.1, 0.3, 1.0), "relu": (0.1, 0.3, 1.0)}
 L0_MULTIPLES = (0.5, 1.0, 2.0)
 ARCHS = ("jumprelu", "jumprelu_target", "gated", "topk", "batchtopk", "matryoshka", "relu")
 # The SAELens architecture trained beside each of ours (None: SAELens has no counterpart run).
@@ -280,9 +281,10 @@ def main():
     with concurrent.futures.ThreadPoolExecutor(args.peer_workers) as pool:
         for pname in args.problems.split(","):
             rows += run_problem(pname, args, python, pool, reusable)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(args=vars(args), rows=rows), f, indent=1)
+            if args.out:  # after every problem, atomically: a stopped run keeps what it finished
+                with open(args.out + ".tmp", "w") as f:
+                    json.dump(dict(args=vars(args), rows=rows), f, indent=1)
+                os.replace(args.out + ".tmp", args.out)
 
 
 if __name__ == "__main__":
