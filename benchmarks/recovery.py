@@ -229,6 +229,27 @@ def _line(row):
             f"{_cell(row['ours'])} | {_cell(row.get('saelens'))} |")  # fmt: skip
 
 
+def print_table(paths):
+    """Prints the rows of --out files, and how often ours is at or above SAELens's MMCS."""
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for row in json.load(f)["rows"]:
+                rows[(row["problem"], row["arch"], row["value"])] = row
+    print(
+        "| problem | arch | value | true L0 | ours: MMCS @ L0 (dead) "
+        "| SAELens: MMCS @ L0 (dead) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows.values():
+        print(_line(row))
+    paired = [r for r in rows.values() if "saelens" in r]
+    for arch in sorted({r["arch"] for r in paired}):
+        mine = [r for r in paired if r["arch"] == arch]
+        above = sum(r["ours"]["mmcs"] >= r["saelens"]["mmcs"] - 0.005 for r in mine)
+        print(f"{arch}: ours at or above SAELens's MMCS (within 0.005) on {above}/{len(mine)}")
+
+
 def main():
     """Parses the flags, runs the grid and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -247,12 +268,19 @@ def main():
         help="the architectures SAELens trains beside ours (also: relu, batchtopk)",
     )  # fmt: skip
     parser.add_argument("--peer_from", default="", help="reuse SAELens rows of this --out JSON")
+    parser.add_argument(
+        "--print_from", default="",
+        help="print the table of these --out JSONs (comma-separated; later rows win) and stop",
+    )  # fmt: skip
     parser.add_argument("--out", default="", help="write the rows as JSON here")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="override an SAE config field of every architecture that has it (repeatable)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.print_from:
+        print_table(args.print_from.split(","))
+        return
     args.set = [tuple(item.split("=", 1)) for item in args.set]
     args.archs = args.archs.split(",")
     args.peer_archs = args.peer_archs.split(",")
