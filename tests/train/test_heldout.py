@@ -63,7 +63,7 @@ def test_heldout_off_holds_nothing_out(tmp_path):
 def test_mfu_uses_the_plans_flop_count_and_the_devices_peak():
     cfg = tiny_job()
     plan_job = estimate.plan_job(
-        cfg, d_in=16, accelerator=accelerators.get("tpu_v3"), n_chips=8, mfu=0.5
+        cfg, d_in=16, accelerator=accelerators.get("tpu_v3"), n_chips=4, mfu=0.5
     )
     shape = step.JobShape(
         arch="jumprelu",
