@@ -266,13 +266,14 @@ def _add(total: dict, batch: dict) -> None:
         total[key] = total[key] + value if key in total else value
 
 
-def _batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int, mesh: Mesh):
+def token_batches(tokens: np.ndarray, positions: np.ndarray, batch_size: int, mesh: Mesh):
     """Yields (tokens, positions, row_valid), every batch padded to ``batch_size`` rows.
 
     The rows are split over the mesh's "data" axis.
 
     Padding rows repeat the first row and are masked out by ``row_valid``, so one compiled
-    program serves every batch.
+    program serves every batch. The inspect stage (``gemmascope.inspect.scan``) reads its
+    batches from here too.
     """
     rows_2d = mesh_lib.named_sharding(mesh, ("batch", "seq"))
     rows_1d = mesh_lib.named_sharding(mesh, ("batch",))
@@ -336,7 +337,7 @@ def evaluate_saes(
     model_params = lm_params.place_params(model_cfg, model_params, mesh)
     passes = _Passes(model_cfg, model_params, bool(eval_cfg.lm_metrics), groups)
     batch_size = mesh_lib.batch_for_mesh(int(eval_cfg.batch_size), mesh)
-    totals = _accumulate(passes, _batches(tokens, positions, batch_size, mesh))
+    totals = _accumulate(passes, token_batches(tokens, positions, batch_size, mesh))
     return _results(saes, groups, totals, eval_cfg)
 
 
