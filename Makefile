@@ -8,7 +8,7 @@ DEMO_WORKDIR ?= workdir/demo
 # The linter, at least the version setup.py's `dev` extra names (0.13 retired UP038, which older
 # versions still report on this code). `make lint` installs only ruff, not the package.
 RUFF ?= ruff>=0.13
-LINT_PATHS := gemmascope tests experiments benchmarks launch
+LINT_PATHS := gemmascope tests experiments benchmarks launch tools
 
 .PHONY: demo test lint bench clean
 

@@ -9,6 +9,9 @@ Synopsis::
     export.export_run(workdir, job_name)            # runs/<job> -> saes/<kind>/layer_<L>/...
     export.import_released(npz_path, workdir, site, model_cfg=cfg)
     export.released_tag(".../average_l0_71/params.npz")         # "average_l0_71"
+    export.write_saelens(folder, params, config)    # <folder>/saelens/: SAELens's format
+
+Both writers put each SAE in SAELens's format beside params.npz as well (docs/saelens.md).
 """
 
 # The released format.
@@ -18,9 +21,11 @@ from gemmascope.export.npz_format import NPZ_KEYS, check_params, load_npz, save_
 
 # Workdir export and import.
 from gemmascope.export.release import export_run, import_released, released_tag
+from gemmascope.export.saelens_format import SAELENS_VERSION, saelens_config, write_saelens
 
 __all__ = [
     "NPZ_KEYS",
+    "SAELENS_VERSION",
     "check_params",
     "export_run",
     "fold",
@@ -29,7 +34,9 @@ __all__ = [
     "list_saes",
     "load_npz",
     "sae_dir",
+    "saelens_config",
     "save_npz",
     "sweep_tag",
     "width_label",
+    "write_saelens",
 ]

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from gemmascope import files, sae
-from gemmascope.export import layout
+from gemmascope.export import layout, saelens_format
 from gemmascope.export.folding import fold
 from gemmascope.export.npz_format import check_params, load_npz, save_npz
 from gemmascope.sae import inference
@@ -145,6 +145,7 @@ def export_run(workdir: str, job_name: str) -> list[str]:
     _check_thresholds_estimated(job, job_name, stacked)
     sweep_field = job["sweep_field"]
     several_seeds = len({m["seed"] for m in members}) > 1
+    trained_on = _training_data(workdir)
     kind, layer = layout.split_site(job["site"])
     d_in, width = int(job["d_in"]), int(job["width"])
     folders = []
@@ -183,8 +184,25 @@ def export_run(workdir: str, job_name: str) -> list[str]:
             "arch_cfg": _jsonable(member_cfg.to_dict()),
         }
         layout.write_json_atomic(files.join(folder, layout.CONFIG_FILE), config)
+        saelens_format.write_saelens(folder, raw, config, **trained_on)
         folders.append(folder)
     return folders
+
+
+def _training_data(workdir: str) -> dict:
+    """The study's sequence length and corpus (from workdir/config.json) for SAELens's metadata.
+
+    Empty when the workdir has no study config (e.g. a run exported on its own).
+    """
+    path = files.join(workdir, "config.json")
+    if not files.exists(path):
+        return {}
+    data_cfg = files.read_json(path).get("data") or {}
+    seq_len, corpus = data_cfg.get("seq_len"), data_cfg.get("corpus")
+    return {
+        "context_size": int(seq_len) if isinstance(seq_len, int) else None,
+        "dataset_path": str(corpus) if corpus else None,
+    }
 
 
 def _check_not_taken(folder: str, job_name: str, width: int) -> None:
@@ -285,4 +303,5 @@ def import_released(
         "encoder": {"type": "jumprelu"},
     }
     layout.write_json_atomic(files.join(folder, layout.CONFIG_FILE), config)
+    saelens_format.write_saelens(folder, params, config)
     return folder
