@@ -17,7 +17,8 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["gemmascope", "gemmascope.*"]),
-    package_data={"gemmascope": ["assets/*", "assets/**/*"]},
+    # The embedded model and corpus; the inspect site's JavaScript and CSS.
+    package_data={"gemmascope": ["assets/*", "assets/**/*", "inspect/web/*"]},
     include_package_data=True,
     install_requires=[
         # jax.make_mesh with axis_types (gemmascope.mesh); no flax: see README, "Dependencies".
