@@ -5,9 +5,10 @@ r"""The embedded demo (`make demo`): Gemma Scope's whole pipeline on the shipped
 Caches every layer x {resid_post, mlp_out, attn_z} of the tiny model (4 layers, d_model 128) on
 the training part of Tiny Shakespeare, trains JumpReLU, Gated and TopK SAEs at widths 128 and 256
 with 3 sparsity settings each (one stacked job per site x width x architecture: 72 jobs, 216 SAEs),
-exports them as Gemma Scope params.npz and evaluates every SAE on the last 10% of Tiny Shakespeare,
-the text the tiny model was not trained on (data.eval_split="tail"). Ends by printing
-where the metric table and plots are and the table's best rows.
+exports them as Gemma Scope params.npz (and SAELens folders), evaluates every SAE on the last 10% of
+Tiny Shakespeare, the text the tiny model was not trained on (data.eval_split="tail"), and
+inspects every latent on the same text (workdir/inspect/, docs/inspect.md). Ends by printing
+where the metric table, plots and inspect site are and the table's best rows.
 Run time: docs/quickstart.md, "Demo timing".
 
 The recipe is `sae.recipes.short_run` (docs/sae.md#short-run-recipe): Gemma Scope's loss with what
@@ -77,6 +78,11 @@ def get_config(arg=None):
     config.eval.n_sequences = 64
     config.eval.batch_size = 64
 
+    # Every latent's top contexts, quantile samples, histogram, logit effects and neighbours on
+    # the same 64 held-out sequences (docs/inspect.md); the site is workdir/demo/inspect/.
+    config.inspect.n_sequences = 64
+    config.inspect.batch_size = 32
+
     # Plan figures for this machine's kind of run are not meaningful: plan for one H100.
     config.plan.accelerator = "h100"
     config.plan.n_chips = 1
@@ -95,6 +101,8 @@ def get_config(arg=None):
         config.train.ckpt_every_tokens = 1024
         config.eval.n_sequences = 8
         config.eval.batch_size = 8
+        config.inspect.n_sequences = 8
+        config.inspect.batch_size = 8
     return config
 
 

@@ -51,6 +51,12 @@ def test_tiny_demo_kill_and_rerun(tmp_path):
     assert "Metric table (18 SAEs)" in out and "Best 10 SAEs by delta LM loss" in out
     assert list((workdir / "eval" / "plots").glob("*.png"))
     assert len(list((workdir / "saes").rglob("params.npz"))) == 18
+    assert len(list((workdir / "saes").rglob("saelens/sae_weights.safetensors"))) == 18
+    # --mode=all ends with the inspect site (inspect.in_all): a page and a record per SAE.
+    assert f"Inspect site: {workdir / 'inspect' / 'index.html'}" in out
+    assert len(list((workdir / "inspect" / "saes").glob("*.html"))) == 18
+    record = json.loads(next((workdir / "inspect" / "data").glob("resid_post*.json")).read_text())
+    assert record["latents_inspected"] == 64 and record["metrics"]["l0"] > 0
 
     # A third run finds everything done and only re-exports and re-evaluates.
     third = cli(workdir, "--mode=train")
@@ -65,6 +71,7 @@ def test_streaming_source_trains_without_a_cache(tmp_path):
     _, config = study.load_config_file(os.path.join(REPO, "experiments/tiny_demo.py:runlocal"))
     config.unlock()
     config.source = "stream"
+    config.inspect.in_all = False  # the inspect stage is covered by the test above
     stages.run(config, str(tmp_path), "all", ["resid_post-L0-w64-jumprelu"])
     assert not (tmp_path / "activations").exists()  # nothing was cached
     job = json.loads((tmp_path / "runs" / "resid_post-L0-w64-jumprelu" / "job.json").read_text())

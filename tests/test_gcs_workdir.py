@@ -80,7 +80,9 @@ def test_study_in_a_gcs_workdir_matches_a_local_one(gcs_env, tmp_path):
 
     # Nothing of the study went to the local disk, and every stage wrote to the bucket.
     assert not os.path.exists(os.path.join(REPO, "gs:"))
-    assert set(list_gcs(gcs_env, remote)) == {"activations", "config.json", "eval", "runs", "saes"}
+    assert set(list_gcs(gcs_env, remote)) == {
+        "activations", "config.json", "eval", "inspect", "runs", "saes"
+    }  # fmt: skip
     run = f"{remote}/runs/{JOB}"
     in_run = set(list_gcs(gcs_env, run))
     assert {"checkpoints", "final_params.npz", "job.json", "metrics.jsonl", "tensorboard"} <= in_run
@@ -107,6 +109,13 @@ def test_study_in_a_gcs_workdir_matches_a_local_one(gcs_env, tmp_path):
     plots = list_gcs(gcs_env, f"{remote}/eval/plots")
     assert plots and all(p.endswith(".png") for p in plots)
     assert read_gcs(gcs_env, f"{remote}/eval/plots/{plots[0]}").startswith(b"\x89PNG")
+    # The inspect site went to the bucket too, with the same data as the local run's.
+    data = [n for n in list_gcs(gcs_env, f"{remote}/inspect/data") if n.endswith(".json")]
+    assert len(data) == 4  # 3 SAEs and the token table
+    for name in data:
+        remote_record = json.loads(read_gcs(gcs_env, f"{remote}/inspect/data/{name}"))
+        assert remote_record == json.loads((local_dir / "inspect" / "data" / name).read_text())
+    assert read_gcs(gcs_env, f"{remote}/inspect/index.html").startswith(b"<!doctype html>")
 
     # A rerun finds the bucket's study: the job is skipped, and another study is refused.
     again = run_cli(gcs_env, remote, "--mode=train")

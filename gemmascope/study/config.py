@@ -23,6 +23,7 @@ A study config (an `ml_collections.ConfigDict`) has these sections (docs/configu
               `archs` (each architecture with its sweep values and SAE overrides); see
               gemmascope/study/jobs.py
     eval      the evaluation (gemmascope.eval.default_config())
+    inspect   the per-latent statistics and site (gemmascope.inspect.default_config())
     mesh      the (data, model) device mesh and when to shard latents
     plan      the accelerator that `--mode=plan` estimates for
     distributed  whether to call jax.distributed.initialize
@@ -46,7 +47,7 @@ import ml_collections
 
 # Config sections that do not change what a study computes: a workdir may be reused with
 # different values here (see gemmascope.study.stages.check_workdir_config).
-NON_STUDY_SECTIONS = ("plan", "eval", "distributed")
+NON_STUDY_SECTIONS = ("plan", "eval", "inspect", "distributed")
 # Fields that change how the work is spread over devices, not what is cached or trained.
 NON_STUDY_FIELDS = ("cache.model_parallel",)
 
@@ -110,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     """
     from gemmascope import activations, data, train
     from gemmascope import eval as evaluation
+    from gemmascope import inspect as inspection
     from gemmascope.study import jobs as jobs_module
 
     config = ml_collections.ConfigDict()
@@ -151,6 +153,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Held-out evaluation of every SAE into the metric table.
     config.eval = evaluation.default_config()
+    # Per-latent statistics and the static site of workdir/inspect/ (docs/inspect.md).
+    config.inspect = inspection.default_config()
 
     config.mesh = ml_collections.ConfigDict()
     # Devices on the data axis (-1 = all devices not on the model axis).

@@ -36,7 +36,7 @@ from gemmascope.study.errors import WorkdirError
 if TYPE_CHECKING:  # the stages import the heavy packages only when a mode needs them
     from gemmascope.activations import ActivationSource
 
-MODES = ("plan", "cache", "train", "eval", "export", "all")
+MODES = ("plan", "cache", "train", "eval", "export", "inspect", "all")
 
 
 def run(
@@ -58,10 +58,12 @@ def run(
         config: A study config.
         workdir: The study's folder, a local path or a `gs://bucket/prefix` URL; unused by plan
             mode.
-        mode: One of MODES. "all" runs cache, train, export and eval in that order.
+        mode: One of MODES. "all" runs cache, train, export and eval in that order, then
+            inspect when `config.inspect.in_all`.
         job_selectors: Job names or globs (default: every job).
         released: "PATH@SITE" of released Gemma Scope params.npz files to import into
-            workdir/saes/ (modes export, eval and all), evaluated alongside the study's SAEs.
+            workdir/saes/ (modes export, eval, inspect and all), evaluated and inspected
+            alongside the study's SAEs.
         plan_jobs: Plan mode prints one row per job (default: one per group and architecture).
 
     Raises:
@@ -80,10 +82,10 @@ def run(
             study_plan = plan.make_plan(config, checked.model_cfg, checked.selected)
             print(plan.format_plan(study_plan, all_jobs=plan_jobs, notes=checked.notes))
         return
-    # cache, eval and imports write what the whole study shares; train and export of selected
-    # jobs only those jobs' folders, so the launchers' parallel tasks on disjoint jobs may run
-    # side by side (without --jobs, every job: the whole workdir, one lock).
-    shared = bool({"cache", "eval"} & set(checked.stages)) or bool(released)
+    # cache, eval, inspect and imports write what the whole study shares; train and export of
+    # selected jobs only those jobs' folders, so the launchers' parallel tasks on disjoint jobs
+    # may run side by side (without --jobs, every job: the whole workdir, one lock).
+    shared = bool({"cache", "eval", "inspect"} & set(checked.stages)) or bool(released)
     by_job = job_selectors and not shared
     with lock.hold(workdir, [job.name for job in checked.selected] if by_job else None):
         for change in check_workdir_config(config, workdir):
@@ -103,7 +105,7 @@ def _run_stages(config, workdir, checked, job_selectors, released) -> None:
             finished = run_train(config, workdir, selected)
         if not finished:  # preempted: a checkpoint is saved; the same command resumes
             return
-    if released and ("export" in checked.stages or "eval" in checked.stages):
+    if released and {"export", "eval", "inspect"} & set(checked.stages):
         with _stage(f"import ({len(released)} released SAEs)"):
             run_import(config, checked.model_cfg, workdir, released)
     if "export" in checked.stages:
@@ -114,6 +116,11 @@ def _run_stages(config, workdir, checked, job_selectors, released) -> None:
             run_eval(config, workdir)
         if is_main_process():
             print(summary(workdir), flush=True)
+    if "inspect" in checked.stages:
+        with _stage("inspect"):
+            index = run_inspect(config, workdir)
+        if is_main_process():
+            print(f"Inspect site: {index} (open it in a browser; docs/inspect.md)", flush=True)
 
 
 def _check_prerequisites(config, workdir, checked, released) -> None:
@@ -128,12 +135,13 @@ def _check_prerequisites(config, workdir, checked, released) -> None:
                 f"none of the {len(states)} selected jobs is trained in "
                 f"{files.join(workdir, 'runs')}: run the same command with --mode=train first."
             )
-    if stages == ("eval",) and not released:
+    if stages in (("eval",), ("inspect",)) and not released:
         from gemmascope.export import layout
 
         if not layout.list_saes(workdir):
+            verb = "evaluate" if stages == ("eval",) else "inspect"
             raise WorkdirError(
-                f"there are no SAEs in {files.join(workdir, 'saes')} to evaluate: run the same "
+                f"there are no SAEs in {files.join(workdir, 'saes')} to {verb}: run the same "
                 "command with --mode=train and then --mode=export first (or --mode=all), or "
                 "give --import_released."
             )
@@ -162,7 +170,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> lis
     """Writes workdir/config.json, or checks that the workdir holds this same study.
 
     A field no stage has consumed yet may change (config.json is rewritten); see
-    gemmascope/study/workdir.py. Sections in `study.NON_STUDY_SECTIONS` (plan, eval,
+    gemmascope/study/workdir.py. Sections in `study.NON_STUDY_SECTIONS` (plan, eval, inspect,
     distributed) and fields in `study.NON_STUDY_FIELDS` (cache.model_parallel) may always differ.
 
     Returns:
@@ -357,6 +365,13 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> None:
     from gemmascope import eval as evaluation
 
     evaluation.evaluate(config, workdir)
+
+
+def run_inspect(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes the per-latent statistics and site of every SAE; returns the index page's path."""
+    from gemmascope import inspect
+
+    return inspect.inspect(config, workdir)
 
 
 def summary(workdir: str, n_best: int = 10) -> str:

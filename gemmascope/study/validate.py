@@ -32,7 +32,9 @@ from gemmascope.study import integrity, job_checks, jobs
 from gemmascope.study.errors import ConfigError
 from gemmascope.study.job_checks import Problems
 
-SECTIONS = ("name", "model", "data", "sites", "cache", "source", "train", "jobs", "eval", "mesh")
+SECTIONS = (
+    "name", "model", "data", "sites", "cache", "source", "train", "jobs", "eval", "inspect", "mesh"
+)  # fmt: skip
 MODEL_DTYPES = ("float32", "bfloat16")
 SOURCES = ("cache", "stream")
 
@@ -56,10 +58,14 @@ class CheckedStudy:
     notes: list[str]
 
 
-def stages_of(mode: str, source: str) -> tuple[str, ...]:
-    """The stages a mode runs: "all" is cache (for a cache source), train, export, eval."""
+def stages_of(mode: str, source: str, inspect_in_all: bool = False) -> tuple[str, ...]:
+    """The stages a mode runs.
+
+    "all" is cache (for a cache source), train, export, eval, then inspect when
+    `inspect_in_all` (`config.inspect.in_all`).
+    """
     if mode == "all":
-        after_cache = ("train", "export", "eval")
+        after_cache = ("train", "export", "eval") + (("inspect",) if inspect_in_all else ())
         return ("cache", *after_cache) if source == "cache" else after_cache
     return () if mode == "plan" else (mode,)
 
@@ -92,7 +98,7 @@ def validate(
     """
     problems = Problems()
     _check_sections(config, mode)
-    stages = stages_of(mode, str(config.source))
+    stages = stages_of(mode, str(config.source), config.inspect.get("in_all") is True)
     plan_only = mode == "plan"
     notes: list[str] = []
     _check_mode_and_workdir(mode, workdir, selectors, config.source, problems)
@@ -156,6 +162,11 @@ def _check_mode_and_workdir(mode, workdir, selectors, source, problems: Problems
             "--jobs does not apply to --mode=eval: evaluation covers every SAE in the workdir's "
             "saes/ (one metric table for the study); drop --jobs"
         )
+    if mode == "inspect" and any(s.strip() for s in selectors or []):
+        problems.add(
+            "--jobs does not apply to --mode=inspect: it covers every SAE in the workdir's saes/ "
+            "(one site for the study); drop --jobs"
+        )
     if mode == "plan":
         return
     if not workdir:
@@ -169,7 +180,8 @@ def _check_mode_and_workdir(mode, workdir, selectors, source, problems: Problems
 
 def _reads_model(stages: tuple[str, ...], source: str) -> bool:
     """Whether the stages load the model weights and read the corpus."""
-    return "cache" in stages or "eval" in stages or ("train" in stages and source == "stream")
+    reads = {"cache", "eval", "inspect"} & set(stages)
+    return bool(reads) or ("train" in stages and source == "stream")
 
 
 def _check_model(config, stages, plan_only, problems: Problems, notes: list[str]):
@@ -244,9 +256,11 @@ def _check_data(config, stages, plan_only, problems: Problems, notes: list[str])
     section = config.data
     with problems.catch():
         data.check_config(section)
-    if "eval" in stages and section.eval_fraction == 0:
+    held_out = [stage for stage in ("eval", "inspect") if stage in stages]
+    if held_out and section.eval_fraction == 0:
         problems.add(
-            "data.eval_fraction = 0: the eval stage needs held-out text; use a fraction in (0, 1)"
+            f"data.eval_fraction = 0: the {' and '.join(held_out)} stage needs held-out text; use "
+            "a fraction in (0, 1)"
         )
     path_problems = []
     try:
@@ -323,13 +337,17 @@ def _planned_devices(config, problems: Problems) -> tuple[int | None, None, str]
 
 
 def _check_eval(config, stages, n_local: int | None, problems: Problems) -> None:
-    """The eval section, and each LM model_parallel against the local devices that run it."""
+    """The eval and inspect sections, and each LM model_parallel against the local devices."""
     from gemmascope.eval import config as eval_config
+    from gemmascope.inspect import config as inspect_config
 
     with problems.catch():
         eval_config.validate(config.eval)
+    with problems.catch():
+        inspect_config.validate(config.inspect)
     uses = {"cache": "cache" in stages or ("train" in stages and config.source == "stream")}
     uses["eval"] = "eval" in stages
+    uses["inspect"] = "inspect" in stages
     for section, used in uses.items():
         value = config[section].get("model_parallel", 1)
         if not used or n_local is None or not job_checks.is_count(value):

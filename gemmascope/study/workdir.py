@@ -15,10 +15,10 @@ its outputs depend on once it has written any output:
     train    runs/ has a job        every study section
     export   saes/ has an SAE       every study section
 
-(sections `plan`, `eval`, `distributed` and field `cache.model_parallel` never change what a
-study computes and may always differ). An accepted change rewrites config.json and is printed; a
-change to a consumed field is refused, naming each field with both values and the stage that
-consumed it. So a typo found by the first stage (say the corpus path) can be fixed and rerun in
+(sections `plan`, `eval`, `inspect`, `distributed` and field `cache.model_parallel` never change
+what a study computes and may always differ). An accepted change rewrites config.json and is
+printed; a change to a consumed field is refused, naming each field with both values and the stage
+that consumed it. So a typo found by the first stage (say the corpus path) can be fixed and rerun in
 the same workdir, while a change that would mix two studies' results cannot.
 """
 
