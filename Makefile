@@ -10,7 +10,7 @@ DEMO_WORKDIR ?= workdir/demo
 RUFF ?= ruff>=0.13
 LINT_PATHS := gemmascope tests experiments benchmarks launch tools
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(VENV)/.base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,23 @@ $(VENV)/.test: setup.py $(VENV)/.base
 demo: $(VENV)/.base
 	$(PY) -m gemmascope --config=experiments/tiny_demo.py --workdir=$(DEMO_WORKDIR) --mode=all
 
-test: $(VENV)/.test
+test: $(VENV)/.test browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
+
+# The browser tests (tests/inspect/test_site_in_browser.py) open the inspect site in Debian's
+# headless Chromium. Installed with apt-get when missing and we are root; otherwise this says how
+# (the tests then skip with that message). Never fails the build.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing chromium for the browser tests (apt-get)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			>/dev/null) || echo "apt-get could not install chromium: the browser tests will skip"; \
+	else \
+		echo "Chromium not found: the browser tests will skip. Install it with"; \
+		echo "  sudo apt-get install chromium   (or set GEMMASCOPE_CHROMIUM to a Chromium binary)"; \
+	fi
 
 $(VENV)/.lint: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
