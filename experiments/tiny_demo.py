@@ -82,6 +82,12 @@ def get_config(arg=None):
     # the same 64 held-out sequences (docs/inspect.md); the site is workdir/demo/inspect/.
     config.inspect.n_sequences = 64
     config.inspect.batch_size = 32
+    # Smaller pages than the defaults (216 SAEs): 12 top contexts, 2 per quantile band, 10 + 3
+    # tokens around each.
+    config.inspect.top_k = 12
+    config.inspect.examples_per_quantile = 2
+    config.inspect.context_before = 10
+    config.inspect.context_after = 3
 
     # Plan figures for this machine's kind of run are not meaningful: plan for one H100.
     config.plan.accelerator = "h100"

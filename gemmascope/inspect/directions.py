@@ -39,33 +39,42 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _CHUNK_ENTRIES = 1 << 24
 
 
-def residual_directions(model_cfg, model_params, site: str, w_dec_rows: jax.Array):
-    """The decoder rows (S, d_site) as directions in the residual stream (S, d_model), or None.
+def _through_attention_output(rows: jax.Array, o: jax.Array, post_attn_norm: jax.Array):
+    """attn_z directions (S, heads * head_dim) to the residual stream (S, d_model).
 
-    Traceable (``site`` must be static under jit).
+    Through o_proj, then the post-attention RMSNorm's scale.
+    """
+    heads = rows.reshape(rows.shape[0], o.shape[0], o.shape[1])
+    out = jnp.einsum("snh,nhd->sd", heads, o.astype(jnp.float32), precision=_HIGHEST)
+    return out * (1.0 + post_attn_norm.astype(jnp.float32))
+
+
+def _path(model_params, site: str):
+    """The site's linear path to the residual stream: (kind, its parameters).
+
+    ("residual", ()), ("attn_z", (o, post_attn_norm)), or (None, None) when there is none.
+    """
+    kind, layer = model_sites.parse(site)
+    if kind in (model_sites.RESID_POST, model_sites.MLP_OUT):
+        return "residual", ()
+    if kind == model_sites.ATTN_Z:
+        block = model_params["layers"][layer]
+        return "attn_z", (block["o"], block["post_attn_norm"])
+    return None, None
+
+
+def residual_directions(model_cfg, model_params, site: str, w_dec_rows):
+    """The decoder rows (S, d_site) as directions in the residual stream (S, d_model), or None.
 
     Raises:
       ValueError: ``site`` is not a site of the model.
     """
-    kind, layer = model_sites.parse(site)
     model_sites.check(model_cfg, site)
+    path, weights = _path(model_params, site)
     rows = jnp.asarray(w_dec_rows, jnp.float32)
-    if kind in (model_sites.RESID_POST, model_sites.MLP_OUT):
-        return rows
-    if kind == model_sites.ATTN_Z:
-        block = model_params["layers"][layer]
-        heads = rows.reshape(rows.shape[0], model_cfg.num_attention_heads, model_cfg.head_dim)
-        out = jnp.einsum(
-            "snh,nhd->sd", heads, jnp.asarray(block["o"], jnp.float32), precision=_HIGHEST
-        )
-        return out * (1.0 + jnp.asarray(block["post_attn_norm"], jnp.float32))
-    return None
-
-
-def has_logit_effects(site: str) -> bool:
-    """True when a site's decoder directions have a linear path to the residual stream."""
-    kind, _ = model_sites.parse(site)
-    return kind in (model_sites.RESID_POST, model_sites.MLP_OUT, model_sites.ATTN_Z)
+    if path == "attn_z":
+        return _through_attention_output(rows, *weights)
+    return rows if path == "residual" else None
 
 
 def _chunk_size(n_rows: int, row_entries: int) -> int:
@@ -83,12 +92,12 @@ def _padded_chunks(rows: np.ndarray, size: int):
         yield start, chunk
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site", "n"))
-def _logit_chunk(rows, model_params, *, cfg, site, n):
-    directions = residual_directions(cfg, model_params, site, rows)
-    scale = 1.0 + jnp.asarray(model_params["final_norm"], jnp.float32)
-    embed = jnp.asarray(model_params["embed"], jnp.float32)
-    logits = jnp.matmul(directions * scale, embed.T, precision=_HIGHEST)
+@functools.partial(jax.jit, static_argnames=("path", "n"))
+def _logit_chunk(rows, weights, final_norm, embed, *, path, n):
+    """Top and bottom ``n`` logit effects of a chunk of decoder rows (one program per path)."""
+    directions = _through_attention_output(rows, *weights) if path == "attn_z" else rows
+    scale = 1.0 + final_norm.astype(jnp.float32)
+    logits = jnp.matmul(directions * scale, embed.astype(jnp.float32).T, precision=_HIGHEST)
     up_values, up_ids = jax.lax.top_k(logits, n)
     down_values, down_ids = jax.lax.top_k(-logits, n)
     return up_ids, up_values, down_ids, -down_values
@@ -109,14 +118,17 @@ def logit_effects(model_cfg, model_params, site: str, w_dec_rows, n: int):
       ``(token ids (S, n), effects (S, n))``, up sorted from the largest effect down, down from
       the most negative up.
     """
-    if not has_logit_effects(site):
+    model_sites.check(model_cfg, site)
+    path, weights = _path(model_params, site)
+    if path is None:
         return None
     rows = np.asarray(w_dec_rows, np.float32)
     vocab = model_cfg.vocab_size
     n = min(n, vocab)
     size = _chunk_size(rows.shape[0], vocab)
+    final_norm, embed = model_params["final_norm"], model_params["embed"]
     parts = [
-        jax.device_get(_logit_chunk(chunk, model_params, cfg=model_cfg, site=site, n=n))
+        jax.device_get(_logit_chunk(chunk, weights, final_norm, embed, path=path, n=n))
         for _, chunk in _padded_chunks(rows, size)
     ]
     s = rows.shape[0]

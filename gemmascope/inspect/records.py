@@ -5,23 +5,22 @@ Formats (docs/inspect.md#json): ``sae_record`` turns an ``scan.SaeInspection`` i
 ``inspect/data/tokens.json`` (``gemmascope-inspect-tokens/1``): the scanned sequences, which of
 their tokens are unscored, and the text of every token id a record mentions. A context is
 ``{"seq", "pos", "act", "start", "acts"}``: the latent's activation ``act`` at token ``pos`` of
-sequence ``seq``, shown from token ``start`` on, with ``acts`` the non-zero activations of the
-window as ``[offset from start, value]`` pairs.
+sequence ``seq``, shown from token ``start`` on, ``acts[i]`` being the latent's activation on
+token ``start + i``.
 
-Activations keep 6 significant digits of the latent's largest activation (absolute precision
-``1e-5 x max``), logit effects and cosines 5 decimals.
+Activations keep 5 significant digits of the latent's largest activation (absolute precision
+``1e-4 x max``), logit effects and cosines 5 decimals.
 
 Synopsis::
 
-    record = sae_record(inspection, sae_id, quantiles=(0.0, 0.5, 0.9), examples=3,
+    record = sae_record(inspection, sae_id, tokens, quantiles=(0.0, 0.5, 0.9), examples=3,
                         metrics_row=row, density_bins=50)
-    table = tokens_record(tokens, positions, tokenizer, extra_ids=token_ids_of(records))
+    table = tokens_record(tokens, positions, tokenizer, extra_ids=token_ids_of(record))
 """
 
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -47,89 +46,102 @@ _IDENTITY = (
 )
 
 
-def _decimals(largest: float) -> int:
-    """Decimals that keep 6 significant digits of ``largest`` (0 to 12)."""
-    if not largest > 0 or not math.isfinite(largest):
-        return 6
-    return int(min(12, max(0, 5 - math.floor(math.log10(largest)))))
+def _decimals(largest: np.ndarray) -> np.ndarray:
+    """Per latent, the decimals that keep 5 significant digits of its largest value (0 to 12)."""
+    largest = np.asarray(largest, np.float64)
+    safe = np.where(np.isfinite(largest) & (largest > 0), largest, 1.0)
+    return np.clip(4 - np.floor(np.log10(safe)), 0, 12).astype(np.int64)
 
 
-def _rounded(values, decimals: int) -> list:
-    return np.round(np.asarray(values, np.float64), decimals).tolist()
+def _round_rows(values, decimals: np.ndarray) -> np.ndarray:
+    """``values`` (S, ...) rounded to ``decimals[i]`` decimals along row i (as ``np.round``)."""
+    values = np.asarray(values, np.float64)
+    scale = (10.0 ** decimals.astype(np.float64)).reshape(-1, *([1] * (values.ndim - 1)))
+    return np.round(values * scale) / scale
 
 
 class _LatentWriter:
-    """Builds the records of one SAE's latents from its ``SaeInspection``."""
+    """Builds the records of one SAE's latents from its ``SaeInspection``.
+
+    Every array is rounded and turned into Python lists once per SAE, not per context.
+    """
 
     def __init__(self, inspection, quantiles, examples: int):
+        s = inspection.stats
         self.inspection = inspection
-        self.stats = inspection.stats
+        self.stats = s
         self.t_len = inspection.seq_len
         self.before = inspection.shape.before
+        self.window = inspection.shape.window
         self.quantiles = list(quantiles)
         self.examples = int(examples)
-
-    def context(self, position, value, window, decimals) -> dict:
-        """One context: the window around ``position`` with its non-zero activations."""
-        seq, t = divmod(int(position), self.t_len)
-        start = max(0, t - self.before)
-        acts = [
-            [t - self.before + j - start, v]
-            for j, v in enumerate(_rounded(window, decimals))
-            if v != 0 and 0 <= t - self.before + j < self.t_len
-        ]
-        return {
-            "seq": seq,
-            "pos": t,
-            "act": round(float(value), decimals),
-            "start": start,
-            "acts": acts,
+        self.decimals = _decimals(s["top_value"][:, 0])
+        self.lists = {
+            key: _round_rows(s[key], self.decimals).tolist()
+            for key in ("top_value", "top_window", "sample_value", "total")
         }
+        self.lists["top_pos"] = s["top_pos"].tolist()
+        self.lists["sample_pos"] = s["sample_pos"].tolist()
+        # Only a few sampled windows are shown: rounded now, made lists when picked.
+        self.sample_window = _round_rows(s["sample_window"], self.decimals)
+        self.band = self._bands_of_samples()
 
-    def top_contexts(self, slot: int, decimals: int) -> list[dict]:
-        """The top-k contexts, largest first (latents that fired fewer times have fewer)."""
+    def _bands_of_samples(self) -> np.ndarray:
+        """(S, sample_size): the band of each sampled firing, -1 for empty slots.
+
+        A firing's band is where its value's rank among the latent's sampled firings (as a
+        fraction) falls between the quantile edges.
+        """
         s = self.stats
+        valid = s["sample_priority"] >= 0
+        order = np.argsort(np.where(valid, s["sample_value"], np.inf), axis=1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :], axis=1)
+        fraction = rank / np.maximum(valid.sum(axis=1, keepdims=True), 1)
+        band = np.searchsorted(np.asarray(self.quantiles), fraction, side="right") - 1
+        return np.where(valid, band, -1)
+
+    def context(self, position: int, value: float, window: list) -> dict:
+        """One context: the window around ``position``, clipped to its sequence."""
+        seq, t = divmod(position, self.t_len)
+        first = max(0, self.before - t)  # window index of the first token inside the sequence
+        last = min(self.window, self.t_len - t + self.before)
+        acts = [v if v else 0 for v in window[first:last]]  # 0, not 0.0: shorter JSON
+        return {"seq": seq, "pos": t, "act": value, "start": t - self.before + first, "acts": acts}
+
+    def top_contexts(self, slot: int) -> list[dict]:
+        """The top-k contexts, largest first (latents that fired fewer times have fewer)."""
+        values, positions = self.lists["top_value"][slot], self.lists["top_pos"][slot]
+        windows = self.lists["top_window"][slot]
         return [
-            self.context(pos, value, s["top_window"][slot, j], decimals)
-            for j, (value, pos) in enumerate(
-                zip(s["top_value"][slot], s["top_pos"][slot], strict=True)
-            )
+            self.context(pos, value, windows[j])
+            for j, (value, pos) in enumerate(zip(values, positions, strict=True))
             if value > 0 and pos >= 0
         ]
 
-    def bands(self, slot: int, decimals: int) -> list[dict]:
-        """Quantile bands of the sampled firings, each with up to ``examples`` contexts."""
-        s = self.stats
-        valid = np.flatnonzero(s["sample_priority"][slot] >= 0)
-        if not len(valid):
-            return []
-        by_value = valid[np.argsort(s["sample_value"][slot, valid], kind="stable")]
-        rank = {int(j): r / len(by_value) for r, j in enumerate(by_value)}
-        random_order = valid[np.argsort(-s["sample_priority"][slot, valid], kind="stable")]
+    def bands(self, slot: int) -> list[dict]:
+        """Quantile bands of the sampled firings, each with up to ``examples`` contexts.
+
+        A band's examples are its first sampled firings in priority order (a random order).
+        """
+        values, positions = self.lists["sample_value"][slot], self.lists["sample_pos"][slot]
+        band_of = self.band[slot]
+        members: dict[int, list[int]] = {}
+        for j in np.argsort(-self.stats["sample_priority"][slot], kind="stable").tolist():
+            if band_of[j] >= 0:
+                members.setdefault(int(band_of[j]), []).append(j)
         edges = self.quantiles + [1.0]
         out = []
-        for low, high in zip(edges[:-1], edges[1:], strict=True):
-            members = [j for j in random_order if low <= rank[int(j)] < high]
-            if not members:
-                continue
-            values = s["sample_value"][slot, members]
+        for band in sorted(members):
+            in_band = [values[j] for j in members[band]]
+            contexts = [
+                self.context(positions[j], values[j], self.sample_window[slot, j].tolist())
+                for j in members[band][: self.examples]
+            ]
             out.append(
-                {
-                    "from": low,
-                    "to": high,
-                    "min": round(float(values.min()), decimals),
-                    "max": round(float(values.max()), decimals),
-                    "contexts": [
-                        self.context(
-                            s["sample_pos"][slot, j],
-                            s["sample_value"][slot, j],
-                            s["sample_window"][slot, j],
-                            decimals,
-                        )
-                        for j in members[: self.examples]
-                    ],
-                }
-            )
+                {"from": edges[band], "to": edges[band + 1], "min": min(in_band),
+                 "max": max(in_band), "contexts": contexts}
+            )  # fmt: skip
         return out
 
     def histogram(self, slot: int) -> dict:
@@ -143,39 +155,47 @@ class _LatentWriter:
             "counts": counts[nonzero[0] : nonzero[-1] + 1].tolist(),
         }
 
-    def latent(self, slot: int, tokens: np.ndarray) -> dict:
-        """The record of the latent in ``slot``."""
-        s, inspection = self.stats, self.inspection
-        count = int(s["count"][slot])
-        largest = float(s["top_value"][slot, 0])
-        decimals = _decimals(largest)
-        top = self.top_contexts(slot, decimals)
-        record = {
-            "latent": int(inspection.latent_ids[slot]),
-            "count": count,
-            "density": float(f"{count / max(inspection.n_tokens, 1):.6g}"),
-            "mean": round(float(s["total"][slot]) / count, decimals) if count else 0.0,
-            "max": round(largest, decimals),
-            "top_tokens": _top_tokens(top, tokens),
-            "histogram": self.histogram(slot),
-            "top": top,
-            "bands": self.bands(slot, decimals),
-            "logits_up": [],
-            "logits_down": [],
-            "neighbours": [],
-        }
+    def directions(self) -> dict[str, list]:
+        """Per latent: logit effects and neighbours as ``[[id, value], ...]`` lists."""
+        inspection, out = self.inspection, {}
+        pairs = [("neighbours", inspection.neighbours)]
         if inspection.logits is not None:
-            for name, (ids, values) in zip(
-                ("logits_up", "logits_down"), inspection.logits, strict=True
-            ):
-                record[name] = [
-                    [int(i), v] for i, v in zip(ids[slot], _rounded(values[slot], 5), strict=True)
-                ]
-        ids, cosines = inspection.neighbours
-        record["neighbours"] = [
-            [int(i), v] for i, v in zip(ids[slot], _rounded(cosines[slot], 5), strict=True)
-        ]
-        return record
+            pairs += list(zip(("logits_up", "logits_down"), inspection.logits, strict=True))
+        for name, (ids, values) in pairs:
+            rounded = np.round(np.asarray(values, np.float64), 5).tolist()
+            out[name] = [
+                [list(p) for p in zip(i, v, strict=True)]
+                for i, v in zip(np.asarray(ids).tolist(), rounded, strict=True)
+            ]
+        return out
+
+    def latents(self, tokens: np.ndarray) -> list[dict]:
+        """The records of every inspected latent, in order."""
+        s, inspection = self.stats, self.inspection
+        directions = self.directions()
+        empty = [[] for _ in inspection.latent_ids]
+        records = []
+        for slot, latent in enumerate(inspection.latent_ids.tolist()):
+            count = int(s["count"][slot])
+            mean = self.lists["total"][slot] / count if count else 0.0
+            top = self.top_contexts(slot)
+            records.append(
+                {
+                    "latent": latent,
+                    "count": count,
+                    "density": float(f"{count / max(inspection.n_tokens, 1):.6g}"),
+                    "mean": round(mean, int(self.decimals[slot])),
+                    "max": self.lists["top_value"][slot][0],
+                    "top_tokens": _top_tokens(top, tokens),
+                    "histogram": self.histogram(slot),
+                    "top": top,
+                    "bands": self.bands(slot),
+                    "logits_up": directions.get("logits_up", empty)[slot],
+                    "logits_down": directions.get("logits_down", empty)[slot],
+                    "neighbours": directions["neighbours"][slot],
+                }
+            )
+        return records
 
 
 def _top_tokens(contexts: list[dict], tokens: np.ndarray, n: int = 3) -> list[int]:
@@ -218,13 +238,18 @@ def sae_record(
         "latents_inspected": int(len(inspection.latent_ids)),
         "sampled": bool(len(inspection.latent_ids) < int(config["width"])),
         "context": {"before": inspection.shape.before, "after": inspection.shape.after},
-        "histogram_log10_edges": _rounded(inspection.shape.histogram_edges(), 6),
+        "histogram_log10_edges": np.round(inspection.shape.histogram_edges(), 6).tolist(),
         "quantiles": list(quantiles),
-        "density_histogram": metrics.firing_histogram(
-            count, n_tokens, density_bins, float(np.floor(np.log10(1.0 / n_tokens)))
-        ),
-        "latents": [writer.latent(slot, tokens) for slot in range(len(inspection.latent_ids))],
+        "density_histogram": _density_histogram(count, n_tokens, density_bins),
+        "latents": writer.latents(tokens),
     }
+
+
+def _density_histogram(count: np.ndarray, n_tokens: int, bins: int) -> dict:
+    """The eval stage's firing-frequency histogram of the latents, edges to 6 decimals."""
+    hist = metrics.firing_histogram(count, n_tokens, bins, float(np.floor(np.log10(1 / n_tokens))))
+    hist["edges"] = np.round(hist["edges"], 6).tolist()
+    return hist
 
 
 def token_ids_of(record: dict) -> set[int]:

@@ -27,7 +27,7 @@ def test_defaults_are_valid_and_in_the_study_schema():
         ("in_all", "yes", r"inspect.in_all must be True or False, got 'yes'"),
         ("quantiles", (0.5, 0.2), r"inspect.quantiles must be increasing fractions in \[0, 1\)"),
         ("quantiles", (0.0, 1.0), r"inspect.quantiles must be increasing fractions"),
-        ("histogram_log10_range", (2.0, 1.0), r"inspect.histogram_log10_range must be \(low, high\)"),
+        ("histogram_log10_range", (2.0, 1.0), r"histogram_log10_range must be \(low, high\)"),
         ("model_parallel", 0, r"inspect.model_parallel"),
     ],
 )

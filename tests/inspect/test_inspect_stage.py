@@ -27,15 +27,6 @@ def _record(workdir, folder):
         return json.load(f)
 
 
-def _window_values(latent, context, t_len, after):
-    """The context's activations at every shown token, zeros where the record lists none."""
-    end = min(t_len, context["pos"] + after + 1)
-    values = np.zeros(end - context["start"])
-    for offset, value in context["acts"]:
-        values[offset] = value
-    return values
-
-
 def test_records_equal_a_fresh_encoding(study):
     model_cfg, config, workdir, index, tokens, positions, folders = study
     assert os.path.exists(index) and len(folders) == 4
@@ -48,7 +39,7 @@ def test_records_equal_a_fresh_encoding(study):
         fired_somewhere = 0
         for latent in record["latents"]:
             f = fresh[..., latent["latent"]]
-            tol = 1e-5 * max(float(f.max()), 1e-6) + 1e-6
+            tol = 1e-4 * max(float(f.max()), 1e-6) + 1e-6  # 5 significant digits of the max
             assert latent["count"] == (f > 0).sum()
             assert latent["density"] == pytest.approx((f > 0).sum() / positions.sum(), rel=1e-5)
             assert sum(latent["histogram"]["counts"]) == latent["count"]
@@ -62,15 +53,14 @@ def test_records_equal_a_fresh_encoding(study):
                 assert start == max(0, pos - record["context"]["before"])
                 np.testing.assert_allclose(context["act"], f[seq, pos], atol=tol, rtol=1e-5)
                 shown = f[seq, start : min(t_len, pos + after + 1)]
-                np.testing.assert_allclose(
-                    _window_values(latent, context, t_len, after), shown, atol=tol, rtol=1e-5
-                )
+                assert len(context["acts"]) == len(shown)
+                np.testing.assert_allclose(context["acts"], shown, atol=tol, rtol=1e-5)
             for band in latent["bands"]:
                 for context in band["contexts"]:
                     assert band["min"] - tol <= context["act"] <= band["max"] + tol
             if latent["count"]:
                 fired_somewhere += 1
-                assert latent["max"] == pytest.approx(float(f.max()), rel=1e-5)
+                assert latent["max"] == pytest.approx(float(f.max()), rel=1e-4)
                 assert latent["bands"] and latent["top"]
                 assert set(latent["top_tokens"]) <= {
                     int(tokens[c["seq"], c["pos"]]) for c in latent["top"]

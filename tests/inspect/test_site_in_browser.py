@@ -90,7 +90,7 @@ def test_highlighted_activations_equal_a_fresh_encoding(study, which):
     fresh, _, _ = inspect_setup.fresh_activations(model_cfg, config, folder, tokens, positions)
     latent = _busiest(record)
     f = fresh[..., latent["latent"]]
-    tol = 1e-5 * float(f.max()) + 1e-6
+    tol = 1e-4 * float(f.max()) + 1e-6  # the records keep 5 significant digits of the max
     dom = browser.parse(browser.dump_dom(CHROMIUM, _url(page, f"#latent={latent['latent']}")))
     contexts = dom.find(id="latent-view").find_all("div", cls="context")
     assert len(contexts) >= 3

@@ -124,17 +124,17 @@
     });
   }
 
-  function contextNode(ctx, tokens, largest, after) {
+  /* One context: acts[i] is the latent's activation on token start + i of sequence seq. */
+  function contextNode(ctx, tokens, largest) {
     const seq = tokens.sequences[ctx.seq];
-    const end = Math.min(seq.length, ctx.pos + after + 1);
-    const acts = new Map(ctx.acts.map(([offset, value]) => [offset, value]));
+    const end = ctx.start + ctx.acts.length;
     const unscored = new Set(tokens.unscored[ctx.seq]);
     const line = el("div", {
       class: "context", "data-seq": ctx.seq, "data-pos": ctx.pos, "data-start": ctx.start,
       "data-act": ctx.act,
     }, [el("span", { class: "ctx-act", text: fmt(ctx.act) })]);
     for (let i = ctx.start; i < end; i++) {
-      const value = acts.get(i - ctx.start) || 0;
+      const value = ctx.acts[i - ctx.start];
       let cls = "tok";
       if (i === ctx.pos) cls += " centre";
       if (unscored.has(i)) cls += " unscored";
@@ -164,7 +164,6 @@
   }
 
   function latentView(data, tokens, latent) {
-    const after = data.context.after;
     const parts = [
       el("h2", { text: "Latent " + latent.latent }),
       el("p", {
@@ -183,7 +182,7 @@
         "Activation histogram (log10 bins of the non-zero activations)"));
     }
     const top = el("section", { id: "top-contexts" }, [el("h3", { text: "Top activations" })]);
-    for (const ctx of latent.top) top.appendChild(contextNode(ctx, tokens, latent.max, after));
+    for (const ctx of latent.top) top.appendChild(contextNode(ctx, tokens, latent.max));
     parts.push(top);
     const bands = el("section", { id: "quantile-bands" }, [el("h3", { text: "Sampled by quantile" })]);
     for (const band of latent.bands) {
@@ -191,7 +190,7 @@
         text: `firings ranked ${fmt(100 * band.from)}% to ${fmt(100 * band.to)}% ` +
           `(activations ${fmt(band.min)} to ${fmt(band.max)})`,
       })]);
-      for (const ctx of band.contexts) box.appendChild(contextNode(ctx, tokens, latent.max, after));
+      for (const ctx of band.contexts) box.appendChild(contextNode(ctx, tokens, latent.max));
       bands.appendChild(box);
     }
     parts.push(bands);
