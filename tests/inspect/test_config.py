@@ -1,5 +1,7 @@
 """The inspect section's defaults and its validation: a bad field is named with what is valid."""
 
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -7,7 +9,9 @@ import pytest
 from gemmascope import inspect as gs_inspect
 from gemmascope import study
 from gemmascope.inspect import latents
-from gemmascope.study import stages
+from gemmascope.study import errors, stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_defaults_are_valid_and_in_the_study_schema():
@@ -55,3 +59,33 @@ def test_latent_sample_is_deterministic_sorted_and_without_repeats():
     # Spread over the whole width (Matryoshka-style orderings are not biased to a prefix).
     counts, _ = np.histogram(sample, bins=8, range=(0, 262144))
     assert counts.min() > 0.9 * 16384 / 8
+
+
+def _runlocal():
+    path = os.path.join(REPO, "experiments", "tiny_demo.py:runlocal")
+    _, config = study.load_config_file(path)
+    return config
+
+
+def test_study_validation_runs_inspect_last_in_all_and_checks_its_section(tmp_path):
+    config = _runlocal()
+    checked = study.validate(config, "all", workdir=str(tmp_path), devices=(8, 8))
+    assert checked.stages == ("cache", "train", "export", "eval", "inspect")
+    config.inspect.in_all = False
+    checked = study.validate(config, "all", workdir=str(tmp_path), devices=(8, 8))
+    assert checked.stages == ("cache", "train", "export", "eval")
+    assert study.validate(config, "inspect", workdir=str(tmp_path)).stages == ("inspect",)
+    config.inspect.top_k = 0
+    config.inspect.model_parallel = 3
+    with pytest.raises(errors.ConfigError) as raised:
+        study.validate(config, "inspect", workdir=str(tmp_path), devices=(8, 8))
+    assert "inspect.top_k must be an integer >= 1, got 0" in str(raised.value)
+    assert "inspect.model_parallel = 3: does not divide the 8 local devices" in str(raised.value)
+    config.inspect.top_k, config.inspect.model_parallel = 16, 1
+    with pytest.raises(errors.ConfigError, match="--jobs does not apply to --mode=inspect"):
+        study.validate(config, "inspect", workdir=str(tmp_path), selectors=["resid_post-*"])
+
+
+def test_mode_inspect_without_saes_says_what_to_run(tmp_path):
+    with pytest.raises(errors.WorkdirError, match="no SAEs in .*saes to inspect: run the same"):
+        stages.run(_runlocal(), str(tmp_path), "inspect")
