@@ -1,4 +1,4 @@
-r"""Command line of gemmascope: plan, cache, train, export and evaluate a study.
+r"""Command line of gemmascope: plan, cache, train, export, evaluate and inspect a study.
 
 Synopsis:
     python -m gemmascope --config=experiments/tiny_demo.py --workdir=workdir/demo --mode=all
@@ -13,10 +13,11 @@ Flags:
                 overrides of existing fields (the config is locked: a typo is an error)
     --workdir   the study's folder (layout: docs/concepts.md): a local path or a
                 gs://bucket/prefix URL (docs/faq.md)
-    --mode      plan | cache | train | eval | export | all
+    --mode      plan | cache | train | eval | export | inspect | all
     --jobs      job names or globs to restrict cache/train/export to (comma-separated or repeated)
     --import_released  PATH@SITE of a released Gemma Scope params.npz (local or gs://; repeated):
-                placed in the workdir's saes/ before export and evaluated with the study's SAEs
+                placed in the workdir's saes/ before export and evaluated (and inspected) with
+                the study's SAEs
     --show_config  print the resolved config (every field, overrides applied) and stop
     --plan_jobs    plan mode: one row per job instead of one per group and architecture
     --traceback    show the Python traceback of every error (by default an expected error, such
@@ -161,7 +162,8 @@ def help_text(argv: list[str]) -> str:
     module_doc = sys.modules[__name__].__doc__ or ""
     lines = [
         "usage: python -m gemmascope --config=experiments/<study>.py[:ARG=VALUE,...] "
-        "[--workdir=DIR] [--mode=plan|cache|train|eval|export|all] [--config.FIELD=VALUE ...]",
+        "[--workdir=DIR] [--mode=plan|cache|train|eval|export|inspect|all] "
+        "[--config.FIELD=VALUE ...]",
         "",
         module_doc.split("\n\n", 1)[1].split("`python -m gemmascope` runs")[0].rstrip(),
         "",
