@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gemmascope import mesh as mesh_lib
 from gemmascope import model
 from gemmascope.eval.sweep_eval import SaeEntry, token_batches
 from gemmascope.inspect import directions, latents, stats
@@ -147,7 +148,7 @@ def inspect_saes(
     by_site = _check(model_cfg, tokens, positions, saes)
     shape = stats.StatsShape.from_config(cfg)
     model_params = lm_params.place_params(model_cfg, model_params, mesh)
-    batch_size = lm_params.batch_for_mesh(int(cfg.batch_size), mesh)
+    batch_size = mesh_lib.batch_for_mesh(int(cfg.batch_size), mesh)
     results: list = [None] * len(saes)
     for site, members in by_site.items():
         prepared = [latents.prepare(saes[i], cfg, mesh) for i in members]
