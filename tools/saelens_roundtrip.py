@@ -114,6 +114,7 @@ def _trainer_run(workdir: str, arch_name: str, values, site: str, d_in: int, see
         "norm_scale": 2.5,
         "d_in": d_in,
         "tokens_trained": 4096,
+        "sweep_field": arch.sweep_field(cfg),
         "members": [{"sweep_value": v, "seed": 0} for v in values],
     }
     with open(os.path.join(run_dir, "job.json"), "w") as f:
