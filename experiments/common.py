@@ -113,5 +113,7 @@ def shrink_for_local(config: ml_collections.ConfigDict) -> None:
     config.cache.model_parallel = 1  # the tiny model fits any one device
     config.cache.batch_size = 8
     config.eval.model_parallel = 1
+    config.inspect.model_parallel = 1
+    config.inspect.in_all = True  # a small study: inspect is part of --mode=all
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 1

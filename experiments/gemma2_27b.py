@@ -59,6 +59,12 @@ def get_config(arg=None):
     config.eval.model_parallel = 8
     config.eval.batch_size = 2
 
+    # Inspect (docs/inspect.md) on eval's mesh and batch. Not part of --mode=all at this scale
+    # (hundreds of SAEs, ~0.1 GB of feature pages each at the defaults); run --mode=inspect.
+    config.inspect.model_parallel = config.eval.model_parallel
+    config.inspect.batch_size = config.eval.batch_size
+    config.inspect.in_all = False
+
     if arg.runlocal:
         common.shrink_for_local(config)
     return config

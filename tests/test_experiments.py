@@ -16,6 +16,7 @@ import pytest
 
 from gemmascope import study
 from gemmascope.study import jobs, stages
+from gemmascope.study.validate import stages_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_STUDIES = ("train_tiny_lm.py", "common.py")  # a script and the shared recipe data
@@ -45,6 +46,18 @@ def test_config_loads_and_plans(path, arg, capsys):
     module.sweep(lambda **kw: added.append(kw), arg or None)
     all_jobs = jobs.expand(config, study.model_config(config.model))
     assert added and jobs.select(all_jobs, [a["jobs"] for a in added]) == all_jobs
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=os.path.basename)
+@pytest.mark.parametrize("arg", ["", "runlocal"])
+def test_inspect_is_in_mode_all_only_for_small_studies_and_runs_on_evals_mesh(path, arg):
+    _, config = study.load_config_file(f"{path}:{arg}" if arg else path)
+    small = arg == "runlocal" or os.path.basename(path) == "tiny_demo.py"
+    stages_of_all = stages_of("all", str(config.source), config.inspect.in_all)
+    assert ("inspect" in stages_of_all) == small
+    # The inspect stage runs the LM as the eval stage does (whose memory --mode=plan checks):
+    # a 9B or 27B study must not inspect with the whole model on one device.
+    assert config.inspect.model_parallel == config.eval.model_parallel
 
 
 def test_gemma_arch_options():
