@@ -389,11 +389,20 @@ def check_tokenizer(cfg: GemmaConfig, tokenizer: Any, path: str | os.PathLike = 
 
 
 def resolve_path(path: str) -> str:
-    """Maps ``"embedded"`` to the shipped tiny model's folder; other paths pass through."""
+    """The HF folder of a model path.
+
+    ``"embedded"`` is the shipped tiny model's folder; ``"gguf-package:<name>"`` the folder a
+    packaged GGUF converts into (``gemmascope.model.packaged``: converted on first use, about
+    45 s, then reused); other paths pass through.
+    """
     if path == "embedded":
         from gemmascope import assets  # Lazy: the package data is only needed on request.
 
         return str(assets.TINY_MODEL_DIR)
+    from gemmascope.model import packaged  # Lazy: it imports the converter.
+
+    if packaged.is_packaged(path):
+        return packaged.resolve(path)
     return path
 
 
@@ -401,7 +410,8 @@ def load_from_config(model_cfg: Mapping[str, Any], mesh: Mesh | None = None):
     """Loads (cfg, params, tokenizer) from a study config's ``model`` section.
 
     Args:
-        model_cfg: ConfigDict or mapping with ``path`` (an HF folder or ``"embedded"``) and
+        model_cfg: ConfigDict or mapping with ``path`` (an HF folder, ``"embedded"`` or
+            ``"gguf-package:<name>"``, see ``resolve_path``) and
             ``dtype`` (``"float32"`` or ``"bfloat16"``; default float32).
         mesh: Optional mesh to place the params on (default rules).
 
