@@ -84,6 +84,30 @@ def test_bad_job_configs():
         expand(config)
 
 
+def test_a_group_may_sweep_its_own_values():
+    # Gemma Scope 2's layout: two L0s at every layer, three at a few layers (the group "wide").
+    config = tiny_study()
+    config.jobs.groups.small.sweep_values = dict(jumprelu=(5e-3,))
+    by_name = {job.name: job for job in expand(config)}
+    assert by_name["resid_post-L0-w32-jumprelu"].sweep_values == [5e-3]
+    assert by_name["attn_z-L1-w32-jumprelu"].sweep_values == [5e-3]
+    assert by_name["resid_post-L2-w64-jumprelu"].sweep_values == [1e-3, 2e-3]  # the arch's
+    assert by_name["resid_post-L0-w32-topk"].sweep_values == [4, 8]  # only jumprelu overridden
+    # The same job from two groups must get the same values, as it must the same budget.
+    config.jobs.groups.again = dict(sites=("resid_post/0",), widths=(32,), total_tokens=1000)
+    with pytest.raises(ValueError, match=r"resid_post-L0-w32-jumprelu appears in two groups "
+                       r"with sweep values \[0.001, 0.002\] and \[0.005\]"):  # fmt: skip
+        expand(config)
+    config = tiny_study()
+    config.jobs.groups.small.sweep_values = dict(gated=(1.0,))
+    with pytest.raises(ValueError, match="small.sweep_values.gated: not an architecture of "
+                       "config.jobs.archs \\(jumprelu, topk\\)"):  # fmt: skip
+        expand(config)
+    config.jobs.groups.small.sweep_values = dict(topk=())
+    with pytest.raises(ValueError, match="groups.small.sweep_values.topk is empty"):
+        expand(config)
+
+
 def test_parse_arg():
     arg = study.parse_arg("runlocal,layer=3,arch=gated", runlocal=False, layer=12, arch="jumprelu")
     assert (arg.runlocal, arg.layer, arg.arch) == (True, 3, "gated")

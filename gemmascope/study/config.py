@@ -145,7 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.jobs = ml_collections.ConfigDict()
     # Named groups of (site globs, widths, token budget). Every group x arch is a set of jobs.
-    # Each group: sites (globs, a subset of config.sites), widths (ints), total_tokens (float).
+    # Each group: sites (globs, a subset of config.sites), widths (ints), total_tokens (float),
+    # and optionally sweep_values (arch -> values: that architecture's sweep for this group's
+    # jobs, e.g. Gemma Scope 2's two L0s at every layer and three at four depths).
     config.jobs.groups = ml_collections.ConfigDict()
     # Named architectures (keys of gemmascope.sae.ARCHITECTURES). Each: sweep_values (the values
     # of the architecture's SWEEP_FIELD stacked in one job) and sae (overrides of its config).

@@ -10,9 +10,10 @@ Synopsis:
 
 A job is one (site, width, architecture): the S sparsity settings of the architecture's sweep are
 stacked on a leading axis inside the job and share every batch (docs/concepts.md). The study config
-lists named groups, each a set of site globs x widths with a token budget, and named architectures,
-each with its sweep values and SAE overrides; every group x site x width x architecture is one job.
-The same job reached from two groups is an error unless both give it the same budget.
+lists named groups, each a set of site globs x widths with a token budget (and optionally its own
+sweep values per architecture, `sweep_values.<arch>`), and named architectures, each with its sweep
+values and SAE overrides; every group x site x width x architecture is one job. The same job reached
+from two groups is an error unless both give it the same budget and sweep values.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def expand(config: ml_collections.ConfigDict, model_cfg) -> list[ml_collections.
     by_name: dict[str, ml_collections.ConfigDict] = {}
     for group_name, group in sorted(config.jobs.groups.items()):
         group_sites = _group_sites(config, model_cfg, group_name, group, cached)
+        group_sweeps = _group_sweeps(config, group_name, group)
         for site in group_sites:
             for width in group.widths:
                 if int(width) <= 0:
@@ -77,12 +79,9 @@ def expand(config: ml_collections.ConfigDict, model_cfg) -> list[ml_collections.
                 for arch_name, arch_section in sorted(config.jobs.archs.items()):
                     job = _make_job(config, model_cfg, site, int(width), arch_name, arch_section)
                     job.total_tokens = int(group.total_tokens)
-                    previous = by_name.get(job.name)
-                    if previous is not None and previous.total_tokens != job.total_tokens:
-                        raise ValueError(
-                            f"Job {job.name} appears in two groups with budgets "
-                            f"{previous.total_tokens:g} and {job.total_tokens:g} tokens."
-                        )
+                    if arch_name in group_sweeps:
+                        job.sweep_values = list(group_sweeps[arch_name])
+                    _check_same_job(by_name.get(job.name), job)
                     by_name[job.name] = job
     return [by_name[name] for name in sorted(by_name)]
 
@@ -115,6 +114,36 @@ PER_JOB_FIELDS = (
     "total_tokens",
     "mesh",
 )
+
+
+def _group_sweeps(config, group_name, group) -> dict:
+    """A group's own sweep values per architecture (`group.sweep_values`, optional)."""
+    sweeps = group.get("sweep_values", None) or {}
+    for arch, values in sweeps.items():
+        if arch not in config.jobs.archs:
+            raise ValueError(
+                f"config.jobs.groups.{group_name}.sweep_values.{arch}: not an architecture of "
+                f"config.jobs.archs ({', '.join(sorted(config.jobs.archs))})."
+            )
+        if not values:
+            raise ValueError(f"config.jobs.groups.{group_name}.sweep_values.{arch} is empty.")
+    return dict(sweeps)
+
+
+def _check_same_job(previous, job) -> None:
+    """Raises ValueError if a job reached from two groups differs in budget or sweep values."""
+    if previous is None:
+        return
+    if previous.total_tokens != job.total_tokens:
+        raise ValueError(
+            f"Job {job.name} appears in two groups with budgets "
+            f"{previous.total_tokens:g} and {job.total_tokens:g} tokens."
+        )
+    if list(previous.sweep_values) != list(job.sweep_values):
+        raise ValueError(
+            f"Job {job.name} appears in two groups with sweep values "
+            f"{list(previous.sweep_values)} and {list(job.sweep_values)}."
+        )
 
 
 def _group_sites(config, model_cfg, group_name, group, cached) -> list[str]:
