@@ -13,9 +13,27 @@ current directory: `gemmascope.study.load_config_file` and the command line run 
 file with its own folder importable (`gemmascope.study.importable_folder`).
 """
 
+import math
+
 import ml_collections
 
 from gemmascope import data, sae
+
+# Gemma Scope's three SAE site kinds (Gemma Scope 2 calls attn_z "attn_out"; not mlp_in, the
+# transcoders' input).
+GS2_SAE_KINDS = ("attn_z", "mlp_out", "resid_post")
+# The depths of Gemma Scope 2's wider sweeps, as fractions of the layer count.
+GS2_DEPTHS = (0.25, 0.5, 0.65, 0.85)
+
+
+def gemma_scope_2_depths(n_layers: int) -> tuple[int, ...]:
+    """The layers of Gemma Scope 2's wider sweeps: 25/50/65/85% depth, rounded half up.
+
+    270M (18 layers): 5, 9, 12, 15, as Gemma Scope 2 lists them; 1B (26): 7, 13, 17, 22; 4B (34):
+    9, 17, 22, 29; 12B (48): 12, 24, 31, 41; 27B (62): 16, 31, 40, 53, the layers of the released
+    1B, 4B and 27B residual SAEs (SAELens's pretrained_saes.yaml).
+    """
+    return tuple(math.floor(fraction * n_layers + 0.5) for fraction in GS2_DEPTHS)
 
 # Sweep values per architecture for the Gemma Scope studies. JumpReLU: λ of
 # docs/recipe.md#jumprelu-loss on inputs normalised to E||x||² = 1; GS names 6e-4 (L0 ≈ 50, 9B L20
@@ -117,3 +135,124 @@ def shrink_for_local(config: ml_collections.ConfigDict) -> None:
     config.inspect.in_all = True  # a small study: inspect is part of --mode=all
     config.plan.accelerator = "tpu_v3"
     config.plan.n_chips = 1
+
+
+# Gemma Scope 2's L0 labels (small 10-20, medium 30-60, big 90-150) as targets of the target-L0
+# JumpReLU form, one value inside each range (our choice; the released 270M residual ladder
+# measures 18-20, 55-60 and 135-150). Sweeps run from the largest L0 to the smallest, so
+# sparsity rises left to right.
+GS2_TARGET_L0 = {"big": 128.0, "medium": 48.0, "small": 16.0}
+# Gemma Scope 2's widths: every layer at 16k and 262k; the four depths also at 65k, and
+# their residual stream at 1m.
+GS2_EVERY_LAYER_WIDTHS = (2**14, 2**18)
+GS2_DEPTH_WIDTHS = (2**14, 2**16, 2**18)
+GS2_RESID_DEPTH_WIDTHS = (2**20,)
+GS2_SIZES = ("270m", "1b", "4b", "12b", "27b")
+
+
+def gemma_scope_2_jumprelu() -> ml_collections.ConfigDict:
+    """`config.jobs.archs` for Gemma Scope 2: JumpReLU, its L0 labels as target L0s.
+
+    The rest of the Gemma Scope recipe as gemma_scope_archs("jumprelu") sets it (log θ, lr 7e-5,
+    the warmups, Adam(0, 0.999)), with `sparsity_form="target_l0"`: the SAE is told the L0 of its
+    label. (Gemma Scope 2's own penalty is quadratic in the L0 with a frequency penalty, not
+    public in full; not this.) Every group sweeps all three labels unless it sets its own.
+    """
+    archs = gemma_scope_archs("jumprelu")
+    archs.jumprelu.sweep_values = tuple(GS2_TARGET_L0.values())
+    archs.jumprelu.sae.sparsity_form = "target_l0"
+    return archs
+
+
+def gemma_scope_2_groups(n_layers: int) -> ml_collections.ConfigDict:
+    """`config.jobs.groups` of Gemma Scope 2's SAE release for a model of `n_layers` layers.
+
+    Every layer x {attn_z, mlp_out, resid_post} at widths 16k and 262k with the small and big
+    target L0; at the four depths (gemma_scope_2_depths) the same kinds at 16k, 65k and 262k and
+    the residual stream also at 1m, each with all three labels. The depth layers are left out
+    of the every-layer groups (their 16k and 262k jobs sweep three labels, a superset). Token
+    budgets: Gemma Scope 2 did not publish them; Gemma Scope's rule (gemma_scope_token_budget).
+    """
+    depths = gemma_scope_2_depths(n_layers)
+    other_layers = [layer for layer in range(n_layers) if layer not in depths]
+    groups = ml_collections.ConfigDict()
+
+    def sites(layers, kinds=GS2_SAE_KINDS):
+        return [f"{kind}/{layer}" for layer in layers for kind in kinds]
+
+    small_big = (GS2_TARGET_L0["big"], GS2_TARGET_L0["small"])
+    for width in GS2_EVERY_LAYER_WIDTHS:
+        group = gemma_scope_group(sites(other_layers), [width])
+        group.sweep_values = ml_collections.ConfigDict(dict(jumprelu=small_big))
+        groups[f"all_{width // 1024}k"] = group
+    for width in GS2_DEPTH_WIDTHS:
+        groups[f"depths_{width // 1024}k"] = gemma_scope_group(sites(depths), [width])
+    for width in GS2_RESID_DEPTH_WIDTHS:
+        groups[f"res_depths_{width // 2**20}m"] = gemma_scope_group(
+            sites(depths, ["resid_post"]), [width]
+        )
+    # Transcoders (issue 15): Gemma Scope 2's `transcoder_all` (mlp_in -> mlp_out on every
+    # layer, with and without an affine skip connection) adds its groups here; `mlp_in` is
+    # already a site (docs/model.md) and goes into config.sites with them.
+    return groups
+
+
+def gemma_scope_2_study(size: str, arg) -> ml_collections.ConfigDict:
+    """The config of the Gemma Scope 2 study of Gemma 3 `size` ("270m" ... "27b").
+
+    `arg` is the parsed config argument of the experiment file (model_dir, variant, runlocal).
+    PT trains on plain pretraining-style text; IT (`variant=it`) on the same documents wrapped
+    as one user turn of Gemma 3's chat template (data.chat_wrap; the user-prefix tokens are left
+    out of the cache, training and evaluation, docs/data.md). The caller sets what depends on
+    the hardware (dtype, model_parallel, forward batch sizes).
+
+    Raises:
+        ValueError: Unknown size or variant.
+    """
+    from gemmascope import model, study
+
+    if size not in GS2_SIZES:
+        raise ValueError(f"Unknown Gemma 3 size {size!r}; valid: {', '.join(GS2_SIZES)}.")
+    if arg.variant not in ("pt", "it"):
+        raise ValueError(f"variant must be 'pt' or 'it', got {arg.variant!r}.")
+    config = study.base_config()
+    config.name = f"gemma3_{size}_{arg.variant}"
+    # Hugging Face folder of google/gemma-3-<size>-pt (or -it; default: that name in the current
+    # directory); the preset gives plan mode the shapes without weights.
+    config.model.path = arg.model_dir or f"gemma-3-{size}-{arg.variant}"
+    config.model.preset = f"gemma3_{size}"
+    # Gemma 3's pretraining mix is not public (nor Gemma Scope 2's SAE data): any large English
+    # web corpus stands in, as in the Gemma 2 studies.
+    config.data.corpus = "monology/pile-uncopyrighted"
+    config.data.text_field = "text"
+    # Sequence length of Gemma Scope (docs/recipe.md#training-data).
+    config.data.seq_len = 1024
+    config.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
+    n_layers = model.presets.get(config.model.preset).num_hidden_layers
+    config.jobs.groups = gemma_scope_2_groups(n_layers)
+    config.jobs.archs = gemma_scope_2_jumprelu()
+    # Activations per step (docs/recipe.md#optimiser).
+    config.train.batch_size = 4096
+    # 16k SAEs data-parallel, every wider SAE latent-sharded (docs/recipe.md#sharding).
+    config.mesh.shard_latents_from = 2**15
+    # Gemma Scope 2's hardware is not public: Gemma Scope's 8 TPU v3 chips at 50.8% MFU
+    # (docs/recipe.md#throughput), as in the Gemma 2 studies.
+    config.plan.accelerator = "tpu_v3"
+    config.plan.n_chips = 8
+    config.plan.mfu = 0.508
+    return config
+
+
+def finish_gemma_scope_2_study(config: ml_collections.ConfigDict, arg) -> None:
+    """The last step of every Gemma 3 study file: runlocal, then IT's chat wrapping.
+
+    Chat wrapping is set after shrink_for_local (which resets config.data), so runlocal wraps
+    too. Gemma 3's turn markers are those of Gemma 2 (`data.chat` defaults): `<start_of_turn>`
+    and `<end_of_turn>` are single tokens (105 and 106 in Gemma 3's vocabulary).
+    """
+    if arg.runlocal:
+        shrink_for_local(config)
+        # Target L0s the embedded model's 64- and 128-wide local SAEs can reach.
+        config.jobs.archs.jumprelu.sweep_values = (32.0, 16.0, 8.0)
+    if arg.variant == "it":
+        config.data.chat_wrap = True

