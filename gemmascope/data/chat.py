@@ -8,7 +8,7 @@
 Gemma Scope trains its IT SAEs on pretraining documents wrapped as one chat turn, the user-turn
 prefix before the document and the model-turn prefix after it, on every position except the
 user-prefix tokens, which are constant and have a much larger norm (GS §4.5;
-docs/recipe.md#it-saes). The default strings are Gemma 2's chat template.
+docs/recipe.md#it-saes). The default strings are the chat template of Gemma 2 and Gemma 3.
 
 The user prefix is tokenized on its own and its ids are put before the tokens of
 `document + model_prefix`, so every wrapped document starts with the same run of ids. That makes
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# Gemma 2's chat template around one user turn (the instruction-tuned models' tokenizers map
-# `<start_of_turn>` / `<end_of_turn>` to the special ids 106 / 107).
+# The chat template of Gemma 2 and Gemma 3 around one user turn (`<start_of_turn>` /
+# `<end_of_turn>` are single special tokens: ids 106 / 107 in Gemma 2's vocabulary, 105 / 106 in
+# Gemma 3's, checked on the real 270M's tokenizer in tests/model/test_model_gemma3_270m.py).
 GEMMA_USER_PREFIX = "<start_of_turn>user\n"
 GEMMA_MODEL_PREFIX = "<end_of_turn>\n<start_of_turn>model\n"
 

@@ -144,3 +144,24 @@ def test_greedy_continuation_matches_transformers(compared):
     ours = buffer[0, len(prompt) :].tolist()
     assert ours == ref
     assert tokenizer.decode(ours).startswith(" the capital of")
+
+
+def test_chat_turn_markers_are_single_tokens_of_the_real_vocabulary(compared):
+    # The IT studies wrap documents in Gemma 3's chat turn (data.chat defaults, the template of
+    # Gemma 2 and 3). This GGUF (PT) carries no chat template, so the markers are checked against
+    # its vocabulary: each is one special token, 105 and 106 in Gemma 3 (Gemma 2: 106 and 107).
+    from gemmascope import data
+
+    tokenizer = compared["tokenizer"]
+    cfg = data.default_config()
+    cfg.chat_wrap = True
+    assert data.user_prefix_ids(cfg, tokenizer) == [105, 2364, 107]
+    model_prefix = tokenizer([cfg.chat_model_prefix], add_special_tokens=False)["input_ids"][0]
+    assert model_prefix == [106, 107, 105, 4368, 107]
+    assert [tokenizer.decode([i]) for i in (105, 106)] == ["<start_of_turn>", "<end_of_turn>"]
+    wrapped = data.chat.wrapped_token_ids(cfg, tokenizer, ["To be, or not to be."])[0]
+    whole = tokenizer(
+        [cfg.chat_user_prefix + "To be, or not to be." + cfg.chat_model_prefix],
+        add_special_tokens=False,
+    )["input_ids"][0]
+    assert wrapped == whole
