@@ -325,3 +325,23 @@ def test_gemma3_270m_local_plan():
     expected = [f"{kind}/{layer}" for layer in (5, 9, 12, 15) for kind in kinds]
     assert sorted(study_plan.cache_tokens) == sorted(expected)
     assert config.model.path == "gguf-package:gemma3_270m"
+
+
+def test_gemma3_27b_plan_names_its_1m_misfits():
+    # The 27B's 1m residual SAEs exceed a v3 device even latent-sharded over all 16; the plan must
+    # name each. By hand: 3 SAEs x (2 x 5376 x 2^20 + 2 x 2^20 + 5376) fp32 params, x 3 with Adam's
+    # moments, over 16 latent shards, + 4 fp32 (4096 x 2^20 / 16) x 3 step arrays = 35.6 GiB.
+    _, config = study.load_config_file("experiments/gemma3_27b.py")
+    study_plan = plan.make_plan(config, study.model_config(config.model))
+    by_hand = 3 * (2 * 5376 * 2**20 + 2 * 2**20 + 5376) * 4 * 3 / 16 + 4 * 4 * 4096 * 2**16 * 3
+    misfits = [job for job in study_plan.jobs if not study_plan.fits(job)]
+    assert sorted(job.name for job in misfits) == [
+        f"resid_post-L{layer}-w1048576-jumprelu" for layer in (16, 31, 40, 53)
+    ]
+    assert misfits[0].memory_bytes_per_device == pytest.approx(by_hand)
+    words = " ".join(plan.format_plan(study_plan).split())
+    assert "! 4 job(s) need more than the 16.0 GiB of one device" in words
+    assert "resid_post-L53-w1048576-jumprelu" in words and "35.6 GiB !" in words
+    _, config = study.load_config_file("experiments/gemma3_270m.py")
+    small = plan.make_plan(config, study.model_config(config.model))
+    assert all(small.fits(job) for job in small.jobs) and "job(s) need" not in plan.format_plan(small)
