@@ -10,7 +10,9 @@ DEMO_WORKDIR ?= workdir/demo
 RUFF ?= ruff>=0.13
 LINT_PATHS := gemmascope tests experiments benchmarks launch tools
 
-.PHONY: demo test lint bench clean browser
+STUDY_270M_WORKDIR ?= workdir/gemma3_270m_local
+
+.PHONY: demo test lint bench clean browser study-270m
 
 $(VENV)/.base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,10 @@ $(VENV)/.test: setup.py $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(PY) -m gemmascope --config=experiments/tiny_demo.py --workdir=$(DEMO_WORKDIR) --mode=all
+
+# The real-model study (docs/gemma3_270m_study.md): the real Gemma 3 270M from the test extra.
+study-270m: $(VENV)/.test
+	$(PY) -m gemmascope --config=experiments/gemma3_270m_local.py --workdir=$(STUDY_270M_WORKDIR) --mode=all
 
 test: $(VENV)/.test browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests

@@ -33,6 +33,10 @@ LAYERS = common.gemma_scope_2_depths(18)
 # Gemma Scope 2's L0 labels (docs/recipe.md): big 90-150, medium 30-60, small 10-20; targets
 # left to right, so sparsity rises along the sweep as in tiny_demo.py.
 TARGET_L0 = (128.0, 48.0, 16.0)
+# The CPU budget (docs/gemma3_270m_study.md): training sequences of 256 tokens cached per site,
+# and held-out sequences evaluated.
+MAX_SEQUENCES = 160
+EVAL_SEQUENCES = 2
 
 
 def get_config(arg=None):
@@ -50,18 +54,19 @@ def get_config(arg=None):
     # token at 512 and 30% more at 1024 (attention), and the budget is tokens.
     config.data.corpus = "embedded"
     config.data.seq_len = 256
-    # Training sequences cached: 600 x 255 tokens after BOS, ~153k tokens per site.
-    config.data.max_sequences = 600
+    # Training sequences cached: 160 x 255 tokens after BOS, 40,800 tokens per site (less the
+    # paragraph ends, which the cache drops with BOS).
+    config.data.max_sequences = MAX_SEQUENCES
     # Held-out: the tail of the text (the tiny model's held-out part too: comparable numbers).
     config.data.eval_split = "tail"
     config.data.eval_fraction = assets.corpus.HELDOUT_FRACTION
-    config.data.n_eval_sequences = 8
+    config.data.n_eval_sequences = EVAL_SEQUENCES
 
     config.sites = tuple(f"{kind}/{layer}" for layer in LAYERS for kind in common.GS2_SAE_KINDS)
-    # Two widths: 2x and 8x d_model (640); attn_z is 1024 wide. Every SAE reads every cached
-    # token once.
+    # Two widths, 0.8x and 3.2x d_model (640; attn_z is 1024 wide). Every SAE reads every cached
+    # token about once.
     config.jobs.groups.depths = dict(
-        sites=config.sites, widths=(1280, 5120), total_tokens=float(600 * 255)
+        sites=config.sites, widths=(512, 2048), total_tokens=float(MAX_SEQUENCES * 255)
     )
     config.jobs.archs.jumprelu = dict(
         sweep_values=TARGET_L0,
@@ -74,17 +79,18 @@ def get_config(arg=None):
         ),
     )
 
-    # ~300 steps per job, as in tiny_demo.py; logging and checkpoints rare (they cost CPU).
-    config.train.batch_size = 512
-    config.train.log_every_tokens = 50 * 512
-    config.train.ckpt_every_tokens = 200 * 512
+    # 160 steps per job (tiny_demo.py: ~290); logging and checkpoints rare (they cost CPU).
+    config.train.batch_size = 256
+    config.train.log_every_tokens = 20 * 256
+    config.train.ckpt_every_tokens = 100 * 256
     config.train.dead_window_tokens = 100_000
     config.train.progress_bar = False
     config.train.tensorboard = False
 
-    # The eval's cost is the 262k-vocabulary unembedding, once per SAE per token. Batches of 2
-    # sequences: each spliced pass holds ~4 fp32 (512, 262144) arrays, 2 GiB.
-    config.eval.n_sequences = 8
+    # The eval's cost is the 262k-vocabulary unembedding, once per SAE per token (and once more
+    # per (site, width) and per site). Batches of 2 sequences: each spliced pass holds ~4 fp32
+    # (512, 262144) arrays, 2 GiB.
+    config.eval.n_sequences = EVAL_SEQUENCES
     config.eval.batch_size = 2
 
     # Plan figures for one H100 (a CPU's are not meaningful).
