@@ -12,7 +12,7 @@ LINT_PATHS := gemmascope tests experiments benchmarks launch tools
 
 STUDY_270M_WORKDIR ?= workdir/gemma3_270m_local
 
-.PHONY: demo test lint bench clean browser study-270m
+.PHONY: demo test lint bench clean browser study-270m study-270m-smoke
 
 $(VENV)/.base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(VENV)/.base
 # The real-model study (docs/gemma3_270m_study.md): the real Gemma 3 270M from the test extra.
 study-270m: $(VENV)/.test
 	$(PY) -m gemmascope --config=experiments/gemma3_270m_local.py --workdir=$(STUDY_270M_WORKDIR) --mode=all
+
+# The same study at one depth and a few steps (a minute or two): every stage on the real model.
+study-270m-smoke: $(VENV)/.test
+	$(PY) -m gemmascope --config=experiments/gemma3_270m_local.py:smoke --workdir=$(STUDY_270M_WORKDIR)_smoke --mode=all
 
 test: $(VENV)/.test browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests

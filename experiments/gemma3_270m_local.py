@@ -11,19 +11,21 @@ once into `~/.cache/gemmascope/models/gemma3_270m` ($GEMMASCOPE_CACHE overrides;
 
 What it does, on the bundled Tiny Shakespeare (docs/gemma3_270m_study.md says why this corpus):
 caches the sites of Gemma Scope 2's four 270M depths (layers 5, 9, 12, 15 = 25/50/65/85%) x
-{resid_post, mlp_out, attn_z} on the training part, trains at every site JumpReLU SAEs at two
-widths with three target L0s (Gemma Scope 2's labels: big, medium, small; the short-run recipe of
-tiny_demo.py, docs/recipe.md#short-runs), and evaluates every SAE (delta LM loss, FVU, L0, KL, dead
-latents) on held-out sequences from the last 10% of the text, the same held-out text as `make
-demo`, into workdir/.../eval/saes.md and plots.
+{resid_post, mlp_out, attn_z} on the training part, trains at every site JumpReLU SAEs of width
+2048 with three target L0s (Gemma Scope 2's labels: big, medium, small; `sae.recipes.short_run`,
+as tiny_demo.py uses it, gemmascope/sae/recipes.py), and evaluates every SAE (delta LM loss,
+FVU, L0, KL, dead latents) on held-out sequences from the last 10% of the text, the same held-out
+text as `make demo`, into workdir/.../eval/saes.md and plots.
 
 Cost: the CPU budget sets every number here; time and the results are in
 docs/gemma3_270m_study.md (measured stage by stage, with the machine's load).
 
-Arguments: runlocal (the same file on the shipped tiny model: tests and CI).
+Arguments: runlocal (the same file on the shipped tiny model: tests and CI); smoke (the real 270M
+at one depth, a few steps and one held-out sequence: `make study-270m-smoke`, about a minute or
+two, and tests/test_gemma3_270m_study.py).
 """
 
-from gemmascope import assets, study
+from gemmascope import assets, sae, study
 from gemmascope.study import jobs
 
 import common
@@ -37,11 +39,18 @@ TARGET_L0 = (128.0, 48.0, 16.0)
 # and held-out sequences evaluated.
 MAX_SEQUENCES = 160
 EVAL_SEQUENCES = 2
+BATCH_SIZE = 256
+# One width, 3.2x d_model (640; attn_z is 1024 wide): a second width (512) would cost another
+# ~60% of the run on a shared 2-core machine (docs/gemma3_270m_study.md, "The budget").
+WIDTHS = (2048,)
+# Optimizer steps per job: one pass over the 160 x 255 cached tokens (rounded up, as the trainer
+# rounds a token budget).
+STEPS = -(-MAX_SEQUENCES * 255 // BATCH_SIZE)
 
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False)
+    arg = study.parse_arg(arg, runlocal=False, smoke=False)
     config = study.base_config()
     config.name = "gemma3_270m_local"
     # The real weights from the pip package, converted on first use (model/packaged.py); the
@@ -63,24 +72,19 @@ def get_config(arg=None):
     config.data.n_eval_sequences = EVAL_SEQUENCES
 
     config.sites = tuple(f"{kind}/{layer}" for layer in LAYERS for kind in common.GS2_SAE_KINDS)
-    # Two widths, 0.8x and 3.2x d_model (640; attn_z is 1024 wide). Every SAE reads every cached
-    # token about once.
+    # Every SAE reads every cached token about once.
     config.jobs.groups.depths = dict(
-        sites=config.sites, widths=(512, 2048), total_tokens=float(MAX_SEQUENCES * 255)
+        sites=config.sites, widths=WIDTHS, total_tokens=float(MAX_SEQUENCES * 255)
     )
+    # The short-run recipe (gemmascope/sae/recipes.py: what benchmarks/recovery.py found best)
+    # for the run's 160 steps, in the target-L0 form, as tiny_demo.py uses it.
     config.jobs.archs.jumprelu = dict(
         sweep_values=TARGET_L0,
-        sae=dict(
-            sparsity_form="target_l0",
-            threshold_param="raw",
-            lr=1.5e-3,
-            lr_warmup_steps=20,
-            sparsity_warmup_steps=60,
-        ),
+        sae=dict(sparsity_form="target_l0", **sae.recipes.short_run("jumprelu", STEPS)),
     )
 
     # 160 steps per job (tiny_demo.py: ~290); logging and checkpoints rare (they cost CPU).
-    config.train.batch_size = 256
+    config.train.batch_size = BATCH_SIZE
     config.train.log_every_tokens = 20 * 256
     config.train.ckpt_every_tokens = 100 * 256
     config.train.dead_window_tokens = 100_000
@@ -102,7 +106,35 @@ def get_config(arg=None):
         common.shrink_for_local(config)
         config.data.eval_split = "tail"
         config.data.eval_fraction = assets.corpus.HELDOUT_FRACTION
+    elif arg.smoke:
+        _shrink_to_smoke(config)
     return config
+
+
+def _shrink_to_smoke(config) -> None:
+    """The real 270M at a size of a minute or two: `make study-270m-smoke` and its test.
+
+    One depth (layer 9) x the three site kinds, 64 sequences of 64 tokens, one width of 256 with
+    the three target L0s, and one held-out sequence: every stage runs on the real model and its
+    tokenizer, but the SAEs are only a few steps old (the numbers mean nothing).
+    """
+    config.name = "gemma3_270m_local_smoke"
+    config.sites = tuple(f"{kind}/9" for kind in common.GS2_SAE_KINDS)
+    config.data.seq_len = 64
+    config.data.max_sequences = 64
+    config.data.n_eval_sequences = 1
+    steps = 64 * 63 // BATCH_SIZE
+    config.jobs.groups.depths = dict(
+        sites=config.sites, widths=(256,), total_tokens=float(steps * BATCH_SIZE)
+    )
+    config.jobs.archs.jumprelu.sae = dict(
+        sparsity_form="target_l0", **sae.recipes.short_run("jumprelu", steps)
+    )
+    config.train.log_every_tokens = 4 * BATCH_SIZE
+    config.train.ckpt_every_tokens = 8 * BATCH_SIZE
+    config.eval.n_sequences = 1
+    config.eval.batch_size = 1
+    config.eval.plots = False
 
 
 def sweep(add, arg=None):

@@ -316,11 +316,11 @@ def test_gemma3_studies_lay_out_gemma_scope_2(size):
 
 
 def test_gemma3_270m_local_plan():
-    # The real-model study: 4 depths x 3 kinds x 2 widths, 3 target L0s each; no weights needed.
+    # The real-model study: 4 depths x 3 kinds x 1 width, 3 target L0s each; no weights needed.
     _, config = study.load_config_file("experiments/gemma3_270m_local.py")
     model_cfg = study.model_config(config.model)
     study_plan = plan.make_plan(config, model_cfg)
-    assert len(study_plan.jobs) == 24 and study_plan.n_saes == 72
+    assert len(study_plan.jobs) == 12 and study_plan.n_saes == 36
     kinds = ("attn_z", "mlp_out", "resid_post")
     expected = [f"{kind}/{layer}" for layer in (5, 9, 12, 15) for kind in kinds]
     assert sorted(study_plan.cache_tokens) == sorted(expected)
