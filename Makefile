@@ -31,7 +31,7 @@ demo: $(VENV)/.base
 study-270m: $(VENV)/.test
 	$(PY) -m gemmascope --config=experiments/gemma3_270m_local.py --workdir=$(STUDY_270M_WORKDIR) --mode=all
 
-# The same study at one depth and a few steps (a minute or two): every stage on the real model.
+# The same study at one depth and a few steps (minutes): every stage on the real model.
 study-270m-smoke: $(VENV)/.test
 	$(PY) -m gemmascope --config=experiments/gemma3_270m_local.py:smoke --workdir=$(STUDY_270M_WORKDIR)_smoke --mode=all
 

@@ -21,8 +21,8 @@ Cost: the CPU budget sets every number here; time and the results are in
 docs/gemma3_270m_study.md (measured stage by stage, with the machine's load).
 
 Arguments: runlocal (the same file on the shipped tiny model: tests and CI); smoke (the real 270M
-at one depth, a few steps and one held-out sequence: `make study-270m-smoke`, about a minute or
-two, and tests/test_gemma3_270m_study.py).
+at one depth, a few steps, one held-out sequence and the inspect stage: `make study-270m-smoke`,
+minutes, and tests/model/test_gemma3_270m_study.py).
 """
 
 from gemmascope import assets, sae, study
@@ -97,6 +97,11 @@ def get_config(arg=None):
     config.eval.n_sequences = EVAL_SEQUENCES
     config.eval.batch_size = 2
 
+    # Inspect (docs/inspect.md) is not part of --mode=all here: one LM pass per site over the
+    # held-out split would add a large share of the budget above (and was not measured); run
+    # --mode=inspect afterwards for the feature pages.
+    config.inspect.in_all = False
+
     # Plan figures for one H100 (a CPU's are not meaningful).
     config.plan.accelerator = "h100"
     config.plan.n_chips = 1
@@ -112,7 +117,7 @@ def get_config(arg=None):
 
 
 def _shrink_to_smoke(config) -> None:
-    """The real 270M at a size of a minute or two: `make study-270m-smoke` and its test.
+    """The real 270M at a size of minutes: `make study-270m-smoke` and its test.
 
     One depth (layer 9) x the three site kinds, 64 sequences of 64 tokens, one width of 256 with
     the three target L0s, and one held-out sequence: every stage runs on the real model and its
@@ -135,6 +140,10 @@ def _shrink_to_smoke(config) -> None:
     config.eval.n_sequences = 1
     config.eval.batch_size = 1
     config.eval.plots = False
+    # The inspect stage too, on 4 held-out sequences: feature pages of the real model.
+    config.inspect.in_all = True
+    config.inspect.n_sequences = 4
+    config.inspect.batch_size = 4
 
 
 def sweep(add, arg=None):

