@@ -35,6 +35,7 @@ def gemma_scope_2_depths(n_layers: int) -> tuple[int, ...]:
     """
     return tuple(math.floor(fraction * n_layers + 0.5) for fraction in GS2_DEPTHS)
 
+
 # Sweep values per architecture for the Gemma Scope studies. JumpReLU: λ of
 # docs/recipe.md#jumprelu-loss on inputs normalised to E||x||² = 1; GS names 6e-4 (L0 ≈ 50, 9B L20
 # residual) and 1e-3 (9B 131k) and its released L0 ladders roughly double per step

@@ -344,4 +344,5 @@ def test_gemma3_27b_plan_names_its_1m_misfits():
     assert "resid_post-L53-w1048576-jumprelu" in words and "35.6 GiB !" in words
     _, config = study.load_config_file("experiments/gemma3_270m.py")
     small = plan.make_plan(config, study.model_config(config.model))
-    assert all(small.fits(job) for job in small.jobs) and "job(s) need" not in plan.format_plan(small)
+    assert all(small.fits(job) for job in small.jobs)
+    assert "job(s) need" not in plan.format_plan(small)
