@@ -245,12 +245,17 @@ def gemma_scope_2_study(size: str, arg) -> ml_collections.ConfigDict:
 
 
 def finish_gemma_scope_2_study(config: ml_collections.ConfigDict, arg) -> None:
-    """The last step of every Gemma 3 study file: runlocal, then IT's chat wrapping.
+    """The last step of every Gemma 3 study file: inspect's settings, runlocal, IT's chat wrapping.
 
     Chat wrapping is set after shrink_for_local (which resets config.data), so runlocal wraps
     too. Gemma 3's turn markers are those of Gemma 2 (`data.chat` defaults): `<start_of_turn>`
     and `<end_of_turn>` are single tokens (105 and 106 in Gemma 3's vocabulary).
     """
+    # Inspect (docs/inspect.md) on eval's mesh and batch, as the Gemma 2 studies; not part of
+    # --mode=all at this scale (hundreds of SAEs): run --mode=inspect. runlocal turns it back on.
+    config.inspect.model_parallel = config.eval.model_parallel
+    config.inspect.batch_size = config.eval.batch_size
+    config.inspect.in_all = False
     if arg.runlocal:
         shrink_for_local(config)
         # Target L0s the embedded model's 64- and 128-wide local SAEs can reach.
