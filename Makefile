@@ -12,7 +12,7 @@ LINT_PATHS := gemmascope tests experiments benchmarks launch tools
 
 STUDY_270M_WORKDIR ?= workdir/gemma3_270m_local
 
-.PHONY: demo test lint bench clean browser study-270m study-270m-smoke
+.PHONY: demo test lint bench clean browser study-270m study-270m-smoke test-real-study
 
 $(VENV)/.base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,3 +63,7 @@ lint: $(VENV)/.lint
 
 clean:
 	rm -rf $(VENV) workdir
+
+# The real-model study's smoke size checked against transformers (3+ minutes; not in `make test`).
+test-real-study: $(VENV)/.test
+	GEMMASCOPE_REAL_STUDY_TEST=1 $(PY) -m pytest -q tests/model/test_gemma3_270m_study.py
