@@ -141,9 +141,13 @@ def test_the_short_run_recipe_recovers_the_dictionary(case):
         np.testing.assert_allclose(np.linalg.norm(stacked["W_dec"], axis=-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["jumprelu", "gated", "relu"])
+@pytest.mark.parametrize("case", ["jumprelu"])
 def test_gemma_scopes_init_fails_the_4x_problems_in_a_short_run(case):
-    """The oracle problems are hard enough: the init issue 12 diagnosed does not pass them."""
+    """The oracle problems are hard enough: the init issue 12 diagnosed does not pass them.
+
+    Only the flagship runs in the suite (20 s each); Gated and ReLU-L1 measured 0.67-0.69 and
+    0.53-0.60 on the 4x problems with the tied init (docs/sae.md#recovery-tests).
+    """
     gemma_scope_init = dict(encoder_init_scale=1.0, decoder_init_norm=1.0, unit_norm_decoder=True)
     results, _ = _recover(case, **gemma_scope_init)
     failed = [p for p, bar in zip(NAMES, MMCS_BARS[case], strict=True) if results[p]["mmcs"] < bar]
