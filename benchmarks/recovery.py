@@ -229,6 +229,14 @@ def _line(row):
             f"{_cell(row['ours'])} | {_cell(row.get('saelens'))} |")  # fmt: skip
 
 
+def _print_header():
+    print(
+        "| problem | arch | value | true L0 | ours: MMCS @ L0 (dead) "
+        "| SAELens: MMCS @ L0 (dead) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+
+
 def print_table(paths):
     """Prints the rows of --out files, and how often ours is at or above SAELens's MMCS."""
     rows = {}
@@ -236,11 +244,7 @@ def print_table(paths):
         with open(path) as f:
             for row in json.load(f)["rows"]:
                 rows[(row["problem"], row["arch"], row["value"])] = row
-    print(
-        "| problem | arch | value | true L0 | ours: MMCS @ L0 (dead) "
-        "| SAELens: MMCS @ L0 (dead) |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
+    _print_header()
     for row in rows.values():
         print(_line(row))
     paired = [r for r in rows.values() if "saelens" in r]
@@ -300,11 +304,7 @@ def main():
         import saelens_env
 
         python = saelens_env.python_path()
-    print(
-        "| problem | arch | value | true L0 | ours: MMCS @ L0 (dead) "
-        "| SAELens: MMCS @ L0 (dead) |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
+    _print_header()
     rows = []
     with concurrent.futures.ThreadPoolExecutor(args.peer_workers) as pool:
         for pname in args.problems.split(","):
