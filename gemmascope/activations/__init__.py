@@ -11,6 +11,8 @@ Every source has the interface the trainer uses, the protocol `ActivationSource`
 - `build_cache(config, workdir)`: writes workdir/activations/<kind>/<layer>/ for config.sites.
 - `CacheSource(site_dir, seed=0)` / `open_source(workdir, site, seed)`: reads one site's cache.
 - `StreamingSource(...)`: feeds batches straight from the model's forward pass.
+- `PairedSource(inputs, targets)` / `open_paired_source(workdir, site, target_site, seed)`:
+  (input, target) batches of two sites of the same tokens, for transcoders.
 - `default_config()`: the `config.cache` section.
 
 See docs/activations.md for the format, the shuffle and resume guarantees.
@@ -18,6 +20,7 @@ See docs/activations.md for the format, the shuffle and resume guarantees.
 
 from gemmascope.activations.array_source import ArraySource, estimate_norm_scale
 from gemmascope.activations.config import default_config
+from gemmascope.activations.paired import PairedSource, open_paired_source
 from gemmascope.activations.reader import CacheSource, open_source
 from gemmascope.activations.source import ActivationSource, check_source
 from gemmascope.activations.storage import CacheError
@@ -29,10 +32,12 @@ __all__ = [
     "ArraySource",
     "CacheError",
     "CacheSource",
+    "PairedSource",
     "StreamingSource",
     "build_cache",
     "check_source",
     "default_config",
     "estimate_norm_scale",
+    "open_paired_source",
     "open_source",
 ]

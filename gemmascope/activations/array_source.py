@@ -109,6 +109,10 @@ class ArraySource(PositionState):
             self._order = ShuffleOrder(self.n_tokens, self._seed, self.n_tokens, self.n_tokens)
         return self._held_out.copy()
 
+    def stream_key(self) -> tuple:
+        """What fixes this stream's token order (`paired.PairedSource` pairs equal keys)."""
+        return ("ArraySource", self._seed, len(self._array), self.n_tokens)
+
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._array[rows].astype(np.float32) / np.float32(self.norm_scale)
 

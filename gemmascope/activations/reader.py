@@ -21,6 +21,7 @@ through tensorstore: chunk_reading.py). A background thread prepares `prefetch` 
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Iterator
 
 import jax
@@ -147,6 +148,24 @@ class CacheSource(PositionState):
             self.n_tokens = (total - n_tokens) // chunk * chunk
             self._order = ShuffleOrder(self.n_tokens, self._seed, chunk, self._window_tokens)
         return self._held_out.copy()
+
+    def stream_key(self) -> tuple:
+        """What fixes this stream's token order (`paired.PairedSource` pairs equal keys).
+
+        The seed, window and rows of the stream, and the cache's identity less what is the
+        site's own (so two sites of one cache build share it).
+        """
+        own = ("array", "dtype", "d_in", "norm_sample_tokens")
+        shared = {k: v for k, v in (self.meta.get("identity") or {}).items() if k not in own}
+        return (
+            "CacheSource",
+            self._seed,
+            self._window_tokens,
+            int(self.meta["chunk_rows"]),
+            int(self.meta["n_tokens"]),
+            self.n_tokens,
+            json.dumps(shared, sort_keys=True, default=str),
+        )
 
     def iter_batches(self, batch_size: int, sharding: jax.sharding.Sharding) -> Iterator[jax.Array]:
         """Yields global fp32 (batch_size, d_in) arrays laid out per `sharding`, forever.

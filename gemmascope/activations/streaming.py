@@ -26,6 +26,7 @@ them, and their last n kept tokens are the held-out rows (every process computes
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -173,6 +174,16 @@ class StreamingSource(PositionState):
         mesh = lm_params.lm_mesh(kwargs.get("model_parallel", 1), field="cache.model_parallel")
         _, params = model.load_hf(folder, dtype=writer.MODEL_DTYPES[dtype], mesh=mesh)
         return cls(model_cfg, params, sequences, site, seed=seed, **kwargs)
+
+    def stream_key(self) -> tuple:
+        """What fixes this stream's token order (`paired.PairedSource` pairs equal keys).
+
+        The seed, the buffer, and the sequences and kept tokens this process streams.
+        """
+        digest = hashlib.sha256(np.ascontiguousarray(self._layout.sequences).tobytes())
+        digest.update(np.packbits(self._layout.keep).tobytes())
+        digest.update(np.asarray(self._mine, np.int64).tobytes())
+        return ("StreamingSource", self._seed, self._window_sequences, digest.hexdigest())
 
     def _kept_rows(self, sequence_ids: np.ndarray) -> np.ndarray:
         """fp32 (kept tokens, d_in) of the given sequences, in order."""

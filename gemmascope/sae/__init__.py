@@ -19,15 +19,30 @@ Synopsis::
     cfg.update(sae.recipes.get("short_run", "jumprelu", total_steps=3000))   # named recipes
     problem = sae.synthetic.Problem(d=48, n_features=192, mean_l0=4.0)     # known-answer data
     f = sae.encode_training_form(jr, x); x_hat = sae.decode_training_form(jr, f)
+    # Transcoders (docs/transcoders.md): cfg.d_out = d_out; cfg.pre_encoder_bias = False
+    loss, metrics = arch.loss(params, x, coeffs, cfg, target=y)   # y (B, d_out)
 """
 
 # Training form, optimisation, architectures.
 # Named recipes (Gemma Scope's, short runs) and synthetic problems with a known answer.
 from gemmascope.sae import recipes, synthetic  # noqa: E402  (after the registry they use)
-from gemmascope.sae.inference import TrainingForm, decode_training_form, encode_training_form
+from gemmascope.sae.inference import (
+    TrainingForm,
+    TranscoderForm,
+    decode_training_form,
+    decode_transcoder_form,
+    encode_training_form,
+    encode_transcoder_form,
+)
 from gemmascope.sae.optim import BUFFER_KEYS, learning_rate, linear_warmup, optimizer
-from gemmascope.sae.registry import ARCHITECTURES, Architecture, check_architecture, get
-from gemmascope.sae.train_step import check_sweep_values, make_train_step
+from gemmascope.sae.registry import (
+    ARCHITECTURES,
+    Architecture,
+    check_architecture,
+    get,
+    supports_transcoders,
+)
+from gemmascope.sae.train_step import batch_loss, check_sweep_values, make_train_step, split_batch
 
 
 def to_jumprelu(params: dict, name: str, cfg) -> TrainingForm:
@@ -57,16 +72,22 @@ __all__ = [
     "Architecture",
     "BUFFER_KEYS",
     "TrainingForm",
+    "TranscoderForm",
+    "batch_loss",
     "check_architecture",
     "check_sweep_values",
     "decode_training_form",
+    "decode_transcoder_form",
     "encode_training_form",
+    "encode_transcoder_form",
     "get",
     "learning_rate",
     "linear_warmup",
     "make_train_step",
     "optimizer",
     "recipes",
+    "split_batch",
+    "supports_transcoders",
     "synthetic",
     "to_jumprelu",
 ]

@@ -75,7 +75,10 @@ def batch_variance(v: jax.Array) -> jax.Array:
 
 
 def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) -> jax.Array:
-    """α · Var(x) · the normalised AuxK reconstruction loss (module docstring); (B, M) pre-acts."""
+    """α · Var(x) · the normalised AuxK reconstruction loss (module docstring); (B, M) pre-acts.
+
+    ``x`` is what ``x_hat`` reconstructs: a transcoder passes its target.
+    """
     if cfg.auxk_alpha == 0:
         return jnp.zeros((), jnp.float32)
     width = pi.shape[-1]

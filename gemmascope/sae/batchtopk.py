@@ -94,25 +94,29 @@ def encode(params: dict, x: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Ar
     return jax.nn.relu(pi) * (pi > inference_threshold(params)).astype(pi.dtype)
 
 
-def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """Reconstruction x̂ = f W_dec + b_dec."""
+def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict, x=None) -> jax.Array:
+    """Reconstruction x̂ = f W_dec + b_dec (+ x W_skip for a skip-transcoder, given x)."""
     del cfg
-    return dictionary.decode(params, f)
+    return dictionary.decode(params, f, x)
 
 
 coeffs = topk.coeffs
 
 
-def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
-    """Reconstruction + AuxK for a batch x (B, d); metrics add ``batch_threshold``."""
+def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict, target=None):
+    """Reconstruction + AuxK for a batch x (B, d); metrics add ``batch_threshold``.
+
+    A transcoder reconstructs ``target`` (B, d_out) instead of x.
+    """
+    target = x if target is None else target
     pi = dictionary.pre_activations(params, x, cfg)
     f = batch_topk_activations(pi, coeffs["k"], cfg)
-    x_hat = dictionary.decode(params, f)
-    recon = jnp.mean(losses.squared_error(x, x_hat))
-    aux = auxk.auxk_loss(params, pi, x, x_hat, cfg)
+    x_hat = dictionary.decode(params, f, x)
+    recon = jnp.mean(losses.squared_error(target, x_hat))
+    aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = recon + aux
     metrics = losses.batch_metrics(
-        x, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=0.0, aux_loss=aux
+        target, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=0.0, aux_loss=aux
     )
     metrics["batch_threshold"] = min_positive(f)
     return total, metrics

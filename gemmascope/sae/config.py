@@ -53,6 +53,13 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.pre_encoder_bias = True
     # Precision of every matmul of the training step (MATMUL_PRECISIONS; GS trains in fp32).
     cfg.matmul_precision = "highest"
+    # Transcoders (docs/transcoders.md): None = an SAE, whose decoder reconstructs its input; an
+    # int = a transcoder whose decoder writes a d_out-wide target site (it reads mlp_in/L and
+    # reconstructs mlp_out/L). The trainer sets it from a paired source's target width.
+    cfg.d_out = None
+    # A skip-transcoder: the output gains the affine skip term x @ W_skip (d_in, d_out); needs
+    # d_out. b_dec is already the output's bias, so the skip term has no bias of its own.
+    cfg.skip_connection = False
     return cfg
 
 
@@ -94,6 +101,28 @@ def check_base(cfg: ml_collections.ConfigDict) -> None:
         if not 0.0 <= cfg[field] < 1.0:
             raise ValueError(f"SAE config field {field!r} must be in [0, 1), got {cfg[field]!r}.")
     check_in(cfg, "matmul_precision", MATMUL_PRECISIONS)
+    check_transcoder(cfg)
+
+
+def check_transcoder(cfg: ml_collections.ConfigDict) -> None:
+    """Validates the transcoder fields ``d_out`` and ``skip_connection`` of :func:`base_config`."""
+    d_out = cfg.get("d_out")
+    if d_out is not None and (isinstance(d_out, bool) or not isinstance(d_out, int) or d_out < 1):
+        raise ValueError(
+            f"SAE config field 'd_out' must be None (an SAE) or a positive integer (a transcoder's "
+            f"target width), got {d_out!r}."
+        )
+    if cfg.get("skip_connection") and d_out is None:
+        raise ValueError(
+            "SAE config field 'skip_connection' is True but 'd_out' is None: the affine skip term "
+            "belongs to transcoders (set d_out, or train on a paired source, which sets it)."
+        )
+    if d_out is not None and cfg.pre_encoder_bias:
+        raise ValueError(
+            "SAE config field 'pre_encoder_bias' is True but this is a transcoder (d_out = "
+            f"{d_out}): its b_dec is the target's bias and cannot be subtracted from the input. "
+            "Set pre_encoder_bias = False (transcoders encode raw inputs, as Gemma Scope 2's do)."
+        )
 
 
 def check_shape(d_in: int, width: int) -> None:

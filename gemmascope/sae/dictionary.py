@@ -1,14 +1,17 @@
 """The shared dictionary: init, affine encoder/decoder maps and the unit-norm decoder constraint.
 
 Layout (npz layout throughout): ``W_enc`` (d_in, M), ``W_dec`` (M, d_in), so latent i's decoder
-vector is the row ``W_dec[i]``. Sources: docs/recipe.md#jumprelu-model (maps), #init,
-#decoder-constraint.
+vector is the row ``W_dec[i]``. A transcoder (``cfg.d_out`` set; docs/transcoders.md) has
+``W_dec`` (M, d_out), ``b_dec`` (d_out,) and, as a skip-transcoder, ``W_skip`` (d_in, d_out).
+Sources: docs/recipe.md#jumprelu-model (maps), #init, #decoder-constraint.
 
 Synopsis::
 
     w_enc, w_dec = init_dictionary(key, d_in, width, cfg)  # unit rows, W_enc = s·W_decᵀ
+    params = init_maps(key, d_in, width, cfg)          # W_enc, b_enc, W_dec, b_dec (+ W_skip)
     pi = pre_activations(params, x, cfg)                # (x − b_dec) @ W_enc + b_enc
     x_hat = decode(params, f)                           # f @ W_dec + b_dec
+    y_hat = decode(params, f, x)                        # a skip-transcoder's + x @ W_skip
     params = constrain(params, cfg)                     # unit rows when cfg.unit_norm_decoder
     g = project_out_parallel(g_dec, w_dec)              # g_i <- g_i - (g_i . d^_i) d^_i
     w_dec = unit_rows(w_dec)                            # d_i <- d_i / ||d_i||
@@ -70,6 +73,33 @@ def init_dictionary(
     return cfg.encoder_init_scale * unit.T, cfg.decoder_init_norm * unit
 
 
+def init_maps(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:
+    """The encoder and decoder params at init: ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``.
+
+    An SAE gets :func:`init_dictionary`'s tied init. A transcoder (``cfg.d_out`` set) maps one
+    site to another, so a tied init has no meaning: W_enc and W_dec are drawn independently
+    (He-uniform, rows rescaled as for an SAE), and a skip-transcoder's ``W_skip`` starts at 0
+    (as SAELens's skip transcoder), so training starts from the plain transcoder.
+    """
+    d_out = cfg.get("d_out")
+    if d_out is None:
+        w_enc, w_dec = init_dictionary(key, d_in, width, cfg)
+        d_out = d_in
+    else:
+        enc_key, dec_key = jax.random.split(key)
+        w_enc = init_dictionary(enc_key, d_in, width, cfg)[0]
+        w_dec = init_dictionary(dec_key, d_out, width, cfg)[1]
+    params = {
+        "W_enc": w_enc,
+        "b_enc": jnp.zeros((width,), jnp.float32),
+        "W_dec": w_dec,
+        "b_dec": jnp.zeros((d_out,), jnp.float32),
+    }
+    if cfg.get("skip_connection"):
+        params["W_skip"] = jnp.zeros((d_in, d_out), jnp.float32)
+    return params
+
+
 @jax.custom_vjp
 def centred_affine(x: jax.Array, w: jax.Array, b: jax.Array, b_dec: jax.Array) -> jax.Array:
     """``(x − b_dec) @ w + b`` whose backward pass skips a matmul.
@@ -110,9 +140,18 @@ def pre_activations(
     return centred_affine(x, params[w_enc_key], params["b_enc"], params["b_dec"])
 
 
-def decode(params: dict, f: jax.Array) -> jax.Array:
-    """Reconstruction ``f @ W_dec + b_dec``."""
-    return f @ params["W_dec"] + params["b_dec"]
+def decode(params: dict, f: jax.Array, x: jax.Array | None = None) -> jax.Array:
+    """Reconstruction ``f @ W_dec + b_dec``, plus ``x @ W_skip`` for a skip-transcoder.
+
+    Raises:
+      ValueError: the params have ``W_skip`` but no input ``x`` was given.
+    """
+    out = f @ params["W_dec"] + params["b_dec"]
+    if "W_skip" not in params:
+        return out
+    if x is None:
+        raise ValueError("decode: a skip-transcoder's output needs its input x (for x @ W_skip)")
+    return out + x.astype(jnp.float32) @ params["W_skip"]
 
 
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:

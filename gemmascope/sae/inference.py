@@ -24,6 +24,8 @@ Synopsis::
     jr = jumprelu_form(params, w_enc, b_enc, theta, cfg)   # folds an absent pre-encoder bias
     f = encode_training_form(jr, x)
     x_hat = decode_training_form(jr, f)
+    tf = jumprelu_form(...)        # a TranscoderForm when cfg.d_out is set (docs/transcoders.md)
+    y_hat = decode_transcoder_form(tf, encode_transcoder_form(tf, x), x)
 """
 
 import dataclasses
@@ -66,6 +68,60 @@ class TrainingForm(Mapping):
         return len(_KEYS)
 
 
+_TRANSCODER_KEYS = (*_KEYS, "W_skip")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class TranscoderForm(Mapping):
+    """A transcoder's JumpReLU form in training units (docs/transcoders.md).
+
+    ``π = x W_enc + b_enc`` (no pre-encoder bias: b_dec is the target's bias),
+    ``f = relu(π)·1[π > threshold]``, ``ŷ = f W_dec + b_dec (+ x W_skip)``, with x = x_raw / C_in
+    and ŷ = y_raw / C_out. ``W_skip`` is None for a transcoder without a skip connection; its
+    keys are the five of ``TrainingForm`` plus ``W_skip`` when present.
+    """
+
+    W_enc: jax.Array
+    W_dec: jax.Array
+    b_enc: jax.Array
+    b_dec: jax.Array
+    threshold: jax.Array
+    W_skip: jax.Array | None = None
+
+    def __getitem__(self, key: str) -> jax.Array:
+        """The array named ``key`` (W_enc, W_dec, b_enc, b_dec, threshold, W_skip if present)."""
+        if key not in tuple(self):
+            raise KeyError(f"TranscoderForm has no {key!r}; its arrays are {list(self)}")
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys, W_skip last when present."""
+        return iter(_TRANSCODER_KEYS if self.W_skip is not None else _KEYS)
+
+    def __len__(self) -> int:
+        """Five or six arrays."""
+        return len(tuple(iter(self)))
+
+
+def encode_transcoder_form(tf: TranscoderForm, x: jax.Array) -> jax.Array:
+    """Latents of a transcoder form: relu(π)·1[π > threshold], π = x W_enc + b_enc."""
+    if not isinstance(tf, TranscoderForm):
+        raise TypeError(f"encode_transcoder_form takes a TranscoderForm, got {type(tf).__name__}")
+    pi = jnp.matmul(x.astype(jnp.float32), tf.W_enc, precision=_HIGHEST) + tf.b_enc
+    return jax.nn.relu(pi) * (pi > tf.threshold).astype(pi.dtype)
+
+
+def decode_transcoder_form(tf: TranscoderForm, f: jax.Array, x: jax.Array) -> jax.Array:
+    """A transcoder form's output f W_dec + b_dec (+ x W_skip), in training units."""
+    if not isinstance(tf, TranscoderForm):
+        raise TypeError(f"decode_transcoder_form takes a TranscoderForm, got {type(tf).__name__}")
+    out = jnp.matmul(f, tf.W_dec, precision=_HIGHEST) + tf.b_dec
+    if tf.W_skip is not None:
+        out = out + jnp.matmul(x.astype(jnp.float32), tf.W_skip, precision=_HIGHEST)
+    return out
+
+
 def check_training_form(jr, caller: str) -> None:
     """Raises TypeError unless ``jr`` is a :class:`TrainingForm`, naming what was given."""
     if not isinstance(jr, TrainingForm):
@@ -97,12 +153,14 @@ def jumprelu_form(
         and the threshold (the form's rows are unit-norm either way).
 
     Returns:
-      The float32 :class:`TrainingForm` described in the module docstring.
+      The float32 :class:`TrainingForm` described in the module docstring; for a transcoder
+      (``cfg.d_out`` set) a :class:`TranscoderForm` (no pre-encoder bias, ``W_skip`` kept).
     """
     w_enc = jnp.asarray(w_enc, jnp.float32)
     w_dec = jnp.asarray(params["W_dec"], jnp.float32)
     b_enc = jnp.asarray(b_enc, jnp.float32)
-    if not cfg.pre_encoder_bias:
+    transcoder = cfg.get("d_out") is not None
+    if not cfg.pre_encoder_bias and not transcoder:
         b_enc = b_enc + jnp.matmul(params["b_dec"], w_enc, precision=_HIGHEST)
     theta = jnp.broadcast_to(jnp.asarray(theta, jnp.float32), b_enc.shape)
     if not cfg.unit_norm_decoder:
@@ -112,6 +170,16 @@ def jumprelu_form(
         norms = jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(w_dec), axis=-1)), 1e-12)
         w_enc, b_enc, theta = w_enc * norms, b_enc * norms, theta * norms
         w_dec = w_dec / norms[:, None]
+    if transcoder:
+        skip = params.get("W_skip")
+        return TranscoderForm(
+            W_enc=w_enc,
+            W_dec=w_dec,
+            b_enc=b_enc,
+            b_dec=jnp.asarray(params["b_dec"], jnp.float32),
+            threshold=theta,
+            W_skip=None if skip is None else jnp.asarray(skip, jnp.float32),
+        )
     return TrainingForm(
         W_enc=w_enc,
         W_dec=w_dec,

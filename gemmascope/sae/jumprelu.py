@@ -88,14 +88,8 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
     """
     config_lib.check_shape(d_in, width)
     validate(cfg)
-    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width, cfg)
+    params = dictionary.init_maps(key, d_in, width, cfg)
     theta = jnp.full((width,), cfg.threshold_init, jnp.float32)
-    params = {
-        "W_enc": w_enc,
-        "b_enc": jnp.zeros((width,), jnp.float32),
-        "W_dec": w_dec,
-        "b_dec": jnp.zeros((d_in,), jnp.float32),
-    }
     if cfg.threshold_param == "log":
         params["log_threshold"] = jnp.log(theta)
     else:
@@ -120,10 +114,10 @@ def encode(params: dict, x: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Ar
     return ste.jumprelu(pi, threshold(params, cfg), cfg.bandwidth)
 
 
-def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """Reconstruction x̂ = f W_dec + b_dec."""
+def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict, x=None) -> jax.Array:
+    """Reconstruction x̂ = f W_dec + b_dec (+ x W_skip for a skip-transcoder, given x)."""
     del cfg
-    return dictionary.decode(params, f)
+    return dictionary.decode(params, f, x)
 
 
 def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict:
@@ -141,22 +135,26 @@ def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict
     return {"sparsity_coeff": optim.linear_warmup(base, step_index, cfg.sparsity_warmup_steps)}
 
 
-def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
-    """Training loss and metrics for a batch x (B, d); see the module docstring."""
+def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict, target=None):
+    """Training loss and metrics for a batch x (B, d); see the module docstring.
+
+    A transcoder reconstructs ``target`` (B, d_out) instead of x (docs/transcoders.md).
+    """
+    target = x if target is None else target
     theta = threshold(params, cfg)
     pi = dictionary.pre_activations(params, x, cfg)
     f = ste.jumprelu(pi, theta, cfg.bandwidth)
-    x_hat = dictionary.decode(params, f)
-    recon = jnp.mean(losses.squared_error(x, x_hat))
+    x_hat = dictionary.decode(params, f, x)
+    recon = jnp.mean(losses.squared_error(target, x_hat))
     l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
     coeff = coeffs["sparsity_coeff"]
     if cfg.sparsity_form == "target_l0":
         coeff = coeff * jnp.exp(jax.lax.stop_gradient(params["log_sparsity_coeff"]))
     sparsity = coeff * jnp.mean(l0_per_token)
-    aux = auxk.auxk_loss(params, pi, x, x_hat, cfg)
+    aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = recon + sparsity + aux
     metrics = losses.batch_metrics(
-        x, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=sparsity, aux_loss=aux
+        target, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=sparsity, aux_loss=aux
     )
     metrics["sparsity_coeff"] = jnp.asarray(coeff, jnp.float32)
     if cfg.sparsity_form == "target_l0":

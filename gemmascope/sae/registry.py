@@ -57,7 +57,11 @@ class Architecture(Protocol):
         """The traced loss coefficients of a step; `sweep_value` overrides the swept field."""
 
     def loss(self, params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
-        """(loss, metrics) of a batch; metrics as `losses.batch_metrics` (with `fired`)."""
+        """(loss, metrics) of a batch; metrics as `losses.batch_metrics` (with `fired`).
+
+        An architecture that trains transcoders also takes the keyword ``target`` (B, d_out),
+        the site its decoder reconstructs instead of x (`supports_transcoders`).
+        """
 
     def constrain(self, params: dict, cfg: ml_collections.ConfigDict) -> dict:
         """The params after an update, projected back to their constraints (unit decoder rows)."""
@@ -121,6 +125,25 @@ ARCHITECTURES: dict[str, Architecture] = _Registry(
         for module in (jumprelu, gated, topk, batchtopk, relu, matryoshka)
     }
 )
+
+
+def supports_transcoders(arch: Architecture) -> bool:
+    """Whether ``arch`` trains transcoders: its ``loss`` takes the keyword ``target``.
+
+    docs/transcoders.md: JumpReLU, TopK and BatchTopK do.
+    """
+    return "target" in inspect.signature(arch.loss).parameters
+
+
+def check_transcoder_support(name: str, cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError when ``cfg`` asks for a transcoder (``d_out``) ``name`` cannot train."""
+    if cfg.get("d_out") is None or supports_transcoders(get(name)):
+        return
+    valid = sorted(n for n, arch in ARCHITECTURES.items() if supports_transcoders(arch))
+    raise ValueError(
+        f"SAE architecture {name!r} does not train transcoders (its loss takes no target); "
+        f"architectures that do: {valid}."
+    )
 
 
 def get(name: str) -> Architecture:

@@ -83,14 +83,8 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
     config_lib.check_shape(d_in, width)
     validate(cfg)
     validate_k(cfg, width)
-    w_enc, w_dec = dictionary.init_dictionary(key, d_in, width, cfg)
-    return {
-        "W_enc": w_enc,
-        "b_enc": jnp.zeros((width,), jnp.float32),
-        "W_dec": w_dec,
-        "b_dec": jnp.zeros((d_in,), jnp.float32),
-        "tokens_since_fired": auxk.init_counters(width),
-    }
+    params = dictionary.init_maps(key, d_in, width, cfg)
+    return {**params, "tokens_since_fired": auxk.init_counters(width)}
 
 
 def topk_activations(pi: jax.Array, k, cfg: ml_collections.ConfigDict) -> jax.Array:
@@ -106,10 +100,10 @@ def encode(params: dict, x: jax.Array, cfg: ml_collections.ConfigDict, k=None) -
     return topk_activations(pi, cfg.k if k is None else k, cfg)
 
 
-def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """Reconstruction x̂ = f W_dec + b_dec."""
+def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict, x=None) -> jax.Array:
+    """Reconstruction x̂ = f W_dec + b_dec (+ x W_skip for a skip-transcoder, given x)."""
     del cfg
-    return dictionary.decode(params, f)
+    return dictionary.decode(params, f, x)
 
 
 def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict:
@@ -118,16 +112,17 @@ def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict
     return {"k": jnp.asarray(cfg.k if sweep_value is None else sweep_value, jnp.int32)}
 
 
-def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
-    """Reconstruction + AuxK for a batch x (B, d)."""
+def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict, target=None):
+    """Reconstruction + AuxK for a batch x (B, d); a transcoder reconstructs ``target``."""
+    target = x if target is None else target
     pi = dictionary.pre_activations(params, x, cfg)
     f = topk_activations(pi, coeffs["k"], cfg)
-    x_hat = dictionary.decode(params, f)
-    recon = jnp.mean(losses.squared_error(x, x_hat))
-    aux = auxk.auxk_loss(params, pi, x, x_hat, cfg)
+    x_hat = dictionary.decode(params, f, x)
+    recon = jnp.mean(losses.squared_error(target, x_hat))
+    aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = recon + aux
     metrics = losses.batch_metrics(
-        x, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=0.0, aux_loss=aux
+        target, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=0.0, aux_loss=aux
     )
     return total, metrics
 

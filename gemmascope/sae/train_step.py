@@ -5,6 +5,8 @@ Synopsis::
     step = make_train_step("jumprelu", cfg)
     opt_state = optim.optimizer(cfg).init(params)       # gemmascope.sae.optim
     params, opt_state, metrics = step(params, opt_state, x, step_index, sweep_value)
+    params, opt_state, metrics = step(params, opt_state, (x, y), step_index, sweep_value)
+    # ^ a transcoder (cfg.d_out set): x (B, d_in) in, y (B, d_out) reconstructed
 
 The step (docs/recipe.md#optimiser): loss coefficients for this step (warmed-up λ, with
 ``sweep_value`` overriding ``cfg[arch.sweep_field(cfg)]`` as a traced scalar) -> loss and gradient
@@ -34,6 +36,26 @@ def split_buffers(params: dict) -> tuple[dict, dict]:
     trainable = {k: v for k, v in params.items() if k not in optim.BUFFER_KEYS}
     buffers = {k: v for k, v in params.items() if k in optim.BUFFER_KEYS}
     return trainable, buffers
+
+
+def split_batch(batch) -> tuple[jax.Array, jax.Array | None]:
+    """(input, target) of a batch; the target is None for an SAE's batch (one array).
+
+    A transcoder's batch is the pair (input (B, d_in), target (B, d_out)) a paired source yields.
+    """
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2:
+            raise ValueError(f"a transcoder batch is an (input, target) pair, got {len(batch)}")
+        return batch[0], batch[1]
+    return batch, None
+
+
+def batch_loss(arch, params: dict, batch, coeffs: dict, cfg: ml_collections.ConfigDict):
+    """``arch.loss`` of one batch: an SAE's array, or a transcoder's (input, target) pair."""
+    x, target = split_batch(batch)
+    if target is None:
+        return arch.loss(params, x, coeffs, cfg)
+    return arch.loss(params, x, coeffs, cfg, target=target)
 
 
 def check_sweep_values(name: str, cfg: ml_collections.ConfigDict, values, width=None) -> None:
@@ -87,6 +109,7 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
     """
     arch = registry.get(name)
     arch.validate(cfg)
+    registry.check_transcoder_support(name, cfg)
     tx = optim.optimizer(cfg)
 
     def step(params, opt_state, x, step_index, sweep_value):
@@ -98,7 +121,7 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
         trainable, buffers = split_buffers(params)
 
         def loss_of_trainable(trainable_params):
-            return arch.loss({**trainable_params, **buffers}, x, coeffs, cfg)
+            return batch_loss(arch, {**trainable_params, **buffers}, x, coeffs, cfg)
 
         (_, metrics), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
         grads = {**grads, **{k: jnp.zeros_like(v) for k, v in buffers.items()}}
@@ -106,7 +129,7 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
         new_params = optax.apply_updates(params, updates)
         new_params = {**new_params, **buffers}  # buffers change only in update_buffers
         new_params = arch.constrain(new_params, cfg)
-        new_params = arch.update_buffers(new_params, x, metrics, step_index, cfg)
+        new_params = arch.update_buffers(new_params, split_batch(x)[0], metrics, step_index, cfg)
         metrics = {
             **metrics,
             "lr": optim.learning_rate(cfg, step_index),

@@ -43,6 +43,9 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.name = "job"
     # Site the activations come from, e.g. "resid_post/12" (recorded in job.json for the exporter).
     c.site = ""
+    # A transcoder's target site, e.g. "mlp_out/12" ("" for an SAE): the job then trains on a
+    # paired source (input `site`, target `target_site`; docs/transcoders.md).
+    c.target_site = ""
     # Identity of the model the activations come from (preset name or HF path), for job.json.
     c.model = ""
     # Expected activation width; None takes the source's (a mismatch with the source is an error).

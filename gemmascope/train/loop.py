@@ -72,16 +72,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def resolve_sae_config(
-    job_cfg: ml_collections.ConfigDict, arch: sae.Architecture
+    job_cfg: ml_collections.ConfigDict, arch: sae.Architecture, d_out: int | None = None
 ) -> ml_collections.ConfigDict:
     """The SAE config the step uses: job_cfg.sae checked against the arch, token warmups applied.
 
     Its windows are tied to the job's by `config.link_sae_config` (AuxK's dead window, the
-    BatchTopK threshold start).
+    BatchTopK threshold start). `d_out`, a paired source's target width, makes it a transcoder's
+    (`sae.d_out`; docs/transcoders.md).
 
     Raises:
         ValueError: a field of job_cfg.sae is not a field of the architecture's config, or its
-            windows disagree with the job's (`config.link_sae_config`).
+            windows disagree with the job's (`config.link_sae_config`), or `sae.d_out` disagrees
+            with the source's target width, or the architecture trains no transcoders.
     """
     defaults = arch.default_config()
     sae_cfg = ml_collections.ConfigDict(job_cfg.sae.to_dict() if job_cfg.sae else {})
@@ -92,6 +94,14 @@ def resolve_sae_config(
             f"know; valid fields: {sorted(defaults.keys())}"
         )
     defaults.update(sae_cfg)
+    if d_out is not None:
+        if defaults.get("d_out") not in (None, int(d_out)):
+            raise ValueError(
+                f"job_cfg.sae.d_out is {defaults.d_out} but the source's target site "
+                f"({job_cfg.get('target_site')!r}) is {d_out} wide; leave sae.d_out None"
+            )
+        defaults.d_out = int(d_out)
+    sae.registry.check_transcoder_support(job_cfg.arch, defaults)
     for tokens_field, steps_field in (
         ("lr_warmup_tokens", "lr_warmup_steps"),
         ("sparsity_warmup_tokens", "sparsity_warmup_steps"),
@@ -149,7 +159,8 @@ def train_sweep(
     Args:
         job_cfg: a `default_config()` (with overrides).
         source: an `activations.ActivationSource` (docs/internals.md): d_in, norm_scale,
-            iter_batches(batch size, sharding), state(), restore(state).
+            iter_batches(batch size, sharding), state(), restore(state); an
+            `activations.PairedSource` trains transcoders (docs/transcoders.md).
         workdir: the study's workdir; this job writes workdir/runs/<job_cfg.name>/.
         devices: the devices job_cfg.mesh lays out (default: every device of every process).
 
@@ -166,7 +177,8 @@ def train_sweep(
     # 1. Config: architecture, SAE config, members, step budgets; the source's contract.
     activations.check_source(source)
     arch = config.get_architecture(job_cfg.arch)
-    sae_cfg = resolve_sae_config(job_cfg, arch)
+    d_out = _target_width(job_cfg, source)
+    sae_cfg = resolve_sae_config(job_cfg, arch, d_out)
     sweep_field = arch.sweep_field(sae_cfg)
     members = config.sweep_members(job_cfg)
     budget = config.resolve_budget(job_cfg)
@@ -254,6 +266,8 @@ def train_sweep(
     if not preempted and is_writer:
         files.save_npz(os.fspath(run_dir / "final_params.npz"), params)
         job = job_cfg.to_dict()
+        if d_out is not None:  # a transcoder: export folds both scalars (docs/transcoders.md)
+            job.update(d_out=d_out, target_norm_scale=float(source.target_norm_scale))
         job.update(
             norm_scale=float(source.norm_scale),
             d_in=d_in,
@@ -284,6 +298,23 @@ def _source_width(job_cfg: ml_collections.ConfigDict, source) -> int:
             f"{job_cfg.site!r}); give this job the activations of its own site"
         )
     return d_in
+
+
+def _target_width(job_cfg: ml_collections.ConfigDict, source) -> int | None:
+    """A paired source's target width d_out (a transcoder job), or None for an SAE's source.
+
+    Raises:
+        ValueError: the job names a target site but the source is not paired, or the reverse.
+    """
+    d_out = getattr(source, "d_out", None)
+    target_site = job_cfg.get("target_site") or ""
+    if target_site and d_out is None:
+        raise ValueError(
+            f"job {job_cfg.name!r} is a transcoder (target_site {target_site!r}) but its source "
+            f"yields one site; give it an activations.PairedSource ({job_cfg.site!r} -> "
+            f"{target_site!r})"
+        )
+    return None if d_out is None else int(d_out)
 
 
 def _sweep_dtype(members) -> np.dtype:
@@ -331,10 +362,16 @@ def _restore_or_init(manager, fns, source, members, shape: step.JobShape, sweep_
 
 def _heldout_batch(source, fns, shape: step.JobShape) -> jax.Array:
     """The source's held-out rows, one batch, laid out like a training batch."""
-    rows = source.hold_out(shape.batch_size)
-    return global_batch.global_batch(
-        np.arange(shape.batch_size), shape.d_in, fns.batch_sharding, lambda r: rows[r]
-    )
+    held = source.hold_out(shape.batch_size)
+
+    def laid_out(rows):
+        return global_batch.global_batch(
+            np.arange(shape.batch_size), rows.shape[1], fns.batch_sharding, lambda r: rows[r]
+        )
+
+    if isinstance(held, tuple):  # a transcoder's (input, target) rows
+        return tuple(laid_out(rows) for rows in held)
+    return laid_out(held)
 
 
 def _heldout_metrics(fns, state, batch) -> dict:

@@ -51,7 +51,8 @@ class CompiledFunctions:
 
     Attributes:
         init: (seeds (S,) int32, sweep_values (S,)) -> state, sharded by `state_shardings`.
-        train_step: (state, batch (B, d_in)) -> (state, metrics); state donated. `metrics` maps
+        train_step: (state, batch (B, d_in), or a transcoder's (input, target) pair) ->
+            (state, metrics); state donated. `metrics` maps
             recon_loss, sparsity_loss, loss, l0, fvu, lr, sparsity_coeff, frac_dead to (S,) arrays.
         heldout: (state, batch (B, d_in)) -> {fvu, l0, frac_dead}, each (S,): every member's
             training-form forward pass (`arch.loss`'s metrics, at the state's step, the member's
@@ -60,7 +61,8 @@ class CompiledFunctions:
             state is not changed.
         abstract_state: the state's ShapeDtypeStructs, each carrying its sharding (restore target).
         state_shardings: the NamedSharding of every state leaf.
-        batch_sharding: the sharding batches must have (rows on `data`).
+        batch_sharding: the sharding batches must have (rows on `data`); a transcoder's
+            (input, target) pair has it on both arrays.
     """
 
     init: Callable
@@ -183,7 +185,7 @@ def _build(shape: JobShape) -> CompiledFunctions:
             params, value = member
             coeffs = arch.coeffs(sae_cfg, state["step"], value)
             with jax.default_matmul_precision(sae_cfg.matmul_precision):  # training's precision
-                _, metrics = arch.loss(params, batch, coeffs, sae_cfg)
+                _, metrics = sae.batch_loss(arch, params, batch, coeffs, sae_cfg)
             never_fired = jnp.mean((metrics["fired"] == 0).astype(jnp.float32))
             return {"fvu": metrics["fvu"], "l0": metrics["l0"], "frac_dead": never_fired}
 
