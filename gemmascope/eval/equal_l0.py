@@ -32,11 +32,20 @@ TRAINED = "trained"
 
 
 def curve_label(row) -> str:
-    """The curve an SAE belongs to: its architecture, with the source when it was not trained."""
+    """The curve an SAE belongs to: its architecture, with the source when it was not trained.
+
+    Transcoders' curves carry their kind (``jumprelu transcoder_affine``), so plain and affine
+    transcoders of one site pair are two curves.
+    """
+    label = str(row.architecture)
+    kind = getattr(row, "kind", "")
+    marked = getattr(row, "transcoder", False)
+    if isinstance(marked, (bool, np.bool_)) and marked and isinstance(kind, str):
+        label = f"{label} {kind}"
     source = getattr(row, "source", TRAINED)
     if pd.isna(source) or source == TRAINED:
-        return str(row.architecture)
-    return f"{row.architecture} ({source})"
+        return label
+    return f"{label} ({source})"
 
 
 def interpolate_log_l0(l0s: np.ndarray, values: np.ndarray, at: float) -> float:
@@ -67,8 +76,11 @@ def compare(frame: pd.DataFrame) -> pd.DataFrame:
     """
     frame = frame[frame["l0"] > 0].copy()
     frame["curve"] = [curve_label(row) for row in frame.itertuples()]
+    # A transcoder is compared only with transcoders of its site pair (its metrics are the
+    # target's), never with SAEs of its input site.
+    frame["pair"] = frame["target_site"].fillna("") if "target_site" in frame else ""
     points = []
-    for (site, width), group in frame.groupby(["site", "width"], sort=True):
+    for (site, width, _), group in frame.groupby(["site", "width", "pair"], sort=True):
         curves = {name: rows for name, rows in group.groupby("curve", sort=True)}
         for name, rows in curves.items():
             for rival, rival_rows in curves.items():

@@ -42,7 +42,7 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _check_released(params, caller: str) -> None:
     """Raises TypeError when handed the training form instead of released params."""
-    if isinstance(params, inference.TrainingForm):
+    if isinstance(params, (inference.TrainingForm, inference.TranscoderForm)):
         raise TypeError(
             f"{caller} takes released (raw-unit, b_dec folded) params such as a params.npz, got "
             "a TrainingForm (training units, b_dec subtracted before encoding): fold it with "
@@ -90,14 +90,25 @@ def topk_encode_released(
     return jnp.where(pre >= kth, jax.nn.relu(pre), 0.0)
 
 
-def decode_released(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
+def decode_released(
+    params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array | None = None
+) -> jax.Array:
     """``x̂ = f @ W_dec + b_dec`` in full float32, in raw units.
+
+    A skip-transcoder (``W_skip`` (d_in, d_out) in ``params``) adds ``x @ W_skip`` of its raw
+    input ``x`` (docs/transcoders.md).
 
     Raises:
       TypeError: ``params`` is a ``sae.TrainingForm`` (its x̂ would be in training units).
+      ValueError: ``params`` has ``W_skip`` but ``x`` is None.
     """
     _check_released(params, "decode_released")
-    return _matmul(f, params["W_dec"]) + params["b_dec"]
+    out = _matmul(f, params["W_dec"]) + params["b_dec"]
+    if "W_skip" not in params:
+        return out
+    if x is None:
+        raise ValueError("decode_released: a skip-transcoder's output needs its raw input x")
+    return out + _matmul(jnp.asarray(x, jnp.float32), params["W_skip"])
 
 
 def reconstruction_sums(

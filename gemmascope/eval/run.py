@@ -78,6 +78,9 @@ def table_rows(
                 "sae": sae_id,
                 "model": recorded_model if isinstance(recorded_model, str) else model_name,
                 "site": config["site"],
+                # Transcoder rows: metrics are of target_site, which the output replaced.
+                "transcoder": bool(config.get("target_site")),
+                "target_site": config.get("target_site") or "",
                 "kind": config["kind"],
                 "layer": int(config["layer"]),
                 "d_in": int(config["d_in"]),

@@ -55,22 +55,32 @@ JUMPRELU = {"type": "jumprelu"}
 class GroupKey(NamedTuple):
     """SAEs with equal keys are stacked and spliced in one program, whatever their architecture.
 
-    After export all are the same five arrays, applied by the same encoder rule.
+    After export all are the same five arrays (six for skip-transcoders), applied by the same
+    encoder rule. ``site`` is where the output is spliced and measured; ``input_site`` is what
+    the encoder reads: the same site for an SAE, ``mlp_in/L`` for a transcoder of ``mlp_out/L``.
     """
 
     site: str
     width: int
     encoder: str  # "jumprelu" or "topk"
+    input_site: str = ""
+    skip: bool = False
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether the group reads another site than it splices."""
+        return self.input_site != self.site
 
 
 @dataclasses.dataclass
 class SaeEntry:
-    """One SAE to evaluate: its folder, its config.json, its raw-unit Gemma Scope params.
+    """One SAE or transcoder to evaluate: its folder, its config.json, its raw-unit params.
 
     Attributes:
         folder: where it was loaded from (names it in errors and in the table).
-        config: its config.json (``export.layout.read_config``).
-        params: the five arrays of ``NPZ_KEYS``.
+        config: its config.json (``export.layout.read_config``); a transcoder's names its
+            ``target_site`` (docs/transcoders.md).
+        params: the five arrays of ``NPZ_KEYS``, plus ``W_skip`` for a skip-transcoder.
         encoder: the encoder rule, ``{"type": "jumprelu"}`` or ``{"type": "topk", "k": k}``
             (config.json's ``encoder``).
     """
@@ -100,14 +110,28 @@ class SaeEntry:
         """Reads ``folder/config.json`` and ``folder/params.npz`` (shapes checked)."""
         config = layout.read_config(folder)
         params = load_npz(
-            f"{folder}/{layout.PARAMS_FILE}", d_in=int(config["d_in"]), width=int(config["width"])
+            f"{folder}/{layout.PARAMS_FILE}",
+            d_in=int(config["d_in"]),
+            width=int(config["width"]),
+            d_out=config.get("d_out"),
         )
         return cls(folder=folder, config=config, params=params, encoder=config["encoder"])
 
     @property
+    def target_site(self) -> str:
+        """Where the output is spliced: config.json's ``target_site``, or the site of an SAE."""
+        return self.config.get("target_site") or self.config["site"]
+
+    @property
     def group_key(self) -> GroupKey:
         """The key of the group this SAE is spliced with."""
-        return GroupKey(self.config["site"], int(self.config["width"]), self.encoder["type"])
+        return GroupKey(
+            self.target_site,
+            int(self.config["width"]),
+            self.encoder["type"],
+            input_site=self.config["site"],
+            skip="W_skip" in self.params,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,11 +149,15 @@ def prefix_site(site: str) -> str | None:
     return f"resid_post/{layer - 1}" if layer > 0 else None
 
 
-def _spliced_logits(cfg, model_params, tokens, prefix, site, fn):
-    """Logits with ``fn`` replacing ``site``; resumes from ``prefix`` (a resid) when given."""
+def _spliced_logits(cfg, model_params, tokens, prefix, site, fn, replace=None):
+    """Logits with ``fn`` replacing ``site`` (and any other ``replace``); resumes from ``prefix``.
+
+    ``prefix`` is the clean resid_post before ``site``'s layer, or None to run from the start.
+    """
+    replace = {**(replace or {}), site: fn}
     if prefix is None:
-        return model.forward(cfg, model_params, tokens, replace={site: fn})[0]
-    return model.forward_from(cfg, model_params, prefix_site(site), prefix, replace={site: fn})[0]
+        return model.forward(cfg, model_params, tokens, replace=replace)[0]
+    return model.forward_from(cfg, model_params, prefix_site(site), prefix, replace=replace)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sites"))
@@ -171,6 +199,12 @@ def _encode(sae, x, k_max):
     return metrics.topk_encode_released(sae, x, sae["k"], k_max)
 
 
+def _apply(sae, x, k_max):
+    """(latents, output) of raw input ``x``: the SAE's reconstruction, a transcoder's target."""
+    f = _encode(sae, x, k_max)
+    return f, metrics.decode_released(sae, f, x)
+
+
 def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array]:
     """Stacks a group's params on axis 0 as ``_group_pass`` runs them, in chunks of ``chunk``.
 
@@ -183,7 +217,8 @@ def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array
     n_total = (1 + -(-len(members) // chunk)) * chunk
     padding = n_total - chunk - len(members)
     order = [members[0]] * chunk + list(members) + [members[0]] * padding
-    stacked = {k: jnp.asarray(np.stack([entry.params[k] for entry in order])) for k in NPZ_KEYS}
+    keys = [*NPZ_KEYS, "W_skip"] if "W_skip" in members[0].params else NPZ_KEYS
+    stacked = {k: jnp.asarray(np.stack([entry.params[k] for entry in order])) for k in keys}
     if members[0].encoder["type"] == "topk":
         stacked["k"] = jnp.asarray([int(entry.encoder["k"]) for entry in order], jnp.int32)
     index = np.arange(n_total)
@@ -192,17 +227,21 @@ def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array
     return stacked
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk", "with_lm", "k_max"))
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "site", "input_site", "chunk", "with_lm", "k_max")
+)
 def _group_pass(
     model_params,
     tokens,
     keep,
     acts,
+    inputs,
     prefix,
     stacked,
     *,
     cfg,
     site,
+    input_site,
     chunk,
     with_lm,
     k_max,
@@ -217,22 +256,35 @@ def _group_pass(
     delta CE = KL = 0 exactly. Neither a separately compiled program (the clean pass, or
     ``lax.map``'s remainder) nor another position in the vmapped batch guarantees that: XLA's
     CPU matmuls round rows differently by their position in the tile.
+
+    A transcoder group (``input_site`` not ``site``) encodes ``inputs`` (the clean
+    ``input_site``) and is measured against ``acts`` (the clean ``site``). Its splice replaces
+    ``site`` with the transcoder's output of the same spliced pass's ``input_site`` activation:
+    an identity replacement at ``input_site`` hands that activation to the one at ``site``
+    (both run in one trace, ``input_site`` first, as ``mlp_in/L`` comes before ``mlp_out/L``).
     """
     keep_lm = metrics.lm_keep(keep)
 
     def one_element(sae):
-        f = _encode(sae, acts, k_max)
-        recon = metrics.reconstruction_sums(acts, metrics.decode_released(sae, f), f, keep)
+        f, out = _apply(sae, inputs, k_max)
+        recon = metrics.reconstruction_sums(acts, out, f, keep)
         if not with_lm:
             return recon, None
+        seen = {}
+
+        def read_input(x):
+            seen["x"] = x
+            return x
 
         def splice(a):
             # Special tokens (and padding rows) keep their original activation; so does
             # every token of the reference and padding elements (use_sae False).
-            x_hat = metrics.decode_released(sae, _encode(sae, a, k_max)).astype(a.dtype)
-            return jnp.where(sae["use_sae"] & keep[..., None], x_hat, a)
+            x = seen["x"] if input_site != site else a
+            out = _apply(sae, x, k_max)[1].astype(a.dtype)
+            return jnp.where(sae["use_sae"] & keep[..., None], out, a)
 
-        logits = _spliced_logits(cfg, model_params, tokens, prefix, site, splice)
+        reads = {input_site: read_input} if input_site != site else None
+        logits = _spliced_logits(cfg, model_params, tokens, prefix, site, splice, reads)
         return recon, metrics.next_token_logp(logits)
 
     def one_chunk(reference_logp, elements):
@@ -368,12 +420,22 @@ def _prepare_groups(
     """Groups the SAEs by ``GroupKey`` (site and width checked) and stacks each group."""
     indices: dict[GroupKey, list[int]] = {}
     for index, entry in enumerate(saes):
-        site = entry.config["site"]
-        model.sites.check(model_cfg, site)
-        if model.sites.dim(model_cfg, site) != entry.params["W_enc"].shape[0]:
+        site, target = entry.config["site"], entry.target_site
+        for where, width, what in (
+            (site, entry.params["W_enc"].shape[0], "d_in"),
+            (target, entry.params["W_dec"].shape[1], "d_out"),
+        ):
+            model.sites.check(model_cfg, where)
+            if model.sites.dim(model_cfg, where) != width:
+                raise ValueError(
+                    f"{entry.folder}: {what} {width} does not match site {where} of width "
+                    f"{model.sites.dim(model_cfg, where)}"
+                )
+        kind, layer = model.sites.parse(site)
+        if target != site and (kind, target) != ("mlp_in", f"mlp_out/{layer}"):
             raise ValueError(
-                f"{entry.folder}: d_in {entry.params['W_enc'].shape[0]} does not match site "
-                f"{site} of width {model.sites.dim(model_cfg, site)}"
+                f"{entry.folder}: a transcoder of {site} -> {target} cannot be spliced: the "
+                "evaluation splices transcoders of mlp_in/L -> mlp_out/L (the same layer's MLP)"
             )
         indices.setdefault(entry.group_key, []).append(index)
     replicated = mesh_lib.named_sharding(mesh, ())
@@ -403,8 +465,13 @@ class _Passes:
 
     @property
     def sites(self) -> tuple[str, ...]:
-        """The sites that have an SAE."""
+        """The sites that have an SAE (or a transcoder writing them)."""
         return tuple(sorted({key.site for key in self.groups}))
+
+    @property
+    def input_sites(self) -> tuple[str, ...]:
+        """The sites the encoders read (a transcoder's input site besides the SAE sites)."""
+        return tuple(sorted({key.input_site for key in self.groups}))
 
 
 @dataclasses.dataclass
@@ -432,7 +499,8 @@ def _accumulate(passes: _Passes, batches) -> _Totals:
     references: dict[str, jax.Array] = {}
     cfg, params = passes.model_cfg, passes.model_params
     prefixes = {site: prefix_site(site) for site in passes.sites}
-    captured = tuple(sorted(set(passes.sites) | {p for p in prefixes.values() if p is not None}))
+    captured = set(passes.sites) | set(passes.input_sites)
+    captured = tuple(sorted(captured | {p for p in prefixes.values() if p is not None}))
     for batch, kept, row_valid in batches:
         acts, clean_logp, keep, clean_ce, n_lm = _clean_pass(
             params, batch, kept, row_valid, cfg=cfg, sites=captured
@@ -456,10 +524,12 @@ def _accumulate(passes: _Passes, batches) -> _Totals:
                 batch,
                 keep,
                 acts[key.site],
+                acts[key.input_site],
                 prefix,
                 group.stacked,
                 cfg=cfg,
                 site=key.site,
+                input_site=key.input_site,
                 k_max=group.k_max,
                 chunk=group.chunk,
                 with_lm=passes.with_lm,
@@ -522,7 +592,7 @@ def _finish(recon, site, lm, clean, zero, entry: SaeEntry, eval_cfg) -> tuple[di
         lm_sums,
         float(clean["ce"]),
         zero_delta_ce,
-        int(entry.params["W_enc"].shape[0]),
+        int(entry.params["W_dec"].shape[1]),
         float(clean["n"]),
         float(eval_cfg.dense_threshold),
     )

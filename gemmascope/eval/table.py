@@ -1,11 +1,12 @@
 """The per-SAE metric table: one row per SAE, written as Parquet, CSV and Markdown atomically.
 
-Columns (meanings in docs/metrics.md): identity (``sae``, ``model``, ``site``, ``kind``,
-``layer``, ``d_in``, ``width``, ``architecture``, ``source``, ``sweep_field``, ``sweep_value``,
-``tokens_trained``, ``eval_tokens``) then the metrics (``l0``, ``fvu``, ``mse``, ``recon_loss``,
-``cosine_similarity``, ``relative_reconstruction_bias``, ``clean_loss``, ``spliced_loss``,
-``delta_loss``, ``kl_div``, ``zero_ablation_loss``, ``loss_recovered``, ``frac_dead``,
-``frac_dense``).
+Columns (meanings in docs/metrics.md): identity (``sae``, ``model``, ``site``, ``transcoder``,
+``target_site``, ``kind``, ``layer``, ``d_in``, ``width``, ``architecture``, ``source``,
+``sweep_field``, ``sweep_value``, ``tokens_trained``, ``eval_tokens``) then the metrics (``l0``,
+``fvu``, ``mse``, ``recon_loss``, ``cosine_similarity``, ``relative_reconstruction_bias``,
+``clean_loss``, ``spliced_loss``, ``delta_loss``, ``kl_div``, ``zero_ablation_loss``,
+``loss_recovered``, ``frac_dead``, ``frac_dense``). A transcoder's row (``transcoder`` True) reads
+``site`` and holds the metrics of ``target_site``, whose activation its output replaced.
 
 Synopsis::
 
@@ -26,6 +27,8 @@ IDENTITY_COLUMNS = (
     "sae",
     "model",
     "site",
+    "transcoder",
+    "target_site",
     "kind",
     "layer",
     "d_in",
@@ -72,8 +75,9 @@ def build_table(rows: list[dict]) -> pd.DataFrame:
     frame["sweep_value"] = pd.to_numeric(frame["sweep_value"], errors="coerce").astype("float64")
     frame["tokens_trained"] = pd.to_numeric(frame["tokens_trained"], errors="coerce")
     frame["tokens_trained"] = frame["tokens_trained"].astype("Int64")
-    for column in ("model", "sweep_field"):
+    for column in ("model", "sweep_field", "target_site"):
         frame[column] = frame[column].astype("string")
+    frame["transcoder"] = frame["transcoder"].astype(bool)
     return frame.sort_values(["kind", "layer", "width", "architecture", "l0"], kind="stable")
 
 

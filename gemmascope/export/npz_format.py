@@ -16,6 +16,10 @@ key                   shape         meaning (raw, unnormalised units)
 Inference is ``f = relu(x @ W_enc + b_enc) * (x @ W_enc + b_enc > threshold)`` and
 ``x_hat = f @ W_dec + b_dec`` (no normalisation, no pre-encoder bias).
 
+A transcoder (docs/transcoders.md; ``d_out`` given) has ``W_dec`` (M, d_out) and ``b_dec``
+(d_out,), and a skip-transcoder a sixth array ``W_skip`` (d_in, d_out): ``y_hat = f @ W_dec +
+b_dec + x @ W_skip``.
+
 Synopsis::
 
     save_npz("params.npz", {"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec,
@@ -38,6 +42,8 @@ from gemmascope.sae import inference
 
 #: The five arrays of a Gemma Scope ``params.npz``, in file order.
 NPZ_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+#: The skip-transcoder's sixth array (only with ``d_out``).
+SKIP_KEY = "W_skip"
 
 # SAELens tolerates these spellings in third-party files; we map them back
 # (docs/recipe.md#params-npz).
@@ -50,6 +56,7 @@ def check_params(
     d_in: int | None = None,
     width: int | None = None,
     source: str = "params",
+    d_out: int | None = None,
 ) -> tuple[int, int]:
     """Checks that ``params`` has the five Gemma Scope arrays with consistent shapes.
 
@@ -58,6 +65,8 @@ def check_params(
       d_in: expected input width (the site's dimension), or None to accept any.
       width: expected number of latents M, or None to accept any.
       source: what to call ``params`` in error messages (e.g. a file path).
+      d_out: a transcoder's target width: ``W_dec`` is (M, d_out), ``b_dec`` (d_out,) and
+        ``W_skip`` (d_in, d_out) may be present; None for an SAE (``W_dec`` (M, d_in)).
 
     Returns:
       ``(d_in, width)`` read from the shapes.
@@ -71,20 +80,24 @@ def check_params(
             f"{source}: missing key(s) {missing}; a Gemma Scope params.npz holds exactly "
             f"{list(NPZ_KEYS)} (got {sorted(params)})"
         )
-    extra = sorted(set(params) - set(NPZ_KEYS))
+    valid = (*NPZ_KEYS, SKIP_KEY) if d_out is not None else NPZ_KEYS
+    extra = sorted(set(params) - set(valid))
     if extra:
-        raise ValueError(f"{source}: unexpected key(s) {extra}; valid keys are {list(NPZ_KEYS)}")
+        raise ValueError(f"{source}: unexpected key(s) {extra}; valid keys are {list(valid)}")
     w_enc = np.shape(params["W_enc"])
     if len(w_enc) != 2:
         raise ValueError(f"{source}: W_enc must be 2-D (d_in, M), got shape {w_enc}")
     got_d, got_m = w_enc
+    out = got_d if d_out is None else int(d_out)
     expected = {
         "W_enc": (got_d, got_m),
-        "W_dec": (got_m, got_d),
+        "W_dec": (got_m, out),
         "b_enc": (got_m,),
-        "b_dec": (got_d,),
+        "b_dec": (out,),
         "threshold": (got_m,),
     }
+    if SKIP_KEY in params:
+        expected[SKIP_KEY] = (got_d, out)
     for key, shape in expected.items():
         if tuple(np.shape(params[key])) != shape:
             raise ValueError(
@@ -95,13 +108,15 @@ def check_params(
         raise ValueError(f"{source}: d_in is {got_d} (W_enc {w_enc}) but the site needs {d_in}")
     if width is not None and got_m != width:
         raise ValueError(f"{source}: width is {got_m} (W_enc {w_enc}) but {width} was expected")
-    for key in NPZ_KEYS:
+    for key in expected:
         if not np.all(np.isfinite(params[key])):
             raise ValueError(f"{source}: {key} contains NaN or inf values")
     return int(got_d), int(got_m)
 
 
-def save_npz(path: str | os.PathLike, jumprelu_params: Mapping[str, np.ndarray]) -> None:
+def save_npz(
+    path: str | os.PathLike, jumprelu_params: Mapping[str, np.ndarray], d_out: int | None = None
+) -> None:
     """Writes a Gemma Scope ``params.npz`` (float32, uncompressed) atomically.
 
     The file is written atomically (``files.write_bytes``: a temporary sibling moved into place,
@@ -110,20 +125,22 @@ def save_npz(path: str | os.PathLike, jumprelu_params: Mapping[str, np.ndarray])
     Args:
       path: destination file, a local path or a gs:// URL.
       jumprelu_params: the five arrays of ``NPZ_KEYS`` in raw (folded) units; any array type
-        convertible by ``np.asarray`` (jax arrays included).
+        convertible by ``np.asarray`` (jax arrays included); a skip-transcoder's ``W_skip``.
+      d_out: a transcoder's target width (``check_params``), None for an SAE.
 
     Raises:
       TypeError: ``jumprelu_params`` is a ``sae.TrainingForm`` (training units: fold it first).
       ValueError: a key is missing or extra, or a shape is inconsistent.
     """
-    if isinstance(jumprelu_params, inference.TrainingForm):
+    if isinstance(jumprelu_params, (inference.TrainingForm, inference.TranscoderForm)):
         raise TypeError(
             f"save_npz({os.fspath(path)!r}): a params.npz holds released (raw-unit, b_dec "
             "folded) params, got a TrainingForm; write export.fold(form, norm_scale) instead"
         )
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in jumprelu_params.items()}
-    check_params(arrays, source=os.fspath(path))
-    files.save_npz(os.fspath(path), {k: arrays[k] for k in NPZ_KEYS})
+    check_params(arrays, source=os.fspath(path), d_out=d_out)
+    keys = [*NPZ_KEYS, SKIP_KEY] if SKIP_KEY in arrays else NPZ_KEYS
+    files.save_npz(os.fspath(path), {k: arrays[k] for k in keys})
 
 
 def load_npz(
@@ -133,6 +150,7 @@ def load_npz(
     width: int | None = None,
     model_cfg=None,
     site: str | None = None,
+    d_out: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Reads a Gemma Scope ``params.npz`` (ours or a released one) and checks it.
 
@@ -143,6 +161,7 @@ def load_npz(
       width: expected number of latents, or None.
       model_cfg: a ``model.GemmaConfig`` (Gemma 2 or 3) to check against (with ``site``).
       site: a site name such as ``"resid_post/12"`` (with ``model_cfg``).
+      d_out: a transcoder's target width (``check_params``), None for an SAE.
 
     Returns:
       dict of the five float32 arrays of ``NPZ_KEYS``. ``w_enc``/``w_dec`` spellings are
@@ -187,5 +206,5 @@ def load_npz(
         raise ValueError(
             f"{source}: scaling_factor is not all ones; fold it into the weights before loading"
         )
-    check_params(params, d_in=d_in, width=width, source=source)
+    check_params(params, d_in=d_in, width=width, source=source, d_out=d_out)
     return params

@@ -72,3 +72,22 @@ def test_interpolation_is_linear_in_log_l0_and_nan_outside():
     got = equal_l0.interpolate_log_l0(np.array([10.0, 1.0]), np.array([1.0, 0.0]), 10**0.5)
     assert got == pytest.approx(0.5)
     assert np.isnan(equal_l0.interpolate_log_l0(np.array([1.0, 10.0]), np.array([0.0, 1.0]), 11.0))
+
+
+def test_transcoders_are_compared_with_their_own_site_pair_only():
+    frame = _frame().assign(site="mlp_in/1", transcoder=False, target_site="", kind="mlp_in")
+    plain = frame.assign(transcoder=True, target_site="mlp_out/1", kind="transcoder", fvu=100.0)
+    affine = plain.assign(kind="transcoder_affine", fvu=200.0)
+    points = equal_l0.compare(pd.concat([frame, plain, affine]))
+    assert len(points[points.architecture == "jumprelu transcoder"]) > 0
+    sae_points = points[~points.architecture.str.contains("transcoder")]
+    assert not sae_points.versus.str.contains("transcoder").any()  # SAEs vs SAEs only
+    assert (sae_points.fvu_versus < 1).all()
+    versus = points[points.architecture == "jumprelu transcoder"].versus
+    assert set(versus) == {
+        "gated transcoder",
+        "gated transcoder_affine",
+        "jumprelu transcoder_affine",
+        "jumprelu transcoder (released)",
+        "jumprelu transcoder_affine (released)",
+    }

@@ -14,6 +14,8 @@ def _row(sae="resid_post/layer_0/width_64/jumprelu_lambda_1e-03", l0=10.0, **ove
         sae=sae,
         model="tiny",
         site="resid_post/0",
+        transcoder=False,
+        target_site="",
         kind="resid_post",
         layer=0,
         d_in=16,
