@@ -15,6 +15,9 @@ Synopsis::
     x, true_l0 = synthetic.sample(problem, n_tokens=2**16, seed=1)   # float32 (n, d), int (n,)
     synthetic.mean_max_cosine(problem, w_dec)                          # MMCS in [-1, 1]
     synthetic.recovery(problem, w_dec, f)    # {"mmcs", "l0", "dead", "matched"} from latents f
+    tc = synthetic.TranscoderProblem(problem, d_out=24, affine=True)   # a transcoder's answer
+    x, y, true_l0 = synthetic.sample_pairs(tc, n_tokens=2**16, seed=1)
+    synthetic.recovery(tc, w_dec, f)         # against the output dictionary
 
 Numpy only, deterministic in (problem, seed); used by tests/sae and benchmarks/recovery.py.
 """
@@ -165,6 +168,90 @@ def sample(problem: Problem, n_tokens: int, seed: int) -> tuple[np.ndarray, np.n
     return (x * scale).astype(np.float32), l0
 
 
+@dataclasses.dataclass(frozen=True)
+class TranscoderProblem:
+    """A transcoder's known answer: a problem's sparse codes written through an output dictionary.
+
+    Output feature i is g_i ∝ d_i M + noise·n_i: input feature d_i through a fixed linear map M
+    (d, d_out), plus a random unit deviation n_i of its own, so that no linear map of x gives y
+    and the codes themselves must be found. With ``affine``, x also has a dense part z (isotropic
+    Gaussian, E||z||² = ``dense``², no feature's) and y a dense affine part x A + b, which only a
+    skip-transcoder's W_skip and b_dec can carry:
+
+        x = s Σ_i a_i d_i (+ z),   y = s Σ_i a_i g_i (+ x A + b),   E||s Σ_i a_i d_i||² = 1.
+
+    Without z the affine part would not be identifiable: x A = s Σ_i a_i (d_i A) is itself a
+    sparse map, which latents could carry as well as W_skip. With z, the skip term's error
+    z (W_skip − A) is a dense residual no sparse code removes, so W_skip = A is the only optimum.
+
+    Attributes:
+        inputs: the input problem (its dictionary and the law of the codes).
+        d_out: the output width.
+        noise: the norm of each feature's deviation from the linear map (before normalising).
+        affine: whether x has the dense part z and y the dense part x A + b.
+        dense: the norm of z, relative to the sparse part's (with ``affine``).
+        seed: fixes M, the deviations, A and b.
+    """
+
+    inputs: Problem
+    d_out: int
+    noise: float = 1.0
+    affine: bool = False
+    dense: float = 0.5
+    seed: int = 0
+
+    @property
+    def dictionary(self) -> np.ndarray:
+        """The true output features g_i, (n_features, d_out) float32 unit rows."""
+        return _transcoder_law(self)[0]
+
+    @property
+    def affine_part(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A (d, d_out), b (d_out,)), zeros without ``affine``."""
+        return _transcoder_law(self)[1:]
+
+
+@functools.lru_cache(maxsize=8)
+def _transcoder_law(problem: TranscoderProblem):
+    rng = np.random.default_rng([problem.seed, 7])
+    d, d_out = problem.inputs.d, problem.d_out
+    linear = rng.standard_normal((d, d_out)) / np.sqrt(d)
+    deviation = rng.standard_normal((problem.inputs.n_features, d_out))
+    deviation *= problem.noise / np.linalg.norm(deviation, axis=1, keepdims=True)
+    outputs = problem.inputs.dictionary.astype(np.float64) @ linear
+    outputs = outputs / np.linalg.norm(outputs, axis=1, keepdims=True) + deviation
+    outputs /= np.linalg.norm(outputs, axis=1, keepdims=True)
+    a = rng.standard_normal((d, d_out)) / np.sqrt(d) if problem.affine else np.zeros((d, d_out))
+    b = rng.standard_normal(d_out) * 0.3 if problem.affine else np.zeros(d_out)
+    return outputs.astype(np.float32), a.astype(np.float32), b.astype(np.float32)
+
+
+def sample_pairs(
+    problem: TranscoderProblem, n_tokens: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draws (x, y) pairs of a transcoder problem (the class docstring).
+
+    Returns:
+        (x float32 (n_tokens, d), y float32 (n_tokens, d_out), active-feature count (n_tokens,)).
+    """
+    *law, scale = _law(problem.inputs)
+    dictionary = np.concatenate([law[0], problem.dictionary], axis=1)  # both sides, one draw
+    both, l0 = _draw(
+        problem.inputs,
+        (dictionary, *law[1:]),
+        n_tokens,
+        np.random.default_rng([problem.seed, seed]),
+    )
+    x = both[:, : problem.inputs.d] * scale
+    y = both[:, problem.inputs.d :] * scale
+    if problem.affine:
+        rng = np.random.default_rng([problem.seed, seed, 1])
+        x = x + rng.standard_normal(x.shape) * (problem.dense / np.sqrt(problem.inputs.d))
+        a, b = problem.affine_part
+        y = y + x @ a + b
+    return x.astype(np.float32), y.astype(np.float32), l0
+
+
 def mean_max_cosine(problem: Problem, w_dec: np.ndarray) -> float:
     """MMCS: mean over true features of the largest cosine with any decoder row (M, d)."""
     rows = np.asarray(w_dec, np.float64)
@@ -176,7 +263,7 @@ def recovery(problem: Problem, w_dec: np.ndarray, latents: np.ndarray, cos_match
     """Recovery statistics of one SAE.
 
     Args:
-        problem: the synthetic problem.
+        problem: the synthetic problem (a `TranscoderProblem`: against its output features).
         w_dec: the SAE's decoder rows (M, d) (any norms).
         latents: its latent activations on eval tokens of the problem, (n, M).
         cos_match: a true feature counts as matched when some row has at least this cosine.
