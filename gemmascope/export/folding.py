@@ -56,3 +56,44 @@ def fold(jr_params: inference.TrainingForm, norm_scale: float) -> dict[str, np.n
         "threshold": scale * p["threshold"],
     }
     return {k: v.astype(np.float32) for k, v in folded.items()}
+
+
+def fold_transcoder(
+    tf: inference.TranscoderForm, norm_scale: float, target_norm_scale: float
+) -> dict[str, np.ndarray]:
+    """Raw-unit params of a transcoder trained on x / C_in -> y / C_out (docs/transcoders.md).
+
+    Training computes ``f = JumpReLU_θ(x/C_in W_enc + b_enc)`` and
+    ``y/C_out = f W_dec + b_dec + x/C_in W_skip``. With r = C_out / C_in the raw form is
+    ``W_enc' = r W_enc``, ``b_enc' = C_out b_enc``, ``θ' = C_out θ`` (so f' = C_out f),
+    ``W_dec' = W_dec`` (rows stay unit-norm), ``b_dec' = C_out b_dec``, ``W_skip' = r W_skip``:
+    then ``f' W_dec' + b_dec' + x W_skip' = y``. With C_in = C_out it is ``fold``'s rule without
+    the pre-encoder bias (a transcoder has none).
+
+    Returns:
+      dict with the keys of ``NPZ_KEYS`` (and ``W_skip`` for a skip-transcoder), float32.
+
+    Raises:
+      TypeError: ``tf`` is not a TranscoderForm.
+      ValueError: a scale is not a positive finite number.
+    """
+    if not isinstance(tf, inference.TranscoderForm):
+        raise TypeError(f"fold_transcoder takes a TranscoderForm, got {type(tf).__name__}")
+    scales = []
+    for name, value in (("norm_scale", norm_scale), ("target_norm_scale", target_norm_scale)):
+        value = float(value)
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"fold_transcoder: {name} must be positive and finite, got {value!r}")
+        scales.append(value)
+    c_in, c_out = scales
+    p = {k: np.asarray(tf[k], dtype=np.float64) for k in tf}
+    folded = {
+        "W_enc": (c_out / c_in) * p["W_enc"],
+        "W_dec": p["W_dec"],
+        "b_enc": c_out * p["b_enc"],
+        "b_dec": c_out * p["b_dec"],
+        "threshold": c_out * p["threshold"],
+    }
+    if "W_skip" in p:
+        folded["W_skip"] = (c_out / c_in) * p["W_skip"]
+    return {k: v.astype(np.float32) for k, v in folded.items()}

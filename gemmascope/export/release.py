@@ -23,7 +23,7 @@ import numpy as np
 
 from gemmascope import files, sae
 from gemmascope.export import layout, saelens_format
-from gemmascope.export.folding import fold
+from gemmascope.export.folding import fold, fold_transcoder
 from gemmascope.export.npz_format import check_params, load_npz, save_npz
 from gemmascope.sae import inference
 
@@ -95,7 +95,9 @@ def _check_thresholds_estimated(job: dict, job_name: str, stacked: dict) -> None
 _TOPK_ARCHITECTURES = ("topk",)
 
 
-def _inference_form(params: dict, arch_name: str, cfg) -> tuple[sae.TrainingForm, dict]:
+def _inference_form(
+    params: dict, arch_name: str, cfg
+) -> tuple[sae.TrainingForm | sae.TranscoderForm, dict]:
     """The JumpReLU training form (training units) and the encoder rule recorded in config.json.
 
     JumpReLU-form architectures use ``sae.to_jumprelu``. TopK has no threshold form; its arrays
@@ -148,20 +150,28 @@ def export_run(workdir: str, job_name: str) -> list[str]:
     trained_on = _training_data(workdir)
     kind, layer = layout.split_site(job["site"])
     d_in, width = int(job["d_in"]), int(job["width"])
+    d_out = job.get("d_out")  # a transcoder's (docs/transcoders.md)
+    if d_out is not None:
+        skip = (job.get("sae") or {}).get("skip_connection")
+        kind = "transcoder_affine" if skip else "transcoder"
     folders = []
     for index, member in enumerate(members):
         value = member["sweep_value"]
         member_params = {k: v[index] for k, v in stacked.items()}
         member_cfg = _member_config(arch, job, value)
         jr, encoder = _inference_form(member_params, arch_name, member_cfg)
-        raw = fold(jr, job["norm_scale"])
-        check_params(raw, d_in=d_in, width=width, source=f"job {job_name!r} member {index}")
+        if d_out is None:
+            raw = fold(jr, job["norm_scale"])
+        else:
+            raw = fold_transcoder(jr, job["norm_scale"], job["target_norm_scale"])
+        source = f"job {job_name!r} member {index}"
+        check_params(raw, d_in=d_in, width=width, source=source, d_out=d_out)
         tag = layout.sweep_tag(sweep_field, value)
         if several_seeds:
             tag += f"_seed{member['seed']}"
-        folder = layout.sae_dir(workdir, job["site"], width, arch_name, tag)
+        folder = layout.sae_dir(workdir, f"{kind}/{layer}", width, arch_name, tag)
         _check_not_taken(folder, job_name, width)
-        save_npz(files.join(folder, layout.PARAMS_FILE), raw)
+        save_npz(files.join(folder, layout.PARAMS_FILE), raw, d_out=d_out)
         config = {
             "format": layout.CONFIG_FORMAT,
             "source": "trained",
@@ -183,8 +193,15 @@ def export_run(workdir: str, job_name: str) -> list[str]:
             "encoder": encoder,
             "arch_cfg": _jsonable(member_cfg.to_dict()),
         }
+        if d_out is not None:
+            config.update(
+                target_site=job["target_site"],
+                d_out=int(d_out),
+                target_norm_scale=float(job["target_norm_scale"]),
+            )
         layout.write_json_atomic(files.join(folder, layout.CONFIG_FILE), config)
-        saelens_format.write_saelens(folder, raw, config, **trained_on)
+        if d_out is None:  # SAELens's SAE format; transcoders are not written in it
+            saelens_format.write_saelens(folder, raw, config, **trained_on)
         folders.append(folder)
     return folders
 
