@@ -143,18 +143,25 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     target = x if target is None else target
     theta = threshold(params, cfg)
     pi = dictionary.pre_activations(params, x, cfg)
-    f = ste.jumprelu(pi, theta, cfg.bandwidth)
+    f, fired = ste.jumprelu_and_fired(pi, theta, cfg.bandwidth)
     x_hat = dictionary.decode(params, f, x)
     recon = jnp.mean(losses.squared_error(target, x_hat))
-    l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
+    mean_l0 = jnp.sum(fired) / (x.size // x.shape[-1])
     coeff = coeffs["sparsity_coeff"]
     if cfg.sparsity_form == "target_l0":
         coeff = coeff * jnp.exp(jax.lax.stop_gradient(params["log_sparsity_coeff"]))
-    sparsity = coeff * jnp.mean(l0_per_token)
+    sparsity = coeff * mean_l0
     aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = recon + sparsity + aux
     metrics = losses.batch_metrics(
-        target, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=sparsity, aux_loss=aux
+        target,
+        x_hat,
+        f,
+        loss=total,
+        recon_loss=recon,
+        sparsity_loss=sparsity,
+        aux_loss=aux,
+        fired=fired,
     )
     metrics["sparsity_coeff"] = jnp.asarray(coeff, jnp.float32)
     if cfg.sparsity_form == "target_l0":

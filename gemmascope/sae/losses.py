@@ -29,8 +29,13 @@ def fvu(x: jax.Array, x_hat: jax.Array) -> jax.Array:
 
 
 def fired_counts(f: jax.Array) -> jax.Array:
-    """Number of tokens on which each latent is non-zero, (..., M) -> (M,) int32."""
-    return jnp.sum(f.reshape(-1, f.shape[-1]) != 0, axis=0, dtype=jnp.int32)
+    """Number of tokens on which each latent is non-zero, (..., M) -> (M,) int32.
+
+    Counted in float32 (exact below 2^24 tokens per batch) and converted: XLA:CPU reduces an
+    int32 (B, M) array in two materialised stages, a float32 one in one.
+    """
+    counts = jnp.sum(f.reshape(-1, f.shape[-1]) != 0, axis=0, dtype=jnp.float32)
+    return counts.astype(jnp.int32)
 
 
 def batch_metrics(
@@ -42,6 +47,7 @@ def batch_metrics(
     recon_loss: jax.Array,
     sparsity_loss,
     aux_loss=0.0,
+    fired: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """The metric dict returned by every ``arch.loss`` (see docs/internals.md "sae").
 
@@ -53,18 +59,23 @@ def batch_metrics(
       recon_loss: mean per-token squared error.
       sparsity_loss: the sparsity penalty term (already multiplied by its coefficient).
       aux_loss: auxiliary losses (Gated's frozen-decoder reconstruction, AuxK), 0 if none.
+      fired: (M,) float counts of the tokens each latent is non-zero on, when the loss has them
+        already (JumpReLU's `ste.jumprelu_and_fired`); else counted here from f.
 
     Returns:
       Scalars loss, recon_loss, sparsity_loss, aux_loss, l0, fvu and the (M,) int32 ``fired``.
     """
     x_hat = jax.lax.stop_gradient(x_hat)
-    f = jax.lax.stop_gradient(f)
+    if fired is None:
+        fired = fired_counts(f)
+    fired = jax.lax.stop_gradient(fired)
+    n_tokens = f.size // f.shape[-1]
     return {
         "loss": loss,
         "recon_loss": recon_loss,
         "sparsity_loss": jnp.asarray(sparsity_loss, jnp.float32),
         "aux_loss": jnp.asarray(aux_loss, jnp.float32),
-        "l0": jnp.mean(jnp.sum(f != 0, axis=-1, dtype=jnp.float32)),
+        "l0": jnp.sum(fired.astype(jnp.float32)) / n_tokens,
         "fvu": fvu(x, x_hat),
-        "fired": fired_counts(f),
+        "fired": fired.astype(jnp.int32),
     }

@@ -6,10 +6,10 @@ Loss: mean_b ||x − x̂||² + AuxK (module :mod:`gemmascope.sae.auxk`), which i
 loss mse / Var(x) + α·AuxK_nmse: AuxK carries the factor Var(x), so α keeps OAI's meaning
 whatever the data's scale or mean.
 
-k is traced (a sweep varies it under vmap): the k-th largest pre-activation is found by an exact
-bisection (:mod:`selection`), so any k works in one compiled step. ``cfg.k_max`` (default
-``cfg.k``) is the validated upper bound of a k sweep. Ties at the k-th value keep all tied
-latents.
+k is traced (a sweep varies it under vmap): each token's k-th largest pre-activation is read from
+``lax.top_k`` at the static bound ``cfg.k_max`` (default ``cfg.k``, the validated upper bound of a
+k sweep; :mod:`selection`), so every k up to it works in one compiled step. Ties at the k-th value
+keep all tied latents.
 TopK has no JumpReLU form: its threshold differs per token.
 
 Synopsis::
@@ -88,9 +88,8 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
 
 
 def topk_activations(pi: jax.Array, k, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """relu(π) on each token's k largest entries, 0 elsewhere; traced k."""
-    del cfg  # k needs no static bound (selection.bisection_mask)
-    keep = selection.bisection_mask(pi, k, per_row=True)
+    """relu(π) on each token's k largest entries, 0 elsewhere; traced k <= k_max(cfg)."""
+    keep = selection.row_top_k_mask(pi, k, k_max(cfg))
     return jax.nn.relu(pi) * keep.astype(pi.dtype)
 
 

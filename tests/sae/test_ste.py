@@ -75,3 +75,19 @@ def test_vmap_over_a_sweep_axis_keeps_members_separate():
         grad_theta = jax.vmap(jax.grad(loss, argnums=1))(zs, thetas, gs)
         expected = -(factor / EPS) * (IN_WINDOW[None] * gs).sum(1)
         np.testing.assert_allclose(grad_theta, expected, rtol=1e-5)
+
+
+def test_jumprelu_and_fired_values_and_both_pseudo_derivatives():
+    f, fired = ste.jumprelu_and_fired(Z, THETA, EPS)
+    np.testing.assert_array_equal(f, Z * ABOVE)
+    np.testing.assert_array_equal(fired, ABOVE.sum(0))
+    g_count = np.array([0.5, -2.0, 3.0], np.float32)  # per-latent cotangent of the counts
+    _, pullback = jax.vjp(lambda a, b: ste.jumprelu_and_fired(a, b, EPS), Z, THETA)
+    grad_z, grad_theta = pullback((UPSTREAM, g_count))
+    np.testing.assert_array_equal(grad_z, ABOVE * UPSTREAM)
+    # The JumpReLU rule on g_f plus the step rule on g_count broadcast over the batch.
+    expected = -(THETA / EPS) * (IN_WINDOW * UPSTREAM).sum(0) - (1.0 / EPS) * (
+        IN_WINDOW * g_count
+    ).sum(0)
+    np.testing.assert_allclose(grad_theta, expected, rtol=1e-6)
+    assert grad_theta.shape == THETA.shape
