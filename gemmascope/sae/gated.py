@@ -6,7 +6,9 @@ Forward (u = (x − b_dec) W_gate):
 Loss per token, averaged over the batch (GT §3.2.2):
     ||x − x̂||² + λ_t·Σ_i relu(π_gate)_i + ||x − (relu(π_gate) sg(W_dec) + sg(b_dec))||²
 The last (auxiliary) term trains only the gate path: it decodes through stop-gradient copies of
-the decoder. The decoder is unit-norm (constrained), so the L1 needs no decoder-norm weight. The
+the decoder (GT's frozen decoder). ``cfg.aux_trains_decoder = True`` lets its gradient reach the
+decoder too, as SAELens's ``GatedTrainingSAE`` does (docs/sae.md#gated-aux). The decoder is
+unit-norm (constrained), so the L1 needs no decoder-norm weight. The
 gate gives the encoder no gradient through the reconstruction term (the step has zero derivative).
 
 JumpReLU form (GT §3.2.1): π_gate > 0 ⇔ π_mag > θ with θ = b_mag − exp(r_mag) ⊙ b_gate, so the
@@ -36,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.sparsity_coeff = 1e-2
     # Weight of the auxiliary frozen-decoder reconstruction of relu(π_gate) (GT: 1).
     cfg.aux_coeff = 1.0
+    # False: the auxiliary term decodes through a frozen (stop-gradient) decoder, as GT §3.2.2.
+    # True: its gradient also trains W_dec and b_dec, as SAELens 6 does (docs/sae.md#gated-aux).
+    cfg.aux_trains_decoder = False
     return cfg
 
 
@@ -43,6 +48,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid field."""
     config_lib.check_base(cfg)
     config_lib.check_positive(cfg, "sparsity_coeff", "aux_coeff", allow_zero=True)
+    if not isinstance(cfg.aux_trains_decoder, bool):
+        raise ValueError(
+            f"SAE config field 'aux_trains_decoder' must be True or False, got "
+            f"{cfg.aux_trains_decoder!r}."
+        )
 
 
 def sweep_field(cfg: ml_collections.ConfigDict) -> str:
@@ -110,8 +120,10 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     else:
         weighted = gate_acts * dictionary.row_norms(params["W_dec"])
     sparsity = coeffs["sparsity_coeff"] * jnp.mean(jnp.sum(weighted, axis=-1))
-    frozen = jax.lax.stop_gradient({"W_dec": params["W_dec"], "b_dec": params["b_dec"]})
-    aux = cfg.aux_coeff * jnp.mean(losses.squared_error(x, dictionary.decode(frozen, gate_acts)))
+    decoder = {"W_dec": params["W_dec"], "b_dec": params["b_dec"]}
+    if not cfg.aux_trains_decoder:
+        decoder = jax.lax.stop_gradient(decoder)
+    aux = cfg.aux_coeff * jnp.mean(losses.squared_error(x, dictionary.decode(decoder, gate_acts)))
     total = recon + sparsity + aux
     metrics = losses.batch_metrics(
         x, x_hat, f, loss=total, recon_loss=recon, sparsity_loss=sparsity, aux_loss=aux

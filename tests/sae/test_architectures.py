@@ -126,6 +126,25 @@ def test_gated_aux_term_trains_only_the_gate_path():
     np.testing.assert_array_equal(grads["b_gate"], 0.0)
 
 
+def test_gated_aux_trains_decoder_adds_the_analytic_decoder_gradient():
+    """SAELens's variant: the aux term's gradient also reaches W_dec, by d/dW ||x − aW − b||²."""
+    cfg = gated.default_config()
+    cfg.aux_trains_decoder = True
+    params = _perturbed(gated.init(jax.random.key(0), D_IN, WIDTH, cfg))
+    x = _x()
+
+    def aux_only(p):
+        return gated.loss(p, x, {"sparsity_coeff": 0.0}, cfg)[1]["aux_loss"]
+
+    grads = jax.jit(jax.grad(aux_only))(params)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    x64 = np.asarray(x, np.float64)
+    gate_acts = np.maximum((x64 - p["b_dec"]) @ p["W_gate"] + p["b_gate"], 0.0)
+    residual = gate_acts @ p["W_dec"] + p["b_dec"] - x64
+    expected = 2.0 * gate_acts.T @ residual / len(x64)
+    np.testing.assert_allclose(grads["W_dec"], expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["jumprelu", "gated", "batchtopk", "matryoshka", "relu"])
 def test_inference_form_gives_identical_encodings(name):
     arch = sae.ARCHITECTURES[name]
