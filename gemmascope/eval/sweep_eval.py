@@ -6,7 +6,8 @@ For each batch of held-out token sequences:
    just before it) and gives the clean log-probabilities, shared by all SAEs of all sites;
 2. per site, the total-variance sums (FVU's denominator) and one pass with the site zero-ablated
    (for ``zero_ablation_loss`` and ``loss_recovered``);
-3. per group of SAEs with the same (site, width, encoder type), stacked on a leading axis, one
+3. per group of SAEs with the same (site, encoder type), stacked on a leading axis (narrower SAEs
+   zero-padded to the group's widest: padding latents never fire and decode to 0), one
    jitted program encodes the captured activations and splices each reconstruction into the model
    (``lax.scan`` over chunks of ``splice_batch`` SAEs, ``vmap`` inside a chunk). Its first chunk
    splices nothing: delta loss and KL are taken against it, in the same compiled loop body, so
@@ -58,10 +59,13 @@ class GroupKey(NamedTuple):
     After export all are the same five arrays (six for skip-transcoders), applied by the same
     encoder rule. ``site`` is where the output is spliced and measured; ``input_site`` is what
     the encoder reads: the same site for an SAE, ``mlp_in/L`` for a transcoder of ``mlp_out/L``.
+    SAEs of one key but different widths share a group: each is zero-padded to ``width``, the
+    widest member's (a padding latent has π = 0, so it never fires, and a zero decoder row),
+    which changes no metric and compiles one program per key instead of one per width.
     """
 
     site: str
-    width: int
+    width: int  # the widest member's
     encoder: str  # "jumprelu" or "topk"
     input_site: str = ""
     skip: bool = False
@@ -123,11 +127,16 @@ class SaeEntry:
         return self.config.get("target_site") or self.config["site"]
 
     @property
+    def width(self) -> int:
+        """Its number of latents."""
+        return int(self.config["width"])
+
+    @property
     def group_key(self) -> GroupKey:
-        """The key of the group this SAE is spliced with."""
+        """The key of the group this SAE is spliced with, before padding (its own width)."""
         return GroupKey(
             self.target_site,
-            int(self.config["width"]),
+            self.width,
             self.encoder["type"],
             input_site=self.config["site"],
             skip="W_skip" in self.params,
@@ -205,10 +214,25 @@ def _apply(sae, x, k_max):
     return f, metrics.decode_released(sae, f, x)
 
 
-def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array]:
+def _padded_params(entry: SaeEntry, width: int) -> dict[str, np.ndarray]:
+    """The SAE's arrays with zero latents appended up to ``width`` (see ``GroupKey``)."""
+    pad = width - entry.width
+    if pad == 0:
+        return entry.params
+    axes = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "threshold": 0}
+    padded = dict(entry.params)
+    for name, axis in axes.items():
+        widths = [(0, 0)] * padded[name].ndim
+        widths[axis] = (0, pad)
+        padded[name] = np.pad(padded[name], widths)
+    return padded
+
+
+def _stack_group(members: Sequence[SaeEntry], chunk: int, width: int) -> dict[str, jax.Array]:
     """Stacks a group's params on axis 0 as ``_group_pass`` runs them, in chunks of ``chunk``.
 
-    First one chunk of references, then the SAEs, then padding up to a whole chunk.
+    First one chunk of references, then the SAEs, then padding up to a whole chunk; every SAE
+    zero-padded to ``width`` latents (``_padded_params``).
 
     References and padding are copies of the first SAE with ``use_sae`` False (they splice
     nothing); ``is_reference`` marks the first chunk. Both masks are traced inputs, never
@@ -218,7 +242,8 @@ def _stack_group(members: Sequence[SaeEntry], chunk: int) -> dict[str, jax.Array
     padding = n_total - chunk - len(members)
     order = [members[0]] * chunk + list(members) + [members[0]] * padding
     keys = [*NPZ_KEYS, "W_skip"] if "W_skip" in members[0].params else NPZ_KEYS
-    stacked = {k: jnp.asarray(np.stack([entry.params[k] for entry in order])) for k in keys}
+    padded = [_padded_params(entry, width) for entry in order]
+    stacked = {k: jnp.asarray(np.stack([params[k] for params in padded])) for k in keys}
     if members[0].encoder["type"] == "topk":
         stacked["k"] = jnp.asarray([int(entry.encoder["k"]) for entry in order], jnp.int32)
     index = np.arange(n_total)
@@ -417,8 +442,8 @@ class _Group:
 def _prepare_groups(
     model_cfg, saes: Sequence[SaeEntry], splice_batch: int, mesh: Mesh
 ) -> dict[GroupKey, _Group]:
-    """Groups the SAEs by ``GroupKey`` (site and width checked) and stacks each group."""
-    indices: dict[GroupKey, list[int]] = {}
+    """Groups the SAEs by ``GroupKey`` (sites and widths checked) and stacks each group."""
+    unpadded: dict[GroupKey, list[int]] = {}  # keyed with width 0
     for index, entry in enumerate(saes):
         site, target = entry.config["site"], entry.target_site
         for where, width, what in (
@@ -437,12 +462,16 @@ def _prepare_groups(
                 f"{entry.folder}: a transcoder of {site} -> {target} cannot be spliced: the "
                 "evaluation splices transcoders of mlp_in/L -> mlp_out/L (the same layer's MLP)"
             )
-        indices.setdefault(entry.group_key, []).append(index)
+        unpadded.setdefault(entry.group_key._replace(width=0), []).append(index)
+    indices = {
+        key._replace(width=max(saes[i].width for i in members)): members
+        for key, members in unpadded.items()
+    }
     replicated = mesh_lib.named_sharding(mesh, ())
     groups = {}
     for key, members in indices.items():
         chunk = min(splice_batch, len(members))
-        stacked = _stack_group([saes[i] for i in members], chunk)
+        stacked = _stack_group([saes[i] for i in members], chunk, key.width)
         k_max = None
         if key.encoder == "topk":
             k_max = max(int(saes[i].encoder["k"]) for i in members)
@@ -553,6 +582,7 @@ def _results(
         for position, index in enumerate(group.members):
             row = group.chunk + position  # after the chunk of references (_stack_group)
             recon = {k: v[row] for k, v in totals.recon[key].items()}
+            recon["fired"] = recon["fired"][: saes[index].width]  # without the zero padding
             lm = {k: v[row] for k, v in totals.lm[key].items()} if with_lm else None
             results[index] = _finish(
                 recon,

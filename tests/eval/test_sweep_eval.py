@@ -6,6 +6,7 @@ random SAE's delta loss and KL must match a direct ``model.forward(..., replace=
 cross-entropy computed in numpy.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -216,6 +217,44 @@ def test_batched_sweep_equals_one_by_one(setup):
     assert recon_only["fvu"] == pytest.approx(together[0][0]["fvu"], rel=1e-6)
     assert np.isnan(recon_only["delta_loss"]) and np.isnan(recon_only["kl_div"])
     assert recon_only["clean_loss"] == pytest.approx(together[0][0]["clean_loss"], rel=1e-6)
+
+
+def _wide_random(seed, width):
+    rng = np.random.default_rng(seed)
+    return {
+        "W_enc": rng.normal(size=(D, width)) / np.sqrt(D),
+        "W_dec": rng.normal(size=(width, D)) / np.sqrt(width),
+        "b_enc": rng.normal(size=width) * 0.1,
+        "b_dec": rng.normal(size=D) * 0.1,
+        "threshold": np.full(width, 0.5),
+    }
+
+
+def test_widths_of_one_site_share_a_padded_group_and_keep_their_metrics(setup):
+    """SAEs of 2D and 3D latents are spliced in one program; each still equals its lone run."""
+    params, tokens = setup
+    topk = {"type": "topk", "k": 3}
+    saes = [
+        _entry("identity", identity_sae(D)),  # width 2D, exact
+        _entry("wide", _wide_random(20, 3 * D)),
+        _entry("narrow", _wide_random(21, D)),
+        dataclasses.replace(_entry("topk_wide", _wide_random(22, 3 * D)), encoder=topk),
+        dataclasses.replace(_entry("topk_narrow", _wide_random(23, D)), encoder=topk),
+    ]
+    together = evaluate_saes(CFG, params, tokens, saes, _eval_cfg())
+    identity = together[0][0]
+    assert identity["delta_loss"] == 0.0 and identity["kl_div"] == 0.0 and identity["fvu"] == 0.0
+    for entry, (metrics_together, details_together) in zip(saes, together, strict=True):
+        alone, details_alone = evaluate_saes(CFG, params, tokens, [entry], _eval_cfg())[0]
+        for key, value in alone.items():
+            assert metrics_together[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (
+                entry.folder,
+                key,
+            )
+        # Dead and dense fractions and the histogram count the SAE's own latents only.
+        assert details_together["firing_histogram"] == details_alone["firing_histogram"]
+        histogram = details_together["firing_histogram"]
+        assert sum(histogram["counts"]) + histogram["dead"] == entry.width
 
 
 def test_bad_inputs_are_clear_errors(setup):
