@@ -86,8 +86,11 @@ def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) 
 
     def dead_latent_loss():
         dead_pi = jnp.where(dead, pi, -jnp.inf)
-        keep = selection.row_top_k_mask(dead_pi, cfg.k_aux, min(cfg.k_aux, width))
-        f_aux = jax.nn.relu(dead_pi) * keep.astype(pi.dtype)
+        if cfg.k_aux >= width:  # every dead latent is among the top k_aux: no selection
+            f_aux = jax.nn.relu(dead_pi)
+        else:
+            keep = selection.row_top_k_mask(dead_pi, cfg.k_aux, cfg.k_aux)
+            f_aux = jax.nn.relu(dead_pi) * keep.astype(pi.dtype)
         residual = jax.lax.stop_gradient(x - x_hat)
         residual_hat = f_aux @ params["W_dec"]
         error = jnp.mean(jnp.sum(jnp.square(residual - residual_hat), axis=-1))

@@ -19,10 +19,10 @@ D_IN, WIDTH, BATCH, K, K_AUX, ALPHA = 8, 32, 64, 3, 4, 1 / 32
 DEAD = np.arange(WIDTH) % 3 == 0  # 11 dead latents >= K_AUX
 
 
-def _setup(name, seed=0):
+def _setup(name, seed=0, k_aux=K_AUX):
     arch = sae.ARCHITECTURES[name]
     cfg = arch.default_config()
-    cfg.k, cfg.k_aux, cfg.dead_tokens, cfg.auxk_alpha = K, K_AUX, 100, ALPHA
+    cfg.k, cfg.k_aux, cfg.dead_tokens, cfg.auxk_alpha = K, k_aux, 100, ALPHA
     rng = np.random.default_rng(seed)
     params = dict(arch.init(jax.random.key(seed), D_IN, WIDTH, cfg))
     params["b_enc"] = jnp.asarray(rng.normal(size=WIDTH) * 0.1, jnp.float32)
@@ -33,7 +33,7 @@ def _setup(name, seed=0):
     return arch, cfg, params, x.astype(np.float32)
 
 
-def _openai_loss(params, x):
+def _openai_loss(params, x, k_aux=K_AUX):
     """OpenAI's TopK + AuxK loss (train.py), float64; returns (main, auxk) terms."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     x = np.asarray(x, np.float64)
@@ -44,7 +44,7 @@ def _openai_loss(params, x):
     mse_scale = 1.0 / np.mean((x.mean(0) - x) ** 2)
     main = mse_scale * np.mean((recons - x) ** 2)
     masked = pre * DEAD  # OAI's auxk_mask_fn zeroes the live latents' pre-activations
-    kth_aux = np.sort(masked, axis=-1)[:, -K_AUX][:, None]
+    kth_aux = np.sort(masked, axis=-1)[:, -min(k_aux, WIDTH)][:, None]
     aux_latents = np.where(masked >= kth_aux, np.maximum(masked, 0.0), 0.0)
     output = aux_latents @ p["W_dec"] + p["b_dec"]
     target = x - recons + p["b_dec"]
@@ -52,10 +52,12 @@ def _openai_loss(params, x):
     return main, ALPHA * normalized_mse
 
 
-def test_topk_loss_is_the_batch_variance_times_openais():
-    arch, cfg, params, x = _setup("topk")
+# k_aux >= width keeps every dead latent (no selection runs).
+@pytest.mark.parametrize("k_aux", [K_AUX, WIDTH + 8])
+def test_topk_loss_is_the_batch_variance_times_openais(k_aux):
+    arch, cfg, params, x = _setup("topk", k_aux=k_aux)
     total, metrics = jax.jit(lambda p, v: arch.loss(p, v, {"k": K}, cfg))(params, x)
-    main, aux = _openai_loss(params, x)
+    main, aux = _openai_loss(params, x, k_aux)
     assert aux > 0.01 * main  # AuxK is really on
     variance = np.mean(np.sum((x - x.mean(0)) ** 2, -1))
     np.testing.assert_allclose(float(total), variance * (main + aux), rtol=1e-5)

@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -89,16 +90,26 @@ def _train(name, cfg, value, steps=STEPS):
     keys = jax.random.split(jax.random.key(0), len(NAMES))
     params = jax.vmap(lambda k: arch.init(k, x_train.shape[-1], WIDTH, cfg))(keys)
     opt_state = jax.vmap(sae.optimizer(cfg).init)(params)
+    run = _compiled_run(name, ml_collections.FrozenConfigDict(cfg), steps)
+    return run(params, opt_state, jnp.asarray(value))
+
+
+@functools.cache
+def _compiled_run(name, cfg, steps):
+    """The jitted scan of `steps` steps; the sweep value is traced, so λs share one program."""
+    x_train, _, _ = _data()
     step = jax.vmap(sae.make_train_step(name, cfg), in_axes=(0, 0, 0, None, None))
     n_batches = x_train.shape[1] // BATCH
 
-    def body(carry, t):
-        x = jax.lax.dynamic_slice_in_dim(x_train, (t % n_batches) * BATCH, BATCH, axis=1)
-        params, opt_state, _ = step(*carry, x, t, value)
-        return (params, opt_state), None
+    def run(params, opt_state, value):
+        def body(carry, t):
+            x = jax.lax.dynamic_slice_in_dim(x_train, (t % n_batches) * BATCH, BATCH, axis=1)
+            params, opt_state, _ = step(*carry, x, t, value)
+            return (params, opt_state), None
 
-    run = jax.jit(lambda p, o: jax.lax.scan(body, (p, o), jnp.arange(steps))[0][0])
-    return run(params, opt_state)
+        return jax.lax.scan(body, (params, opt_state), jnp.arange(steps))[0][0]
+
+    return jax.jit(run)
 
 
 def _latents(name, cfg, params, value, x):
