@@ -1,0 +1,199 @@
+"""Training speed against SAELens on one machine: JumpReLU, same shapes, same data, alternating.
+
+Each round times, one after the other on the same host:
+
+- **SAELens**: its `SAETrainer.fit()` on a `JumpReLUTrainingSAE` (benchmarks/peer_saelens_speed.py,
+  run in SAELens's own virtualenv made by benchmarks/saelens_env.py; never a gemmascope
+  dependency), with PyTorch on every core;
+- **ours, trainer**: `train.train_sweep` over an `activations.ArraySource` of the same array (one
+  SAE, the same knobs), the whole trainer (batch gathering, logging, firing counters);
+- **ours, bare step**: the trainer's compiled step alone, called back to back on one batch.
+
+Trainer times on both sides are differences between a long and a short run (`--steps` more
+steps), so start-up, compilation and the final checkpoint cancel: what remains is each trainer's
+cost per step in steady state. The table reports the median over rounds, tokens/s and the
+ratios. Dense compute does not depend on L0 on either side; `--threshold_init` sets the initial
+JumpReLU threshold on both (0.001 fires on about half the latents at init, `--realistic_l0`
+picks the threshold that fires on about 1% of the width, Gemma Scope's L0 regime).
+
+Usage:
+    PYTHONPATH=. python benchmarks/vs_saelens.py      # d_in 256, width 4096, batch 4096
+    PYTHONPATH=. python benchmarks/vs_saelens.py --d_in 512 --width 16384 --batch 4096 --steps 4
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import saelens_env
+from gemmascope import activations, train
+from gemmascope import mesh as mesh_lib
+from gemmascope.train import loop, step
+
+_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_saelens_speed.py")
+_LR = 7e-5
+_BANDWIDTH = 1e-3
+_COEFF = 1e-3
+_WARM_STEPS = 2
+
+
+def _data(d_in: int, n_tokens: int) -> np.ndarray:
+    """Gaussian rows with E||x||² = 1 (normalised activations; no scaling on either side)."""
+    rows = np.random.default_rng(0).normal(size=(n_tokens, d_in)).astype(np.float32)
+    return rows / np.sqrt(d_in, dtype=np.float32)
+
+
+def _threshold_for_fraction(d_in: int, fraction: float) -> float:
+    """The θ above which a latent fires on `fraction` of these rows at init.
+
+    At init π = x W_enc with unit-norm encoder columns, so each π is ~N(0, 1/d_in).
+    """
+    return statistics.NormalDist().inv_cdf(1.0 - fraction) / float(np.sqrt(d_in))
+
+
+def _job(args, steps: int, name: str):
+    cfg = train.default_config("jumprelu")
+    cfg.update(
+        name=name,
+        width=args.width,
+        sweep_values=[_COEFF],
+        batch_size=args.batch,
+        total_tokens=args.batch * steps,
+        log_every_tokens=args.batch * steps,
+        ckpt_every_tokens=args.batch * 10**9,
+        heldout_every_tokens=0,
+        progress_bar=False,
+        tensorboard=False,
+        d_in=args.d_in,
+    )
+    cfg.sae.update(
+        lr=_LR,
+        lr_warmup_steps=0,
+        sparsity_warmup_steps=0,
+        bandwidth=_BANDWIDTH,
+        threshold_init=args.threshold_init,
+    )
+    return cfg
+
+
+def _ours_trainer_seconds(args, source, workdir, steps: int) -> float:
+    """Wall seconds of one train_sweep job of `steps` steps (its compiled step cached)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    start = time.perf_counter()
+    result = train.train_sweep(_job(args, steps, "speed"), source, workdir)
+    seconds = time.perf_counter() - start
+    assert result.steps == steps
+    return seconds
+
+
+def _ours_bare_seconds_per_step(args, source, steps: int) -> float:
+    """Seconds per call of the trainer's compiled step alone (same JobShape, so same program)."""
+    job = _job(args, steps, "bare")
+    arch = train.config.get_architecture("jumprelu")
+    sae_cfg = loop.resolve_sae_config(job, arch)
+    shape = loop._job_shape(  # the trainer's own shape, so the cached program is shared
+        job, sae_cfg, train.config.sweep_members(job), train.config.resolve_budget(job),
+        args.d_in, mesh_lib.make_mesh(job.mesh),
+    )  # fmt: skip
+    fns = step.compiled_functions(shape)
+    state = fns.init(np.zeros(1, np.int32), np.full(1, _COEFF, np.float32))
+    batch = next(source.iter_batches(args.batch, fns.batch_sharding))
+    state, _ = fns.train_step(state, batch)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = fns.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    return (time.perf_counter() - start) / steps
+
+
+def _peer_seconds(args, train_path: str, tmp: str, python: str) -> list[float]:
+    spec = {
+        "train": train_path,
+        "width": args.width,
+        "batch_size": args.batch,
+        "threshold_init": args.threshold_init,
+        "bandwidth": _BANDWIDTH,
+        "sparsity_coeff": _COEFF,
+        "lr": _LR,
+        "threads": os.cpu_count(),
+        "seed": 0,
+        "steps": [_WARM_STEPS, _WARM_STEPS + args.steps],
+    }
+    spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "peer.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    subprocess.run([python, _PEER, spec_path, out_path], check=True, capture_output=True)
+    with open(out_path) as f:
+        return json.load(f)["seconds"]
+
+
+def main():
+    """Parses the flags, runs the rounds and prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--d_in", type=int, default=256)
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=8, help="steps in each timed difference")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threshold_init", type=float, default=1e-3)
+    parser.add_argument(
+        "--realistic_l0", action="store_true", help="θ_init firing on ~1%% of latents at init"
+    )
+    args = parser.parse_args()
+    if args.realistic_l0:
+        args.threshold_init = _threshold_for_fraction(args.d_in, 0.01)
+    python = saelens_env.python_path()
+    rows = _data(args.d_in, max(8 * args.batch, 32768))
+    source = activations.ArraySource(rows, seed=0)
+    times = {"saelens": [], "trainer": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        train_path = os.path.join(tmp, "train.npy")
+        np.save(train_path, rows)
+        workdir = os.path.join(tmp, "work")
+        _ours_trainer_seconds(args, source, workdir, 1)  # compile once
+        for round_index in range(args.rounds):
+            short, long = _peer_seconds(args, train_path, tmp, python)
+            times["saelens"].append((long - short) / args.steps)
+            short = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS)
+            long = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS + args.steps)
+            times["trainer"].append((long - short) / args.steps)
+            times["bare"].append(_ours_bare_seconds_per_step(args, source, args.steps))
+            print(
+                f"round {round_index}: "
+                + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms/step" for k, v in times.items()),
+                flush=True,
+            )
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"\nJumpReLU, d_in {args.d_in}, width {args.width}, batch {args.batch}, "
+        f"threshold_init {args.threshold_init:.4g}; {os.cpu_count()} CPU cores, "
+        f"jax {jax.__version__} ({jax.default_backend()}), sae-lens {saelens_env.SAELENS_VERSION}; "
+        f"median of {args.rounds} rounds, {args.steps} steps each"
+    )
+    print("| what | ms/step | tokens/s | SAELens time / this |")
+    print("| --- | --- | --- | --- |")
+    for name, label in (
+        ("saelens", "SAELens SAETrainer.fit"),
+        ("trainer", "ours: train.train_sweep"),
+        ("bare", "ours: the compiled step alone"),
+    ):
+        seconds = median[name]
+        print(
+            f"| {label} | {seconds * 1e3:.0f} | {args.batch / seconds:,.0f} | "
+            f"{median['saelens'] / seconds:.2f} |"
+        )
+    print(f"trainer / bare step: {median['trainer'] / median['bare']:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
