@@ -151,3 +151,57 @@ def test_import_released_through_the_cli_flag():
         "gs://b/x@y/params.npz",
         "mlp_out/2",
     )
+
+
+def test_import_gemma_scope_2_folders_and_evaluate_them(tmp_path):
+    # Hand-written Gemma Scope 2 folders (safetensors + config.json, as the release has them):
+    # an SAE that reconstructs exactly (W_enc = [I, -I], W_dec = [I; -I], threshold 0) must
+    # evaluate to FVU 0 and delta LM loss 0; a skip-transcoder whose output is 0 with exactly
+    # 3 latents on per token (w_enc 0, b_enc 1 on three latents, -1 elsewhere) must be as bad as
+    # zero-ablating mlp_out/1 (loss_recovered 0) with L0 exactly 3.
+    import numpy as np
+    import pandas as pd
+    from safetensors.numpy import save_file
+
+    _, config = study.load_config_file(os.path.join(REPO, "experiments/tiny_demo.py:runlocal"))
+    d = study.model_config(config.model).hidden_size
+    eye, zeros = np.eye(d, dtype=np.float32), np.zeros
+    release = tmp_path / "gemma-scope-2-tiny-pt"
+    sae_dir = release / "resid_post" / "layer_0_width_256_l0_medium"
+    tc_dir = release / "transcoder_all" / "layer_1_width_16_l0_small_affine"
+    b_enc = np.where(np.arange(16) < 3, 1.0, -1.0).astype(np.float32)
+    folders = {
+        sae_dir: (
+            dict(w_enc=np.concatenate([eye, -eye], 1), w_dec=np.concatenate([eye, -eye], 0),
+                 b_enc=zeros(2 * d, np.float32), b_dec=zeros(d, np.float32),
+                 threshold=zeros(2 * d, np.float32)),
+            {"hf_hook_point_in": "model.layers.0.output"},
+        ),
+        tc_dir: (
+            dict(w_enc=zeros((d, 16), np.float32), w_dec=zeros((16, d), np.float32),
+                 b_enc=b_enc, b_dec=zeros(d, np.float32), threshold=np.full(16, 0.5, np.float32),
+                 affine_skip_connection=zeros((d, d), np.float32)),
+            {"hf_hook_point_in": "model.layers.1.pre_feedforward_layernorm.output",
+             "hf_hook_point_out": "model.layers.1.post_feedforward_layernorm.output",
+             "affine_connection": True},
+        ),
+    }  # fmt: skip
+    assert 2 * d == 256
+    for folder, (tensors, hooks) in folders.items():
+        folder.mkdir(parents=True)
+        save_file(tensors, str(folder / "params.safetensors"))
+        cfg = {"architecture": "jump_relu", "model_name": "tiny", "width": 16, **hooks}
+        (folder / "config.json").write_text(json.dumps(cfg))
+    workdir = tmp_path / "study"
+    with pytest.raises(ValueError, match="hook of mlp_in/1, not mlp_out/1; give @mlp_in/1"):
+        stages.run(config, str(workdir), "eval", released=[f"{tc_dir}@mlp_out/1"])
+    assert not (workdir / "saes").exists()
+    released = [f"{sae_dir}@resid_post/0", f"{tc_dir}/params.safetensors@mlp_in/1"]
+    stages.run(config, str(workdir), "eval", released=released)
+    table = pd.read_csv(workdir / "eval" / "saes.csv").set_index("sae")
+    sae_row = table.loc["resid_post/layer_0/width_256/gemmascope2_l0_medium"]
+    assert sae_row.fvu == 0.0 and sae_row.delta_loss == 0.0 and not sae_row.transcoder
+    tc_row = table.loc["transcoder_affine/layer_1/width_16/gemmascope2_l0_small"]
+    assert tc_row.transcoder and tc_row.target_site == "mlp_out/1" and tc_row.site == "mlp_in/1"
+    assert tc_row.source == "released" and tc_row.l0 == 3.0
+    assert abs(tc_row.loss_recovered) < 1e-5 and tc_row.delta_loss > 0

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from gemmascope import files, sae
-from gemmascope.export import layout, saelens_format
+from gemmascope.export import gs2_format, gs2_release, layout, saelens_format
 from gemmascope.export.folding import fold, fold_transcoder
 from gemmascope.export.npz_format import check_params, load_npz, save_npz
 from gemmascope.sae import inference
@@ -154,6 +154,7 @@ def export_run(workdir: str, job_name: str) -> list[str]:
     if d_out is not None:
         skip = (job.get("sae") or {}).get("skip_connection")
         kind = "transcoder_affine" if skip else "transcoder"
+    gs2_tags = gs2_release.release_tags(job, arch_name, members, several_seeds)
     folders = []
     for index, member in enumerate(members):
         value = member["sweep_value"]
@@ -202,6 +203,8 @@ def export_run(workdir: str, job_name: str) -> list[str]:
         layout.write_json_atomic(files.join(folder, layout.CONFIG_FILE), config)
         if d_out is None:  # SAELens's SAE format; transcoders are not written in it
             saelens_format.write_saelens(folder, raw, config, **trained_on)
+        if encoder["type"] == "jumprelu" and gs2_tags is not None:
+            gs2_release.write_member(workdir, raw, config, gs2_tags[index])
         folders.append(folder)
     return folders
 
@@ -291,6 +294,11 @@ def import_released(
     """
     if model_cfg is None and d_in is None:
         raise ValueError("import_released: give model_cfg (preferred) or d_in to check shapes")
+    if gs2_format.is_release(npz_path):
+        return gs2_release.import_release(
+            npz_path, workdir, site, model_cfg=model_cfg, d_in=d_in, tag=tag, model=model,
+            tokens_trained=tokens_trained,
+        )  # fmt: skip
     if model_cfg is not None:
         params = load_npz(npz_path, model_cfg=model_cfg, site=site, d_in=d_in)
     else:

@@ -15,7 +15,8 @@ Flags:
                 gs://bucket/prefix URL (docs/faq.md)
     --mode      plan | cache | train | eval | export | inspect | all
     --jobs      job names or globs to restrict cache/train/export to (comma-separated or repeated)
-    --import_released  PATH@SITE of a released Gemma Scope params.npz (local or gs://; repeated):
+    --import_released  PATH@SITE of a released Gemma Scope params.npz or Gemma Scope 2 folder
+                (local or gs://; repeated; SITE is the input site, mlp_in/L for a transcoder):
                 placed in the workdir's saes/ before export and evaluated (and inspected) with
                 the study's SAEs
     --show_config  print the resolved config (every field, overrides applied) and stop
@@ -63,8 +64,9 @@ _JOBS = flags.DEFINE_multi_string("jobs", [], "Job names or globs (default: all 
 _IMPORT_RELEASED = flags.DEFINE_multi_string(
     "import_released",
     [],
-    "PATH@SITE of a released Gemma Scope params.npz to evaluate with the study (repeatable), "
-    "e.g. /dl/layer_12/width_16k/average_l0_71/params.npz@resid_post/12.",
+    "PATH@SITE of a released Gemma Scope params.npz or Gemma Scope 2 folder to evaluate with the "
+    "study (repeatable), e.g. /dl/layer_12/width_16k/average_l0_71/params.npz@resid_post/12 or "
+    "/dl/transcoder_all/layer_3_width_16k_l0_small_affine@mlp_in/3.",
 )
 _SHOW_CONFIG = flags.DEFINE_bool(
     "show_config", False, "Print the resolved config (every field, overrides applied) and stop."

@@ -313,7 +313,9 @@ def parse_released(entry: str) -> tuple[str, str]:
     if not sep or not path or not site:
         raise ValueError(
             f"--import_released={entry!r}: expected PATH@SITE, e.g. "
-            "/dl/layer_12/width_16k/average_l0_71/params.npz@resid_post/12"
+            "/dl/layer_12/width_16k/average_l0_71/params.npz@resid_post/12 or "
+            "/dl/transcoder_all/layer_3_width_16k_l0_small@mlp_in/3 (a Gemma Scope 2 folder; "
+            "a transcoder's SITE is its input)"
         )
     return path, site
 
@@ -321,7 +323,9 @@ def parse_released(entry: str) -> tuple[str, str]:
 def run_import(
     config: ml_collections.ConfigDict, model_cfg, workdir: str, released: list[str]
 ) -> None:
-    """Places released Gemma Scope params.npz files in workdir/saes/ (checked by validate).
+    """Places released Gemma Scope params.npz files and Gemma Scope 2 folders in workdir/saes/.
+
+    Checked beforehand by validate.
 
     Each SAE gets its own folder: entries that would share one (the same site, width and
     `average_l0_<N>` tag) get `_2`, `_3`... appended to the tag, in the order given, and a folder
@@ -333,9 +337,9 @@ def run_import(
     if is_main_process():
         taken: set[str] = set()
         for path, site in (parse_released(entry) for entry in released):
-            width = integrity.npz_member_shape(path, "W_enc", "w_enc")[1]
-            tag = _free_tag(workdir, path, site, width, export.released_tag(path), taken)
-            taken.add(layout.sae_dir(workdir, site, width, "gemmascope", tag))
+            site_dir, width, arch, tag = _released_folder(path, site)
+            tag = _free_tag(workdir, path, site_dir, width, arch, tag, taken)
+            taken.add(layout.sae_dir(workdir, site_dir, width, arch, tag))
             folder = export.import_released(
                 path, workdir, site, model_cfg=model_cfg, tag=tag, model=str(config.model.path)
             )
@@ -344,14 +348,32 @@ def run_import(
         multihost_utils.sync_global_devices("gemmascope import done")
 
 
-def _free_tag(workdir: str, path: str, site: str, width: int, tag: str, taken: set) -> str:
+def _released_folder(path: str, site: str) -> tuple[str, int, str, str]:
+    """(kind/layer, width, architecture label, tag) of the folder a released SAE goes to."""
+    from gemmascope import export
+    from gemmascope.export import gs2_format, layout
+
+    if gs2_format.is_release(path):  # a Gemma Scope 2 folder
+        info = gs2_format.describe(path)
+        _, layer = layout.split_site(site)
+        if info.target_site is None:
+            return site, info.width, "gemmascope2", info.tag
+        kind = "transcoder_affine" if info.affine else "transcoder"
+        return f"{kind}/{layer}", info.width, "gemmascope2", info.tag
+    width = integrity.npz_member_shape(path, "W_enc", "w_enc")[1]
+    return site, width, "gemmascope", export.released_tag(path)
+
+
+def _free_tag(
+    workdir: str, path: str, site: str, width: int, arch: str, tag: str, taken: set
+) -> str:
     """`tag`, or `tag_2`, `tag_3`...: the first whose folder is free or holds this same file."""
     from gemmascope.export import layout
 
     origin = path if files.is_url(path) else os.path.abspath(path)
     for n in range(1, 1000):
         candidate = tag if n == 1 else f"{tag}_{n}"
-        folder = layout.sae_dir(workdir, site, width, "gemmascope", candidate)
+        folder = layout.sae_dir(workdir, site, width, arch, candidate)
         if folder in taken:
             continue
         config_path = files.join(folder, layout.CONFIG_FILE)

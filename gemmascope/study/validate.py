@@ -376,6 +376,7 @@ def _check_sites(config, model_cfg, problems: Problems) -> bool:
 
 def _check_released(entries, model_cfg, problems: Problems, plan_only, notes) -> None:
     """--import_released entries: PATH@SITE syntax, a site of the model, a readable npz."""
+    from gemmascope.export import gs2_format
     from gemmascope.model import sites as model_sites
     from gemmascope.study import stages
 
@@ -389,6 +390,9 @@ def _check_released(entries, model_cfg, problems: Problems, plan_only, notes) ->
         if not files.exists(path):
             line = f"--import_released={entry}: {path} does not exist"
             (notes.append(line) if plan_only else problems.add(line))
+            continue
+        if gs2_format.is_release(path):
+            _check_release_folder(entry, path, site, model_cfg, problems)
             continue
         damage = integrity.npz_problem(path)
         if damage:
@@ -405,3 +409,34 @@ def _check_released(entries, model_cfg, problems: Problems, plan_only, notes) ->
                 f"{model_sites.dim(model_cfg, site)}; is it the right site or model?"
             )
 
+
+def _check_release_folder(entry, path, site, model_cfg, problems: Problems) -> None:
+    """A Gemma Scope 2 folder: its hook points name `site` (the input), widths fit the model."""
+    from gemmascope.export import gs2_format
+    from gemmascope.model import sites as model_sites
+
+    try:
+        info = gs2_format.describe(path)
+    except (ValueError, FileNotFoundError) as error:
+        problems.add(f"--import_released={entry}: {error}")
+        return
+    if info.site != site:
+        problems.add(
+            f"--import_released={entry}: the folder's hf_hook_point_in is the hook of "
+            f"{info.site}, not {site}; give @{info.site}"
+        )
+        return
+    widths = [("w_enc", "d_in", site, info.d_in)]
+    if info.target_site is not None:
+        try:
+            model_sites.check(model_cfg, info.target_site)
+        except ValueError as error:
+            problems.add(f"--import_released={entry}: hf_hook_point_out: {error}")
+            return
+        widths.append(("w_dec", "d_out", info.target_site, info.d_out))
+    for tensor, name, where, got in widths:
+        if got != model_sites.dim(model_cfg, where):
+            problems.add(
+                f"--import_released={entry}: {tensor} has {name} {got}, but site {where} has "
+                f"{model_sites.dim(model_cfg, where)}; is it the right site or model?"
+            )

@@ -65,3 +65,39 @@ def fake_run(
     with open(os.path.join(run_dir, "job.json"), "w") as f:
         json.dump(job, f)
     return name, cfg, field, per_member
+
+
+def fake_transcoder_run(workdir, arch_name, skip, *, d_in, d_out, width, c_in, c_out, site=1):
+    """runs/<job>/job.json + final_params.npz as train_sweep writes them for a transcoder.
+
+    Of ``mlp_in/<site> -> mlp_out/<site>``, one member, trained on x / c_in -> y / c_out.
+
+    Returns:
+      (job name, the member's training-form params).
+    """
+    cfg = sae.ARCHITECTURES[arch_name].default_config()
+    cfg.update(d_out=d_out, skip_connection=skip, pre_encoder_bias=False, threshold_param="raw")
+    rng = np.random.default_rng(0)
+    init = sae.get(arch_name).init(jax.random.key(0), d_in, width, cfg)
+    params = {k: np.array(v) for k, v in init.items()}
+    for key in ("b_enc", "b_dec"):
+        params[key] = rng.normal(size=params[key].shape).astype(np.float32) * 0.1
+    if skip:
+        params["W_skip"] = rng.normal(size=(d_in, d_out)).astype(np.float32)
+    if "threshold" in params:
+        params["threshold"] = rng.uniform(0.05, 0.2, width).astype(np.float32)
+    name = f"transcoder-{arch_name}-{skip}"
+    run_dir = os.path.join(workdir, "runs", name)
+    os.makedirs(run_dir)
+    np.savez(os.path.join(run_dir, "final_params.npz"), **{k: v[None] for k, v in params.items()})
+    value = 1e-3
+    job = {
+        "name": name, "site": f"mlp_in/{site}", "target_site": f"mlp_out/{site}", "model": "tiny",
+        "arch": arch_name, "width": width, "sae": cfg.to_dict(), "norm_scale": c_in,
+        "target_norm_scale": c_out, "d_in": d_in, "d_out": d_out, "tokens_trained": 100,
+        "steps": 10, "sweep_field": sae.get(arch_name).sweep_field(cfg),
+        "members": [{"sweep_value": value, "seed": 0}],
+    }  # fmt: skip
+    with open(os.path.join(run_dir, "job.json"), "w") as f:
+        json.dump(job, f)
+    return name, params

@@ -5,53 +5,22 @@ folder, loaded back as the evaluation loads it, must give the same output on raw
 latents C_out times the training ones (the folding rule of docs/transcoders.md).
 """
 
-import json
-import os
-
-import jax
+import fake_training_run
 import numpy as np
 import pytest
 
-from gemmascope import export, sae
+from gemmascope import export
 from gemmascope.eval import metrics
 from gemmascope.eval.sweep_eval import SaeEntry
 
 D_IN, D_OUT, WIDTH, C_IN, C_OUT = 8, 6, 16, 3.0, 0.5
 
 
-def _fake_transcoder_run(workdir, arch_name, skip):
-    """runs/<job>/job.json + final_params.npz as train_sweep writes them for a transcoder."""
-    cfg = sae.ARCHITECTURES[arch_name].default_config()
-    cfg.update(d_out=D_OUT, skip_connection=skip, pre_encoder_bias=False, threshold_param="raw")
-    rng = np.random.default_rng(0)
-    init = sae.get(arch_name).init(jax.random.key(0), D_IN, WIDTH, cfg)
-    params = {k: np.array(v) for k, v in init.items()}
-    for key in ("b_enc", "b_dec"):
-        params[key] = rng.normal(size=params[key].shape).astype(np.float32) * 0.1
-    if skip:
-        params["W_skip"] = rng.normal(size=(D_IN, D_OUT)).astype(np.float32)
-    if "threshold" in params:
-        params["threshold"] = rng.uniform(0.05, 0.2, WIDTH).astype(np.float32)
-    name = f"transcoder-{arch_name}-{skip}"
-    run_dir = os.path.join(workdir, "runs", name)
-    os.makedirs(run_dir)
-    np.savez(os.path.join(run_dir, "final_params.npz"), **{k: v[None] for k, v in params.items()})
-    value = 1e-3
-    job = {
-        "name": name, "site": "mlp_in/1", "target_site": "mlp_out/1", "model": "tiny",
-        "arch": arch_name, "width": WIDTH, "sae": cfg.to_dict(), "norm_scale": C_IN,
-        "target_norm_scale": C_OUT, "d_in": D_IN, "d_out": D_OUT, "tokens_trained": 100,
-        "steps": 10, "sweep_field": sae.get(arch_name).sweep_field(cfg),
-        "members": [{"sweep_value": value, "seed": 0}],
-    }  # fmt: skip
-    with open(os.path.join(run_dir, "job.json"), "w") as f:
-        json.dump(job, f)
-    return name, params
-
-
 @pytest.mark.parametrize("skip", [False, True])
 def test_exported_transcoder_equals_the_training_form_on_raw_activations(tmp_path, skip):
-    name, params = _fake_transcoder_run(str(tmp_path), "jumprelu", skip)
+    name, params = fake_training_run.fake_transcoder_run(
+        str(tmp_path), "jumprelu", skip, d_in=D_IN, d_out=D_OUT, width=WIDTH, c_in=C_IN, c_out=C_OUT
+    )
     (folder,) = export.export_run(str(tmp_path), name)
     kind = "transcoder_affine" if skip else "transcoder"
     assert f"/saes/{kind}/layer_1/" in folder
