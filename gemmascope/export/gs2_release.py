@@ -32,7 +32,7 @@ def release_tags(job: dict, arch_name: str, members: list[dict], several_seeds: 
     Scope 2 folder kind (mlp_in SAEs, transcoders of other pairs) get None.
     """
     try:
-        gs2_format.folder_name(job["site"], 1, "x", target_site=job.get("target_site"))
+        gs2_format.folder_name(job["site"], 1, "x", target_site=job.get("target_site") or None)
     except ValueError:
         return None
     field = job["sweep_field"]
@@ -58,7 +58,7 @@ def write_member(workdir: str, raw: dict, config: dict, tag: str) -> str:
     Refuses to overwrite a folder written for another job or member (two jobs whose names
     would coincide there).
     """
-    target = config.get("target_site")
+    target = config.get("target_site") or None
     relative = gs2_format.folder_name(
         config["site"], config["width"], tag, target_site=target, affine="W_skip" in raw
     )

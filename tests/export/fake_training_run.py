@@ -50,6 +50,7 @@ def fake_run(
     job = {
         "name": name,
         "site": site,
+        "target_site": "",  # the trainer's job.json has it ("" for an SAE)
         "model": "tiny",
         "arch": arch_name,
         "width": width,
