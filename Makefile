@@ -12,7 +12,7 @@ LINT_PATHS := gemmascope tests experiments benchmarks launch tools
 
 STUDY_270M_WORKDIR ?= workdir/gemma3_270m_local
 
-.PHONY: demo test lint bench clean browser study-270m study-270m-smoke test-real-study
+.PHONY: demo demo-transcoders test lint bench clean browser study-270m study-270m-smoke test-real-study
 
 $(VENV)/.base: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ $(VENV)/.test: setup.py $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(PY) -m gemmascope --config=experiments/tiny_demo.py --workdir=$(DEMO_WORKDIR) --mode=all
+
+# The demo with Gemma Scope 2's transcoders at every layer as well (docs/transcoders.md): a
+# second command, since they about double the demo's time.
+demo-transcoders: $(VENV)/.base
+	$(PY) -m gemmascope --config=experiments/tiny_demo.py:transcoders --workdir=$(DEMO_WORKDIR)_transcoders --mode=all
 
 # The real-model study (docs/gemma3_270m_study.md): the real Gemma 3 270M from the test extra.
 study-270m: $(VENV)/.test

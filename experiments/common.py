@@ -149,6 +149,9 @@ GS2_EVERY_LAYER_WIDTHS = (2**14, 2**18)
 GS2_DEPTH_WIDTHS = (2**14, 2**16, 2**18)
 GS2_RESID_DEPTH_WIDTHS = (2**20,)
 GS2_SIZES = ("270m", "1b", "4b", "12b", "27b")
+# Gemma Scope 2's transcoders: plain (`transcoder`) and with an affine skip connection
+# (`..._affine`), each mlp_in/L -> mlp_out/L.
+GS2_TRANSCODERS = ("plain", "affine")
 
 
 def gemma_scope_2_jumprelu() -> ml_collections.ConfigDict:
@@ -192,9 +195,24 @@ def gemma_scope_2_groups(n_layers: int) -> ml_collections.ConfigDict:
         groups[f"res_depths_{width // 2**20}m"] = gemma_scope_group(
             sites(depths, ["resid_post"]), [width]
         )
-    # Transcoders (issue 15): Gemma Scope 2's `transcoder_all` (mlp_in -> mlp_out on every
-    # layer, with and without an affine skip connection) adds its groups here; `mlp_in` is
-    # already a site (docs/model.md) and goes into config.sites with them.
+    groups.update(gemma_scope_2_transcoder_groups(n_layers))
+    return groups
+
+
+def gemma_scope_2_transcoder_groups(n_layers: int) -> ml_collections.ConfigDict:
+    """Gemma Scope 2's `transcoder_all`: an mlp_in/L -> mlp_out/L transcoder on every layer.
+
+    Plain and with an affine skip connection (Gemma Scope 2's `..._affine`), at widths 16k and
+    262k, with the small and big target L0 as the every-layer SAEs (docs/transcoders.md). The
+    config's sites must cache mlp_in and mlp_out of every layer.
+    """
+    groups = ml_collections.ConfigDict()
+    small_big = (GS2_TARGET_L0["big"], GS2_TARGET_L0["small"])
+    for width in GS2_EVERY_LAYER_WIDTHS:
+        group = gemma_scope_group([f"mlp_in/{layer}" for layer in range(n_layers)], [width])
+        group.transcoders = GS2_TRANSCODERS
+        group.sweep_values = ml_collections.ConfigDict(dict(jumprelu=small_big))
+        groups[f"tc_all_{width // 1024}k"] = group
     return groups
 
 
@@ -228,7 +246,8 @@ def gemma_scope_2_study(size: str, arg) -> ml_collections.ConfigDict:
     config.data.text_field = "text"
     # Sequence length of Gemma Scope (docs/recipe.md#training-data).
     config.data.seq_len = 1024
-    config.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
+    # The SAE sites, and mlp_in: the transcoders' input (their target is mlp_out).
+    config.sites = ("attn_z/*", "mlp_in/*", "mlp_out/*", "resid_post/*")
     n_layers = model.presets.get(config.model.preset).num_hidden_layers
     config.jobs.groups = gemma_scope_2_groups(n_layers)
     config.jobs.archs = gemma_scope_2_jumprelu()
@@ -260,5 +279,12 @@ def finish_gemma_scope_2_study(config: ml_collections.ConfigDict, arg) -> None:
         shrink_for_local(config)
         # Target L0s the embedded model's 64- and 128-wide local SAEs can reach.
         config.jobs.archs.jumprelu.sweep_values = (32.0, 16.0, 8.0)
+        # One layer's transcoders, plain and affine, at the local SAEs' smaller width.
+        config.sites = (*config.sites, "mlp_in/1")
+        config.jobs.groups.local_transcoders = ml_collections.ConfigDict(
+            dict(
+                sites=("mlp_in/1",), widths=(64,), total_tokens=4096.0, transcoders=GS2_TRANSCODERS
+            )
+        )
     if arg.variant == "it":
         config.data.chat_wrap = True

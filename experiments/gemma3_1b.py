@@ -19,7 +19,9 @@ Gemma Scope 2's L0 labels, docs/recipe.md):
 2^20, else 8B (Gemma Scope's rule; Gemma Scope 2's budgets are not public). Every job stacks its
 target L0s; JumpReLU with the Gemma Scope recipe in the target-L0 form. `variant=it` trains on the
 same text wrapped as a user turn of Gemma 3's chat template, for Gemma 3 1B IT (default
-model_dir gemma-3-1b-it). Transcoders: issue 15 (common.gemma_scope_2_groups).
+model_dir gemma-3-1b-it).
+Transcoders (Gemma Scope 2's transcoder_all, docs/transcoders.md): mlp_in -> mlp_out at every
+layer, plain and with an affine skip connection, at 2^14 and 2^18, big and small L0.
 
 Arguments: model_dir (default gemma-3-1b-<variant>), variant (pt | it), runlocal (the same file
 on the shipped tiny model, a few thousand tokens: CI and laptops).

@@ -16,7 +16,11 @@ a run of a few hundred steps needs (a raw threshold, a 40x larger learning rate 
 to the run, the encoder initialised at 0.1·W_decᵀ for JumpReLU and Gated, AuxK on dead JumpReLU
 latents), and JumpReLU's target-L0 form (the user says which L0 they want; λ is steered to it).
 
-Arguments: runlocal (a two-site, few-step version for tests and CI).
+Arguments: runlocal (a two-site, few-step version for tests and CI); transcoders (`make
+demo-transcoders`: adds Gemma Scope 2's transcoders at every layer, mlp_in/L -> mlp_out/L plain
+and with an affine skip connection, JumpReLU and TopK at both widths, 32 more jobs; the mlp_in
+sites are cached too. A separate command because it about doubles the demo's time,
+docs/transcoders.md).
 """
 
 from gemmascope import assets, sae, study
@@ -25,7 +29,7 @@ from gemmascope.study import jobs
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False)
+    arg = study.parse_arg(arg, runlocal=False, transcoders=False)
     config = study.base_config()
     config.name = "tiny_demo"
     # The tiny Gemma 2 shipped in gemmascope/assets (docs/embedded_model.md).
@@ -94,6 +98,8 @@ def get_config(arg=None):
     config.plan.n_chips = 1
     config.plan.mfu = 0.3
 
+    if arg.transcoders:
+        add_transcoders(config)
     if arg.runlocal:
         config.name = "tiny_demo_runlocal"
         config.data.max_sequences = 80
@@ -112,6 +118,25 @@ def get_config(arg=None):
     return config
 
 
+def add_transcoders(config):
+    """Gemma Scope 2's transcoders at every layer of the tiny model (docs/transcoders.md).
+
+    mlp_in/L -> mlp_out/L, plain and with an affine skip connection, at the SAEs' widths, with
+    the architectures that train transcoders (JumpReLU, TopK; Gated does not). The SAE group
+    keeps its three site kinds: mlp_in is cached for the transcoders only.
+    """
+    config.name = "tiny_demo_transcoders"
+    config.sites = (*config.sites, "mlp_in/*")
+    config.jobs.groups.all_sites.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
+    config.jobs.groups.transcoders = dict(
+        sites=("mlp_in/*",),
+        widths=tuple(config.jobs.groups.all_sites.widths),
+        total_tokens=config.jobs.groups.all_sites.total_tokens,
+        transcoders=("plain", "affine"),
+        archs=("jumprelu", "topk"),
+    )
+
+
 def sweep(add, arg=None):
     """Launcher tasks (launch/): one per site kind x architecture, each running its jobs in turn.
 
@@ -121,6 +146,6 @@ def sweep(add, arg=None):
     """
     config = get_config(arg)
     all_jobs = jobs.expand(config, study.model_config(config.model))
-    for kind in sorted({job.site.split("/")[0] for job in all_jobs}):
-        for arch in sorted(config.jobs.archs):
-            add(jobs=f"{kind}-*-{arch}")
+    # Job names start with the site kind (transcoder jobs with transcoder[_affine]).
+    for kind, arch in sorted({(job.name.split("-")[0], job.arch) for job in all_jobs}):
+        add(jobs=f"{kind}-*-{arch}")

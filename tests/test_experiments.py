@@ -184,3 +184,21 @@ def test_runlocal_trains_a_job_is_preempted_and_resumes(
         np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
     job = json.loads((run_dir / "job.json").read_text())
     assert job["steps"] == 16 and len(job["members"]) == 3
+
+
+def test_tiny_demo_transcoders_adds_every_layers_transcoders(capsys):
+    # make demo-transcoders: the demo's 72 jobs plus, at each of 4 layers, plain and affine
+    # transcoders x 2 widths x {jumprelu, topk}; its launcher tasks cover every job.
+    module, config = study.load_config_file("experiments/tiny_demo.py:transcoders")
+    all_jobs = jobs.expand(config, study.model_config(config.model))
+    transcoders = [job for job in all_jobs if job.get("target_site")]
+    assert len(all_jobs) == 72 + 32 and len(transcoders) == 32
+    assert {(job.site, job.target_site) for job in transcoders} == {
+        (f"mlp_in/{layer}", f"mlp_out/{layer}") for layer in range(4)
+    }
+    assert not any(job.site.startswith("mlp_in") for job in all_jobs if job not in transcoders)
+    added = []
+    module.sweep(lambda **kw: added.append(kw), "transcoders")
+    assert jobs.select(all_jobs, [a["jobs"] for a in added]) == all_jobs
+    stages.run(config, None, "plan")
+    assert "mlp_in          4 sites" in capsys.readouterr().out

@@ -116,3 +116,69 @@ def test_parse_arg():
         study.parse_arg("lyer=3", layer=12)
     with pytest.raises(ValueError, match="layer='x' is not a int"):
         study.parse_arg("layer=x", layer=12)
+
+
+def transcoder_study():
+    config = tiny_study()
+    config.sites = ("resid_post/*", "mlp_in/*", "mlp_out/1", "mlp_out/2")
+    config.jobs.groups.small.sites = ("resid_post/*",)
+    config.jobs.groups.wide.sites = ("resid_post/2",)
+    config.jobs.groups.tc = dict(
+        sites=("mlp_in/1", "mlp_in/2"), widths=(32,), total_tokens=2000,
+        transcoders=("plain", "affine"),
+    )  # fmt: skip
+    config.jobs.archs.gated = dict(sweep_values=(0.1,), sae=dict())
+    config.jobs.groups.small.archs = ("jumprelu", "topk", "gated")
+    config.jobs.groups.wide.archs = ("jumprelu",)
+    config.jobs.groups.tc.archs = ("jumprelu", "topk")
+    return config
+
+
+def test_transcoder_groups_expand_into_site_pair_jobs():
+    config = transcoder_study()
+    by_name = {job.name: job for job in expand(config)}
+    tc_names = sorted(name for name in by_name if name.startswith("transcoder"))
+    assert tc_names == [
+        f"{kind}-L{layer}-w32-{arch}"
+        for kind in ("transcoder", "transcoder_affine")
+        for layer in (1, 2)
+        for arch in ("jumprelu", "topk")
+    ]
+    job = by_name["transcoder_affine-L2-w32-jumprelu"]
+    assert (job.site, job.target_site, job.d_in, job.total_tokens) == ("mlp_in/2", "mlp_out/2",
+                                                                       64, 2000)  # fmt: skip
+    assert job.sae.skip_connection and not job.sae.pre_encoder_bias and job.sae.d_out == 64
+    plain = by_name["transcoder-L1-w32-topk"]
+    assert plain.target_site == "mlp_out/1" and not plain.sae.skip_connection
+    assert by_name["resid_post-L2-w64-jumprelu"].target_site == ""  # an SAE
+    # A group's archs restrict it: the wide group trains JumpReLU only.
+    assert "resid_post-L2-w64-topk" not in by_name and "resid_post-L0-w32-gated" in by_name
+    # The cache stage caches a transcoder's input and target; job_groups names its group.
+    selected = jobs.select(list(by_name.values()), ["transcoder-L1-*"])
+    assert jobs.sites_of(selected) == ["mlp_in/1", "mlp_out/1"]
+    groups = jobs.job_groups(config, study.model_config(config.model))
+    assert groups["transcoder_affine-L2-w32-topk"] == "tc"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.jobs.groups.tc.update(transcoders=("skip",)),
+         r"transcoders = \['skip'\]: \['skip'\] unknown; valid: \['affine', 'plain'\]"),
+        (lambda c: c.jobs.groups.tc.update(sites=("mlp_out/1",)),
+         r"tc is a transcoder group, whose sites are the transcoders' inputs mlp_in/L .*not "
+         r"\['mlp_out/1'\]"),
+        (lambda c: c.jobs.groups.tc.update(sites=("mlp_in/3",)),
+         r"its transcoders write \['mlp_out/3'\], which config.sites .* does not cache"),
+        (lambda c: c.jobs.groups.tc.update(archs=("jumprelu", "gated")),
+         r"tc trains transcoders, which \['gated'\] cannot train \(architectures that do: "
+         r"\['batchtopk', 'jumprelu', 'topk'\]\)"),
+        (lambda c: c.jobs.groups.tc.update(archs=("relu",)),
+         r"groups.tc.archs: \['relu'\] are not architectures of config.jobs.archs"),
+    ],
+)  # fmt: skip
+def test_bad_transcoder_groups_are_refused(change, message):
+    config = transcoder_study()
+    change(config)
+    with pytest.raises(ValueError, match=message):
+        expand(config)

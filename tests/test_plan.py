@@ -1,5 +1,7 @@
 """Plan mode: the figures of docs/recipe.md#throughput and #storage; the Gemma studies."""
 
+import types
+
 import pytest
 
 from gemmascope import model, plan, study
@@ -286,9 +288,10 @@ def test_gemma3_studies_lay_out_gemma_scope_2(size):
     assert model_cfg.num_hidden_layers == n_layers
     by_name = {job.name: job for job in jobs.expand(config, model_cfg)}
     # Every layer x 3 kinds x {16k, 262k}; the 4 depths x 3 kinds also at 65k; their residual
-    # stream at 1m. Two target L0s per SAE at every layer, three at the depths.
-    n_jobs = n_layers * 3 * 2 + 4 * 3 + 4
-    n_saes = (n_layers - 4) * 3 * 2 * 2 + (4 * 3 * 3 + 4) * 3
+    # stream at 1m. Two target L0s per SAE at every layer, three at the depths. Transcoders
+    # (transcoder_all): every layer x {plain, affine} x {16k, 262k}, two target L0s.
+    n_jobs = n_layers * 3 * 2 + 4 * 3 + 4 + n_layers * 2 * 2
+    n_saes = (n_layers - 4) * 3 * 2 * 2 + (4 * 3 * 3 + 4) * 3 + n_layers * 2 * 2 * 2
     assert len(by_name) == n_jobs
     small_big, all_three = [128.0, 16.0], [128.0, 48.0, 16.0]
     other = next(layer for layer in range(n_layers) if layer not in depths)
@@ -305,9 +308,23 @@ def test_gemma3_studies_lay_out_gemma_scope_2(size):
         assert f"mlp_out-L{layer}-w1048576-jumprelu" not in by_name
     job = by_name[f"mlp_out-L{other}-w16384-jumprelu"]
     assert job.total_tokens == 4e9 and job.sae.sparsity_form == "target_l0"
+    for layer in (0, depths[0], n_layers - 1):
+        for width in (2**14, 2**18):
+            for kind, skip in (("transcoder", False), ("transcoder_affine", True)):
+                tc = by_name[f"{kind}-L{layer}-w{width}-jumprelu"]
+                assert (tc.site, tc.target_site) == (f"mlp_in/{layer}", f"mlp_out/{layer}")
+                assert tc.sae.skip_connection == skip and not tc.sae.pre_encoder_bias
+                assert tc.sae.d_out == model_cfg.hidden_size and tc.sweep_values == small_big
     assert by_name[f"attn_z-L{other}-w262144-jumprelu"].total_tokens == 8e9
-    text = plan.format_plan(plan.make_plan(config, model_cfg))
+    study_plan = plan.make_plan(config, model_cfg)
+    text = plan.format_plan(study_plan)
     assert f"{n_jobs} jobs, {n_saes} SAEs" in text
+    # The cache holds mlp_in of every layer (the transcoders' input; no mlp_in SAE) for the
+    # largest transcoder budget, the 262k group's 8B tokens.
+    d = model_cfg.hidden_size
+    mlp_in = [site for site in study_plan.storage_bytes if site.startswith("mlp_in/")]
+    assert len(mlp_in) == n_layers
+    assert study_plan.storage_bytes["mlp_in/0"] == 8e9 * d * 4
     # IT: the same jobs on chat-wrapped text.
     _, it = study.load_config_file(f"experiments/gemma3_{size}.py:variant=it")
     assert it.name == f"gemma3_{size}_it" and it.data.chat_wrap and not config.data.chat_wrap
@@ -346,3 +363,30 @@ def test_gemma3_27b_plan_names_its_1m_misfits():
     small = plan.make_plan(config, study.model_config(config.model))
     assert all(small.fits(job) for job in small.jobs)
     assert "job(s) need" not in plan.format_plan(small)
+
+
+def test_transcoder_flops_and_memory_count_d_out_and_w_skip():
+    # By hand: a skip-transcoder's matrices are W_enc (d_in x M), W_dec (M x d_out) and W_skip
+    # (d_in x d_out); 6 FLOPs per matrix parameter per token. The trainer's MFU uses the same.
+    from gemmascope.train import throughput
+
+    d_in, width, d_out = 40, 256, 24
+    assert plan.sae_step_flops(d_in, width, 512, 3, "jumprelu", d_out=d_out, skip=True) == (
+        6 * (d_in * width + width * d_out + d_in * d_out) * 512 * 3
+    )
+    assert plan.sae_param_count(d_in, width, d_out, skip=True) == (
+        d_in * width + width * d_out + d_in * d_out + 2 * width + d_out
+    )
+    assert plan.sae_step_flops(d_in, width, 512, 3, "jumprelu") == 6 * 2 * d_in * width * 512 * 3
+    _, config = study.load_config_file("experiments/gemma3_270m.py")
+    model_cfg = study.model_config(config.model)
+    selected = jobs.select(jobs.expand(config, model_cfg), ["transcoder_affine-L3-w16384-*"])
+    (job,) = plan.make_plan(config, model_cfg, selected).jobs
+    d = model_cfg.hidden_size
+    per_step = 6 * (2 * d * 2**14 + d * d) * 4096 * 2
+    assert job.flops == per_step * job.steps and job.n_saes == 2
+    assert job.params_bytes_per_device == 2 * (2 * d * 2**14 + d * d + 2 * 2**14 + d) * 4
+    # The fields of a step.JobShape that the trainer's FLOPs read.
+    shape = types.SimpleNamespace(arch="jumprelu", sae_cfg=selected[0].sae, d_in=d, width=2**14,
+                                  n_members=2, batch_size=4096)  # fmt: skip
+    assert throughput.step_flops(shape) == per_step

@@ -11,9 +11,11 @@ wall time on `config.plan.accelerator` x `config.plan.n_chips` at `config.plan.m
 optimizer and activation memory per device for the job's mesh. For each site: the activation cache
 bytes. The estimates follow docs/recipe.md#throughput:
 
-- training FLOPs = 6 x (SAE parameters) x tokens per SAE (forward 2, backward 4 FLOPs per
+- training FLOPs = 6 x (SAE matrix parameters) x tokens per SAE (forward 2, backward 4 FLOPs per
   parameter per token; the standard estimate docs/recipe.md#throughput uses for the 45 ms / 50.8%
-  MFU example), x 1.5 for Gated SAEs (their decoder runs twice, docs/recipe.md#gated);
+  MFU example), x 1.5 for Gated SAEs (their decoder runs twice, docs/recipe.md#gated); the
+  matrices are W_enc (d_in x width) and W_dec (width x d_out), d_out = d_in for an SAE and the
+  target's width for a transcoder, plus W_skip (d_in x d_out) for a skip-transcoder;
 - step time = FLOPs per step / (chips x peak x MFU);
 - cache bytes = cached tokens x d_in x bytes per element (fp32 = 4: 8B tokens of one 9B site is
   ~104 TiB, the "about 100 TiB" of docs/recipe.md#storage);
@@ -54,19 +56,40 @@ BATCH_LATENT_ARRAYS = 4
 BYTES = lm_memory.BYTES  # bytes per element of a dtype name
 
 
-def sae_param_count(d_in: int, width: int) -> int:
-    """Parameters of one SAE: W_enc, W_dec (d_in x width each), b_enc, threshold, b_dec."""
-    return 2 * d_in * width + 2 * width + d_in
+def _matrix_params(d_in: int, width: int, d_out: int | None, skip: bool) -> int:
+    """W_enc (d_in x width) + W_dec (width x d_out) [+ W_skip (d_in x d_out)]."""
+    out = d_in if d_out is None else int(d_out)
+    return d_in * width + width * out + (d_in * out if skip else 0)
 
 
-def sae_flops_per_token(d_in: int, width: int, arch: str = "jumprelu") -> float:
-    """Training FLOPs per token for one SAE (6 x parameters, x1.5 for Gated)."""
-    return 6.0 * 2 * d_in * width * ARCH_FLOP_FACTOR.get(arch, 1.0)
+def sae_param_count(d_in: int, width: int, d_out: int | None = None, skip: bool = False) -> int:
+    """Parameters of one SAE: W_enc, W_dec, b_enc, threshold, b_dec (and a transcoder's W_skip).
+
+    `d_out`: a transcoder's target width (None: an SAE, d_out = d_in); `skip`: a
+    skip-transcoder's W_skip (d_in x d_out).
+    """
+    out = d_in if d_out is None else int(d_out)
+    return _matrix_params(d_in, width, d_out, skip) + 2 * width + out
 
 
-def sae_step_flops(d_in: int, width: int, batch_size: int, n_saes: int, arch: str) -> float:
+def sae_flops_per_token(
+    d_in: int, width: int, arch: str = "jumprelu", d_out: int | None = None, skip: bool = False
+) -> float:
+    """Training FLOPs per token for one SAE (6 x matrix parameters, x1.5 for Gated)."""
+    return 6.0 * _matrix_params(d_in, width, d_out, skip) * ARCH_FLOP_FACTOR.get(arch, 1.0)
+
+
+def sae_step_flops(
+    d_in: int,
+    width: int,
+    batch_size: int,
+    n_saes: int,
+    arch: str,
+    d_out: int | None = None,
+    skip: bool = False,
+) -> float:
     """Training FLOPs of one step of `n_saes` stacked SAEs (the plan's, and the trainer's MFU)."""
-    return sae_flops_per_token(d_in, width, arch) * batch_size * n_saes
+    return sae_flops_per_token(d_in, width, arch, d_out, skip) * batch_size * n_saes
 
 
 def sae_step_seconds(
@@ -195,15 +218,20 @@ def plan_job(
     n_chips: int,
     mfu: float,
 ) -> JobPlan:
-    """Estimates one job on `n_chips` chips of `accelerator` (its mesh spans their devices)."""
+    """Estimates one job on `n_chips` chips of `accelerator` (its mesh spans their devices).
+
+    A transcoder job's `sae.d_out` and `sae.skip_connection` (set by `jobs.expand`) size its
+    decoder and skip matrix.
+    """
     n_saes = len(job.sweep_values) * len(job.get("seeds", [0]))
     n_devices = n_chips * accelerator.devices_per_chip
     sizes = mesh_lib.axis_sizes(job.mesh, n_devices, field=f"the mesh of job {job.name}")
     data_shards, model_shards = sizes["data"], sizes["model"]
     steps = int(-(-float(job.total_tokens) // job.batch_size))
-    flops_per_step = sae_step_flops(d_in, job.width, job.batch_size, n_saes, job.arch)
+    d_out, skip = job.sae.get("d_out"), bool(job.sae.get("skip_connection"))
+    flops_per_step = sae_step_flops(d_in, job.width, job.batch_size, n_saes, job.arch, d_out, skip)
     step_seconds = flops_per_step / (n_chips * accelerator.peak_flops * mfu)
-    params_bytes = n_saes * sae_param_count(d_in, job.width) * 4 / model_shards
+    params_bytes = n_saes * sae_param_count(d_in, job.width, d_out, skip) * 4 / model_shards
     batch_latents = (job.batch_size / data_shards) * (job.width / model_shards) * n_saes
     return JobPlan(
         name=job.name,
@@ -255,9 +283,12 @@ def make_plan(
         d_in = model_sites.dim(model_cfg, job.site)
         job_plans.append(plan_job(job, d_in, accelerator, n_chips, float(config.plan.mfu)))
         job_plans[-1].group = groups.get(job.name, "")
-        tokens = max(cache_tokens.get(job.site, 0.0), float(job.total_tokens))
-        cache_tokens[job.site] = min(tokens, corpus_tokens) if corpus_tokens else tokens
-        storage[job.site] = activation_storage_bytes(cache_tokens[job.site], d_in, storage_dtype)
+        # A transcoder reads its input site's cache and its target's (mlp_in/L and mlp_out/L).
+        for site in filter(None, (job.site, job.get("target_site"))):
+            tokens = max(cache_tokens.get(site, 0.0), float(job.total_tokens))
+            cache_tokens[site] = min(tokens, corpus_tokens) if corpus_tokens else tokens
+            site_dim = model_sites.dim(model_cfg, site)
+            storage[site] = activation_storage_bytes(cache_tokens[site], site_dim, storage_dtype)
     return StudyPlan(
         study=config.name,
         accelerator=accelerator,

@@ -14,6 +14,13 @@ lists named groups, each a set of site globs x widths with a token budget (and o
 sweep values per architecture, `sweep_values.<arch>`), and named architectures, each with its sweep
 values and SAE overrides; every group x site x width x architecture is one job. The same job reached
 from two groups is an error unless both give it the same budget and sweep values.
+
+A group may restrict its architectures (`archs`, a subset of `jobs.archs`), and a *transcoder
+group* (`transcoders = ("plain", "affine")`, or one of them) lists input sites `mlp_in/L`: each
+becomes a transcoder of `mlp_in/L -> mlp_out/L` (docs/transcoders.md), plain or with an affine
+skip connection, named `transcoder-L<layer>-w<width>-<arch>` or `transcoder_affine-...`. Both
+sites must be in `config.sites` (the cache stores both); the job's `target_site`,
+`sae.d_out`, `sae.pre_encoder_bias = False` and `sae.skip_connection` are set here.
 """
 
 from __future__ import annotations
@@ -25,11 +32,26 @@ import ml_collections
 from gemmascope import sae, train
 from gemmascope.model import sites as model_sites
 
+#: A transcoder group's kinds: `transcoders` holds some of these.
+TRANSCODER_KINDS = {"plain": "transcoder", "affine": "transcoder_affine"}
 
-def job_name(site: str, width: int, arch: str) -> str:
-    """Returns the stable job name `<kind>-L<layer>-w<width>-<arch>`."""
+
+def job_name(site: str, width: int, arch: str, transcoder: str = "") -> str:
+    """Returns the stable job name `<kind>-L<layer>-w<width>-<arch>`.
+
+    A transcoder's (`transcoder` "plain" or "affine", `site` its input) is
+    `transcoder-L<layer>-...` or `transcoder_affine-L<layer>-...`.
+    """
     kind, layer = model_sites.parse(site)
+    if transcoder:
+        kind = TRANSCODER_KINDS[transcoder]
     return f"{kind}-L{layer}-w{width}-{arch}"
+
+
+def target_of(site: str) -> str:
+    """A transcoder's target site: `mlp_out/L` for its input `mlp_in/L`."""
+    _, layer = model_sites.parse(site)
+    return f"{model_sites.MLP_OUT}/{layer}"
 
 
 def mesh_shape(mesh_section: ml_collections.ConfigDict, width: int) -> tuple[int, int]:
@@ -70,19 +92,17 @@ def expand(config: ml_collections.ConfigDict, model_cfg) -> list[ml_collections.
     cached = set(model_sites.resolve(model_cfg, list(config.sites)))
     by_name: dict[str, ml_collections.ConfigDict] = {}
     for group_name, group in sorted(config.jobs.groups.items()):
-        group_sites = _group_sites(config, model_cfg, group_name, group, cached)
         group_sweeps = _group_sweeps(config, group_name, group)
-        for site in group_sites:
-            for width in group.widths:
-                if int(width) <= 0:
-                    raise ValueError(f"config.jobs.groups.{group_name}: width {width} <= 0.")
-                for arch_name, arch_section in sorted(config.jobs.archs.items()):
-                    job = _make_job(config, model_cfg, site, int(width), arch_name, arch_section)
-                    job.total_tokens = int(group.total_tokens)
-                    if arch_name in group_sweeps:
-                        job.sweep_values = list(group_sweeps[arch_name])
-                    _check_same_job(by_name.get(job.name), job)
-                    by_name[job.name] = job
+        for site, width, arch_name, transcoder in _group_jobs(
+            config, model_cfg, group_name, group, cached
+        ):
+            arch_section = config.jobs.archs[arch_name]
+            job = _make_job(config, model_cfg, site, width, arch_name, arch_section, transcoder)
+            job.total_tokens = int(group.total_tokens)
+            if arch_name in group_sweeps:
+                job.sweep_values = list(group_sweeps[arch_name])
+            _check_same_job(by_name.get(job.name), job)
+            by_name[job.name] = job
     return [by_name[name] for name in sorted(by_name)]
 
 
@@ -94,11 +114,85 @@ def job_groups(config: ml_collections.ConfigDict, model_cfg) -> dict[str, str]:
     cached = set(model_sites.resolve(model_cfg, list(config.sites)))
     groups: dict[str, str] = {}
     for group_name, group in sorted(config.jobs.groups.items()):
-        for site in _group_sites(config, model_cfg, group_name, group, cached):
-            for width in group.widths:
-                for arch_name in sorted(config.jobs.archs):
-                    groups.setdefault(job_name(site, int(width), arch_name), group_name)
+        for site, width, arch_name, transcoder in _group_jobs(
+            config, model_cfg, group_name, group, cached
+        ):
+            groups.setdefault(job_name(site, width, arch_name, transcoder), group_name)
     return groups
+
+
+def _group_jobs(config, model_cfg, group_name, group, cached):
+    """(site, width, architecture, transcoder kind or "") of every job of one group, in order.
+
+    Raises:
+        ValueError: A width <= 0, an unknown transcoder kind or group architecture, a transcoder
+            group site that is not mlp_in or whose mlp_out is not cached, or an architecture
+            that does not train transcoders in a transcoder group.
+    """
+    transcoders = _group_transcoders(group_name, group)
+    archs = _group_archs(config, group_name, group, transcoders)
+    group_sites = _group_sites(config, model_cfg, group_name, group, cached)
+    if transcoders:
+        _check_transcoder_sites(config, group_name, group_sites, cached)
+    for site in group_sites:
+        for width in group.widths:
+            if int(width) <= 0:
+                raise ValueError(f"config.jobs.groups.{group_name}: width {width} <= 0.")
+            for arch_name in archs:
+                for transcoder in transcoders or ("",):
+                    yield site, int(width), arch_name, transcoder
+
+
+def _group_transcoders(group_name, group) -> tuple[str, ...]:
+    """A group's transcoder kinds (`group.transcoders`), () for an SAE group."""
+    kinds = group.get("transcoders", None) or ()
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    bad = [kind for kind in kinds if kind not in TRANSCODER_KINDS]
+    if bad:
+        raise ValueError(
+            f"config.jobs.groups.{group_name}.transcoders = {list(kinds)}: {bad} unknown; valid: "
+            f"{sorted(TRANSCODER_KINDS)} (an mlp_in -> mlp_out transcoder without or with an "
+            "affine skip connection)"
+        )
+    return tuple(dict.fromkeys(kinds))
+
+
+def _group_archs(config, group_name, group, transcoders) -> list[str]:
+    """The architectures a group trains: `group.archs` (default every one), checked."""
+    archs = list(group.get("archs", None) or sorted(config.jobs.archs))
+    unknown = [arch for arch in archs if arch not in config.jobs.archs]
+    if unknown:
+        raise ValueError(
+            f"config.jobs.groups.{group_name}.archs: {unknown} are not architectures of "
+            f"config.jobs.archs ({', '.join(sorted(config.jobs.archs))})."
+        )
+    if transcoders:
+        refused = [arch for arch in archs if not sae.supports_transcoders(sae.get(arch))]
+        if refused:
+            valid = sorted(n for n, a in sae.ARCHITECTURES.items() if sae.supports_transcoders(a))
+            raise ValueError(
+                f"config.jobs.groups.{group_name} trains transcoders, which {refused} cannot "
+                f"train (architectures that do: {valid}); set the group's archs to those of "
+                f"config.jobs.archs that do."
+            )
+    return sorted(archs)
+
+
+def _check_transcoder_sites(config, group_name, group_sites, cached) -> None:
+    """A transcoder group reads mlp_in/L and writes mlp_out/L, both cached."""
+    not_inputs = [s for s in group_sites if model_sites.parse(s)[0] != model_sites.MLP_IN]
+    if not_inputs:
+        raise ValueError(
+            f"config.jobs.groups.{group_name} is a transcoder group, whose sites are the "
+            f"transcoders' inputs mlp_in/L (each maps mlp_in/L -> mlp_out/L), not {not_inputs}."
+        )
+    missing = [target_of(s) for s in group_sites if target_of(s) not in cached]
+    if missing:
+        raise ValueError(
+            f"config.jobs.groups.{group_name}: its transcoders write {missing}, which "
+            f"config.sites ({list(config.sites)}) does not cache; add them."
+        )
 
 
 # Job fields that expand() sets per job; the study's `train` section holds every other field.
@@ -113,6 +207,7 @@ PER_JOB_FIELDS = (
     "sweep_values",
     "total_tokens",
     "mesh",
+    "target_site",
 )
 
 
@@ -165,16 +260,26 @@ def _group_sites(config, model_cfg, group_name, group, cached) -> list[str]:
     return sorted(group_sites, key=model_sites.sort_key)
 
 
-def _make_job(config, model_cfg, site, width, arch_name, arch_section):
-    """Builds one job config from the study's train defaults and the architecture's section."""
+def _make_job(config, model_cfg, site, width, arch_name, arch_section, transcoder=""):
+    """Builds one job config from the study's train defaults and the architecture's section.
+
+    A transcoder job (`transcoder` "plain" or "affine") reads `site` (mlp_in/L) and writes
+    `target_site` (mlp_out/L); its SAE config gets `d_out`, no pre-encoder bias and the skip
+    connection of its kind (docs/transcoders.md).
+    """
     if not arch_section.sweep_values:
         raise ValueError(f"config.jobs.archs.{arch_name}.sweep_values is empty.")
     job = train.default_config(arch_name)
     job.update({k: v for k, v in config.train.to_dict().items() if k not in PER_JOB_FIELDS})
     if "sae" in arch_section and arch_section.sae:
         job.sae.update(arch_section.sae.to_dict())
-    job.name = job_name(site, width, arch_name)
+    job.name = job_name(site, width, arch_name, transcoder)
     job.site = site
+    if transcoder:
+        job.target_site = target_of(site)
+        job.sae.d_out = int(model_sites.dim(model_cfg, job.target_site))
+        job.sae.pre_encoder_bias = False
+        job.sae.skip_connection = transcoder == "affine"
     job.model = config.model.preset or config.model.path
     job.d_in = model_sites.dim(model_cfg, site)
     job.width = width
@@ -214,5 +319,7 @@ def select(
 
 
 def sites_of(selected: list[ml_collections.ConfigDict]) -> list[str]:
-    """Returns the sorted distinct sites the jobs train on."""
-    return sorted({job.site for job in selected})
+    """Returns the sorted distinct sites the jobs train on (a transcoder's input and target)."""
+    sites = {job.site for job in selected}
+    sites |= {job.target_site for job in selected if job.get("target_site")}
+    return sorted(sites)

@@ -230,7 +230,7 @@ def run_train(
             _say(f"{where}: {problem}; writing it again from the job's last checkpoint")
         _say(where)
         try:
-            result = train.train_sweep(job, open_source(job.site, int(job.seeds[0])), workdir)
+            result = train.train_sweep(job, _job_source(open_source, job), workdir)
         except Exception as error:
             if errors.touches(error, "orbax") and not isinstance(error, errors.StudyError):
                 folder = files.join(workdir, "runs", job.name, "checkpoints")
@@ -245,6 +245,16 @@ def run_train(
             _say(f"preempted in {job.name}; rerun the same command to resume")
             return False
     return True
+
+
+def _job_source(open_source: Callable[[str, int], ActivationSource], job) -> ActivationSource:
+    """A job's source: its site's, or a transcoder's (input, target) pair of the same tokens."""
+    seed = int(job.seeds[0])
+    if not job.get("target_site"):
+        return open_source(job.site, seed)
+    from gemmascope import activations
+
+    return activations.PairedSource(open_source(job.site, seed), open_source(job.target_site, seed))
 
 
 def _source_opener(

@@ -18,11 +18,21 @@ import jax
 
 
 def step_flops(shape) -> float:
-    """Training FLOPs of one step of the job of `shape` (a `step.JobShape`)."""
+    """Training FLOPs of one step of the job of `shape` (a `step.JobShape`).
+
+    A transcoder's `sae_cfg.d_out` and `skip_connection` count its decoder and W_skip.
+    """
     from gemmascope.plan import estimate
 
+    cfg = shape.sae_cfg
     return estimate.sae_step_flops(
-        shape.d_in, shape.width, shape.batch_size, shape.n_members, shape.arch
+        shape.d_in,
+        shape.width,
+        shape.batch_size,
+        shape.n_members,
+        shape.arch,
+        d_out=cfg.get("d_out"),
+        skip=bool(cfg.get("skip_connection")),
     )
 
 
