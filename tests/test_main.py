@@ -205,3 +205,33 @@ def test_import_gemma_scope_2_folders_and_evaluate_them(tmp_path):
     assert tc_row.transcoder and tc_row.target_site == "mlp_out/1" and tc_row.site == "mlp_in/1"
     assert tc_row.source == "released" and tc_row.l0 == 3.0
     assert abs(tc_row.loss_recovered) < 1e-5 and tc_row.delta_loss > 0
+
+
+def test_a_transcoder_group_caches_trains_and_exports_through_the_stages(tmp_path):
+    # The stages on one skip-transcoder job of the runlocal demo: the cache stage caches its
+    # input and target, the train stage pairs the two caches (job.json's C_in and C_out are
+    # those caches' scalars), export writes its folder and its Gemma Scope 2 folder.
+    _, config = study.load_config_file(os.path.join(REPO, "experiments/tiny_demo.py:runlocal"))
+    with config.unlocked():
+        config.data.max_sequences = 16
+        config.sites = ("resid_post/0", "mlp_in/1", "mlp_out/1")
+        config.jobs.groups = {"tc": dict(sites=("mlp_in/1",), widths=(64,), total_tokens=512,
+                                         transcoders=("affine",), archs=("jumprelu",))}  # fmt: skip
+    workdir = tmp_path / "study"
+    for mode in ("cache", "train", "export"):
+        stages.run(config, str(workdir), mode, ["transcoder_affine-*"])
+    meta = {s: json.loads((workdir / "activations" / s / "meta.json").read_text())
+            for s in ("mlp_in/1", "mlp_out/1")}  # fmt: skip
+    assert not (workdir / "activations" / "resid_post").exists()  # only the selected job's sites
+    job = json.loads(
+        (workdir / "runs" / "transcoder_affine-L1-w64-jumprelu" / "job.json").read_text()
+    )
+    assert (job["site"], job["target_site"], job["d_out"]) == ("mlp_in/1", "mlp_out/1", 128)
+    assert job["norm_scale"] == meta["mlp_in/1"]["norm_scale"]
+    assert job["target_norm_scale"] == meta["mlp_out/1"]["norm_scale"]
+    assert job["norm_scale"] != job["target_norm_scale"]
+    release = workdir / "gemma_scope_2" / "transcoder"
+    assert sorted(p.name for p in release.iterdir()) == [
+        f"layer_1_width_64_l0_{v}_affine" for v in (16, 32, 8)
+    ]
+    assert len(list((workdir / "saes" / "transcoder_affine" / "layer_1").glob("*/*"))) == 3
