@@ -81,7 +81,7 @@ def test_study_in_a_gcs_workdir_matches_a_local_one(gcs_env, tmp_path):
     # Nothing of the study went to the local disk, and every stage wrote to the bucket.
     assert not os.path.exists(os.path.join(REPO, "gs:"))
     assert set(list_gcs(gcs_env, remote)) == {
-        "activations", "config.json", "eval", "inspect", "runs", "saes"
+        "activations", "config.json", "eval", "gemma_scope_2", "inspect", "runs", "saes"
     }  # fmt: skip
     run = f"{remote}/runs/{JOB}"
     in_run = set(list_gcs(gcs_env, run))
@@ -94,6 +94,15 @@ def test_study_in_a_gcs_workdir_matches_a_local_one(gcs_env, tmp_path):
         assert sorted(remote_params.files) == sorted(local_params.files)
         for key in local_params.files:
             np.testing.assert_array_equal(remote_params[key], local_params[key], err_msg=key)
+    # The Gemma Scope 2 folders (docs/transcoders.md) too.
+    release = local_dir / "gemma_scope_2" / "resid_post"
+    names = sorted(os.listdir(release))
+    assert names and sorted(list_gcs(gcs_env, f"{remote}/gemma_scope_2/resid_post")) == names
+    for name in names:
+        remote_bytes = read_gcs(
+            gcs_env, f"{remote}/gemma_scope_2/resid_post/{name}/params.safetensors"
+        )
+        assert remote_bytes == (release / name / "params.safetensors").read_bytes()
     remote_table = pd.read_csv(io.BytesIO(read_gcs(gcs_env, f"{remote}/eval/saes.csv")))
     local_table = pd.read_csv(local_dir / "eval" / "saes.csv")
     pd.testing.assert_frame_equal(remote_table, local_table)
