@@ -28,7 +28,7 @@ demo: $(VENV)/.base
 	$(PY) -m gemmascope --config=experiments/tiny_demo.py --workdir=$(DEMO_WORKDIR) --mode=all
 
 # The demo with Gemma Scope 2's transcoders at every layer as well (docs/transcoders.md): a
-# second command, since they about double the demo's time.
+# second command, since they add about two thirds of the demo's time.
 demo-transcoders: $(VENV)/.base
 	$(PY) -m gemmascope --config=experiments/tiny_demo.py:transcoders --workdir=$(DEMO_WORKDIR)_transcoders --mode=all
 

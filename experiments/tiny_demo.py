@@ -19,8 +19,8 @@ latents), and JumpReLU's target-L0 form (the user says which L0 they want; λ is
 Arguments: runlocal (a two-site, few-step version for tests and CI); transcoders (`make
 demo-transcoders`: adds Gemma Scope 2's transcoders at every layer, mlp_in/L -> mlp_out/L plain
 and with an affine skip connection, JumpReLU and TopK at both widths, 32 more jobs; the mlp_in
-sites are cached too. A separate command because it about doubles the demo's time,
-docs/transcoders.md).
+sites are cached too. A separate command because it adds about two thirds of the demo's
+time, docs/transcoders.md).
 """
 
 from gemmascope import assets, sae, study
