@@ -325,7 +325,9 @@ def test_a_full_disk_during_a_checkpoint_is_one_paragraph(study):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
 
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    # Without the session's compilation cache (conftest.py): the limit would make JAX's own
+    # cache writes fail too, and JAX warns about those on stderr.
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", JAX_ENABLE_COMPILATION_CACHE="0")
     env.pop("XLA_FLAGS", None)
     result = subprocess.run(
         [sys.executable, "-m", "gemmascope", *FLAGS, f"--workdir={study}", "--mode=train",

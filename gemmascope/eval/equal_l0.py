@@ -78,7 +78,7 @@ def compare(frame: pd.DataFrame) -> pd.DataFrame:
     frame["curve"] = [curve_label(row) for row in frame.itertuples()]
     # A transcoder is compared only with transcoders of its site pair (its metrics are the
     # target's), never with SAEs of its input site.
-    frame["pair"] = frame["target_site"].fillna("") if "target_site" in frame else ""
+    frame["pair"] = frame["target_site"].astype(object).fillna("") if "target_site" in frame else ""
     points = []
     for (site, width, _), group in frame.groupby(["site", "width", "pair"], sort=True):
         curves = {name: rows for name, rows in group.groupby("curve", sort=True)}
