@@ -10,7 +10,9 @@ docs/recipe.md#jumprelu-ste (module :mod:`gemmascope.sae.ste`). λ is either giv
 buffer ``log_sparsity_coeff`` starts at log ``sparsity_coeff`` and after every step past the
 warmup moves by ``target_l0_rate · clip(log(L0 / target_l0), −1, 1)`` (dual ascent on the
 constraint E[L0] = target, docs/sae.md#target-l0), so the SAE trains on the Gemma Scope loss with
-the λ that gives the L0 asked for. θ is fp32, stored as
+the λ that gives the L0 asked for. ``"quadratic"`` is Gemma Scope 2's penalty as SAELens 6 reads
+it: per token λ_t·(2/target)·(L0 − target)² with L0 = Σ_i H(π_i − θ_i) (the same STE), averaged
+over the batch (docs/sae.md#quadratic-l0). θ is fp32, stored as
 ``log_threshold`` (θ = exp) or ``threshold`` (raw) by ``cfg.threshold_param``
 (docs/recipe.md#short-runs).
 
@@ -46,8 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.sparsity_coeff = 1e-3
     # "coeff": λ·L0 per token with λ = sparsity_coeff (GS).  "target_l0": the same loss with λ
     # steered (from sparsity_coeff) so that the batch L0 tracks target_l0 (docs/sae.md#target-l0).
+    # "quadratic": λ·(2/target_l0)·(L0 − target_l0)² per token (Gemma Scope 2, as SAELens 6
+    # implements it; docs/sae.md#quadratic-l0).
     cfg.sparsity_form = "coeff"
-    # The L0 asked for in the "target_l0" form.
+    # The L0 asked for in the "target_l0" and "quadratic" forms.
     cfg.target_l0 = 32.0
     # "target_l0" form: change of log λ per step at the largest L0 error (|log(L0/target)| >= 1).
     cfg.target_l0_rate = 0.02
@@ -67,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid field."""
     config_lib.check_base(cfg)
-    config_lib.check_in(cfg, "sparsity_form", ("coeff", "target_l0"))
+    config_lib.check_in(cfg, "sparsity_form", ("coeff", "target_l0", "quadratic"))
     config_lib.check_in(cfg, "threshold_param", ("log", "raw"))
     config_lib.check_positive(cfg, "sparsity_coeff", allow_zero=cfg.sparsity_form == "coeff")
     config_lib.check_positive(cfg, "bandwidth", "threshold_init", "target_l0", "target_l0_rate")
@@ -75,8 +79,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 
 def sweep_field(cfg: ml_collections.ConfigDict) -> str:
-    """The field a sweep varies for this config: ``target_l0`` in that form, else SWEEP_FIELD."""
-    return "target_l0" if cfg.sparsity_form == "target_l0" else SWEEP_FIELD
+    """The field a sweep varies: ``target_l0`` in the target_l0 and quadratic forms, else λ."""
+    return "target_l0" if cfg.sparsity_form in ("target_l0", "quadratic") else SWEEP_FIELD
 
 
 def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:
@@ -123,8 +127,17 @@ def decode(params: dict, f: jax.Array, cfg: ml_collections.ConfigDict, x=None) -
 def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict:
     """This step's traced loss coefficients; ``sweep_value`` overrides ``cfg[sweep_field(cfg)]``.
 
-    In the target_l0 form ``sparsity_coeff`` is the warmup factor (λ itself is the buffer).
+    In the target_l0 form ``sparsity_coeff`` is the warmup factor (λ itself is the buffer); in
+    the quadratic form it is the warmed-up λ of the quadratic penalty.
     """
+    if cfg.sparsity_form == "quadratic":
+        target = cfg.target_l0 if sweep_value is None else sweep_value
+        return {
+            "sparsity_coeff": optim.linear_warmup(
+                cfg.sparsity_coeff, step_index, cfg.sparsity_warmup_steps
+            ),
+            "target_l0": jnp.asarray(target, jnp.float32),
+        }
     if cfg.sparsity_form == "target_l0":
         target = cfg.target_l0 if sweep_value is None else sweep_value
         return {
@@ -150,7 +163,12 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     coeff = coeffs["sparsity_coeff"]
     if cfg.sparsity_form == "target_l0":
         coeff = coeff * jnp.exp(jax.lax.stop_gradient(params["log_sparsity_coeff"]))
-    sparsity = coeff * mean_l0
+    if cfg.sparsity_form == "quadratic":
+        target_l0 = coeffs["target_l0"]
+        l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
+        sparsity = coeff * jnp.mean(2.0 / target_l0 * jnp.square(l0_per_token - target_l0))
+    else:
+        sparsity = coeff * mean_l0
     aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = recon + sparsity + aux
     metrics = losses.batch_metrics(
@@ -164,7 +182,7 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
         fired=fired,
     )
     metrics["sparsity_coeff"] = jnp.asarray(coeff, jnp.float32)
-    if cfg.sparsity_form == "target_l0":
+    if cfg.sparsity_form in ("target_l0", "quadratic"):
         metrics["target_l0"] = coeffs["target_l0"]
     return total, metrics
 

@@ -394,3 +394,37 @@ def test_a_free_decoder_folds_into_unit_rows_with_the_same_latents_and_reconstru
     np.testing.assert_allclose(
         sae.decode_training_form(form, f_form), arch.decode(params, f_train, cfg), atol=1e-5
     )
+
+
+def test_jumprelu_quadratic_penalty_and_its_threshold_gradient_by_hand():
+    """Gemma Scope 2's penalty λ·mean_b (2/T)(L0_b − T)² (SAELens's "quadratic"), in numpy."""
+    from gemmascope.sae import jumprelu
+
+    cfg = jumprelu.default_config()
+    cfg.update(sparsity_form="quadratic", threshold_param="raw", bandwidth=0.5, target_l0=5.0)
+    params = _perturbed(jumprelu.init(jax.random.key(0), D_IN, WIDTH, cfg))
+    params["threshold"] = jnp.abs(params["threshold"])
+    x = _x()
+    lam, target = 0.3, 5.0
+
+    def loss(p, coeff):
+        return jumprelu.loss(p, x, {"sparsity_coeff": coeff, "target_l0": target}, cfg)
+
+    (total, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, lam)
+    _, grads_without = jax.value_and_grad(loss, has_aux=True)(params, 0.0)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    pi = (np.asarray(x, np.float64) - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    theta = p["threshold"]
+    l0 = np.sum(pi > theta, axis=-1)
+    assert len(set(l0)) > 2  # tokens above and below the target
+    expected = lam * np.mean(2.0 / target * (l0 - target) ** 2)
+    np.testing.assert_allclose(float(metrics["sparsity_loss"]), expected, rtol=1e-5)
+    # d/dθ_i: λ/B Σ_b (4/T)(L0_b − T) · (−1/ε) K((π_bi − θ_i)/ε); nothing reaches W_enc.
+    window = (np.abs((pi - theta) / cfg.bandwidth) < 0.5).astype(np.float64)
+    assert window.sum() > 10
+    d_l0 = lam * 4.0 / target * (l0 - target) / len(l0)
+    expected_theta = -(1.0 / cfg.bandwidth) * (window * d_l0[:, None]).sum(0)
+    got_theta = np.asarray(grads["threshold"]) - np.asarray(grads_without["threshold"])
+    np.testing.assert_allclose(got_theta, expected_theta, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["W_enc"], grads_without["W_enc"], atol=1e-6)
+    assert jumprelu.sweep_field(cfg) == "target_l0"
