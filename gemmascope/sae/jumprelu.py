@@ -160,15 +160,7 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     x_hat = dictionary.decode(params, f, x)
     recon = jnp.mean(losses.squared_error(target, x_hat))
     mean_l0 = jnp.sum(fired) / (x.size // x.shape[-1])
-    coeff = coeffs["sparsity_coeff"]
-    if cfg.sparsity_form == "target_l0":
-        coeff = coeff * jnp.exp(jax.lax.stop_gradient(params["log_sparsity_coeff"]))
-    if cfg.sparsity_form == "quadratic":
-        target_l0 = coeffs["target_l0"]
-        l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
-        sparsity = coeff * jnp.mean(2.0 / target_l0 * jnp.square(l0_per_token - target_l0))
-    else:
-        sparsity = coeff * mean_l0
+    sparsity, coeff = sparsity_term(params, pi, theta, mean_l0, coeffs, cfg)
     aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = recon + sparsity + aux
     metrics = losses.batch_metrics(
@@ -185,6 +177,22 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     if cfg.sparsity_form in ("target_l0", "quadratic"):
         metrics["target_l0"] = coeffs["target_l0"]
     return total, metrics
+
+
+def sparsity_term(params: dict, pi, theta, mean_l0, coeffs: dict, cfg) -> tuple:
+    """(the sparsity penalty of ``cfg.sparsity_form``, the λ it used); see the module docstring.
+
+    ``mean_l0`` is the batch's mean Σ_i H(π_i − θ_i) with the step's estimator (the fired
+    counts of ``ste.jumprelu_and_fired`` over the token count).
+    """
+    coeff = coeffs["sparsity_coeff"]
+    if cfg.sparsity_form == "target_l0":
+        coeff = coeff * jnp.exp(jax.lax.stop_gradient(params["log_sparsity_coeff"]))
+    if cfg.sparsity_form == "quadratic":
+        target_l0 = coeffs["target_l0"]
+        l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
+        return coeff * jnp.mean(2.0 / target_l0 * jnp.square(l0_per_token - target_l0)), coeff
+    return coeff * mean_l0, coeff
 
 
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:

@@ -27,7 +27,11 @@ SWEEP_FIELD = "k"
 
 def default_config() -> ml_collections.ConfigDict:
     """BatchTopK's config plus the nested-group fields (author config)."""
-    cfg = batchtopk.default_config()
+    return add_group_fields(batchtopk.default_config())
+
+
+def add_group_fields(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The nested-group fields (author config), shared with Matryoshka JumpReLU."""
     # Fraction of the width in each nested group, smallest (most general) first; sums to 1.
     cfg.group_fractions = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
     # Weight of each prefix loss; None means 1/G each.
@@ -38,6 +42,11 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid field."""
     batchtopk.validate(cfg)
+    validate_groups(cfg)
+
+
+def validate_groups(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError unless group_fractions and group_weights are valid."""
     fractions = tuple(cfg.group_fractions)
     if not fractions or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(
@@ -92,10 +101,8 @@ update_buffers = batchtopk.update_buffers
 to_jumprelu = batchtopk.to_jumprelu
 
 
-def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
-    """Weighted nested prefix reconstruction losses + AuxK for a batch x (B, d)."""
-    pi = dictionary.pre_activations(params, x, cfg)
-    f = batchtopk.batch_topk_activations(pi, coeffs["k"], cfg)
+def nested_reconstruction(params: dict, x: jax.Array, f: jax.Array, cfg) -> tuple:
+    """(Σ_j w_j·mean_b ||x − x̂_j||², the full reconstruction x̂_G) of latents f (B, M)."""
     x_hat = jnp.broadcast_to(params["b_dec"], x.shape).astype(jnp.float32)
     weighted = jnp.zeros((), jnp.float32)
     start = 0
@@ -103,6 +110,14 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
         x_hat = x_hat + f[..., start : start + size] @ params["W_dec"][start : start + size]
         weighted = weighted + weight * jnp.mean(losses.squared_error(x, x_hat))
         start += size
+    return weighted, x_hat
+
+
+def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
+    """Weighted nested prefix reconstruction losses + AuxK for a batch x (B, d)."""
+    pi = dictionary.pre_activations(params, x, cfg)
+    f = batchtopk.batch_topk_activations(pi, coeffs["k"], cfg)
+    weighted, x_hat = nested_reconstruction(params, x, f, cfg)
     recon = jnp.mean(losses.squared_error(x, x_hat))
     aux = auxk.auxk_loss(params, pi, x, x_hat, cfg)
     total = weighted + aux

@@ -43,12 +43,14 @@ _GEMMA_SCOPE_JUMPRELU = dict(
     auxk_alpha=0.0,
 )
 _K_FAMILY = ("topk", "batchtopk", "matryoshka")
+# Architectures with JumpReLU's encoder, threshold and sparsity fields (its recipe knobs).
+_JUMPRELU_FAMILY = ("jumprelu", "matryoshka_jumprelu")
 
 
 def gemma_scope(arch: str, total_steps: int | None = None) -> dict:
     """The published Gemma Scope recipe for JumpReLU; the package defaults for the others."""
     del total_steps  # the published schedules are in steps, whatever the budget
-    return dict(_GEMMA_SCOPE_JUMPRELU) if arch == "jumprelu" else {}
+    return dict(_GEMMA_SCOPE_JUMPRELU) if arch in _JUMPRELU_FAMILY else {}
 
 
 def short_run(arch: str, total_steps: int) -> dict:
@@ -67,7 +69,7 @@ def short_run(arch: str, total_steps: int) -> dict:
         # Every latent fires at step 0 in these (not only k): start from an undershoot.
         overrides["encoder_init_scale"] = 0.1
         overrides["sparsity_warmup_steps"] = max(1, round(total_steps / 15))
-    if arch == "jumprelu":
+    if arch in _JUMPRELU_FAMILY:
         overrides.update(threshold_param="raw", bandwidth=0.01, auxk_alpha=1.0 / 32.0)
         # A free decoder from rows of norm 0.1 (SAELens's init): on 8x problems it recovers
         # 0.97 where unit rows reach 0.87 at the same L0 (docs/sae.md#recipes).

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import ml_collections
 
-from gemmascope.sae import batchtopk, gated, jumprelu, matryoshka, relu, topk
+from gemmascope.sae import batchtopk, gated, jumprelu, matryoshka, matryoshka_jumprelu, relu, topk
 
 
 @runtime_checkable
@@ -122,7 +122,7 @@ class _Registry(dict):
 ARCHITECTURES: dict[str, Architecture] = _Registry(
     {
         module.NAME: check_architecture(module)
-        for module in (jumprelu, gated, topk, batchtopk, relu, matryoshka)
+        for module in (jumprelu, gated, topk, batchtopk, relu, matryoshka, matryoshka_jumprelu)
     }
 )
 

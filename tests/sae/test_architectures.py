@@ -428,3 +428,39 @@ def test_jumprelu_quadratic_penalty_and_its_threshold_gradient_by_hand():
     np.testing.assert_allclose(got_theta, expected_theta, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grads["W_enc"], grads_without["W_enc"], atol=1e-6)
     assert jumprelu.sweep_field(cfg) == "target_l0"
+
+
+@pytest.mark.parametrize("form", ["coeff", "quadratic"])
+def test_matryoshka_jumprelu_prefix_losses_match_numpy(form):
+    """Gemma Scope 2's Matryoshka JumpReLU: nested prefix losses plus the sparsity term, in numpy.
+
+    The prefixes share one JumpReLU encoding; the sparsity term is of the chosen form.
+    """
+    from gemmascope.sae import matryoshka_jumprelu as mjr
+
+    cfg = mjr.default_config()
+    cfg.update(sparsity_form=form, threshold_param="raw", target_l0=6.0)
+    cfg.group_fractions = (0.25, 0.25, 0.5)
+    cfg.group_weights = (0.5, 0.3, 0.2)
+    params = _perturbed(mjr.init(jax.random.key(1), D_IN, WIDTH, cfg))
+    params["threshold"] = jnp.abs(params["threshold"]) * 0.3
+    x = _x(3)
+    lam = 0.05
+    coeffs = {"sparsity_coeff": lam, "target_l0": 6.0}
+    total, metrics = jax.jit(lambda p: mjr.loss(p, x, coeffs, cfg))(params)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    x64 = np.asarray(x, np.float64)
+    pi = (x64 - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    f = np.where(pi > p["threshold"], pi, 0.0)
+    assert 0 < np.mean(np.sum(f != 0, -1)) < WIDTH
+    prefix_losses = []
+    for end in (8, 16, 32):  # group sizes 8, 8, 16 of 32 latents
+        x_hat = f[:, :end] @ p["W_dec"][:end] + p["b_dec"]
+        prefix_losses.append(np.mean(np.sum((x64 - x_hat) ** 2, -1)))
+    l0 = np.sum(f != 0, -1)
+    sparsity = lam * (np.mean(l0) if form == "coeff" else np.mean(2 / 6.0 * (l0 - 6.0) ** 2))
+    expected = float(np.dot((0.5, 0.3, 0.2), prefix_losses)) + sparsity
+    np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["recon_loss"]), prefix_losses[-1], rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["sparsity_loss"]), sparsity, rtol=1e-5)
+    assert abs(prefix_losses[0] - prefix_losses[-1]) > 0.1  # the prefixes really differ

@@ -1,0 +1,83 @@
+"""Matryoshka JumpReLU SAE: JumpReLU's encoder and sparsity with nested prefix losses.
+
+Gemma Scope 2 trained its JumpReLU SAEs with Matryoshka losses (GEMMA_SCOPE_2's recipe: "a
+quadratic L0 penalty ... Matryoshka training"). The latents are split into ordered groups as in
+:mod:`gemmascope.sae.matryoshka` (sizes M·``group_fractions``); one JumpReLU encoding f of the
+whole dictionary is computed, and prefix j reconstructs with the latents of groups <= j only:
+    x̂_j = b_dec + Σ_{g <= j} f_g W_dec,g,
+    L = Σ_j w_j·mean_b ||x − x̂_j||² + JumpReLU's sparsity term + AuxK (full residual),
+the sparsity term in any of JumpReLU's forms (coefficient, target L0, quadratic). Params, init,
+threshold parameterisation, buffers, the target-L0 controller and the inference form are
+JumpReLU's, so export and evaluation treat it as a JumpReLU SAE. ``recon_loss`` in the metrics is
+the full-dictionary term.
+
+Synopsis::
+
+    cfg = default_config(); cfg.sparsity_form = "quadratic"
+    params = init(key, d_in, width, cfg)
+    loss, metrics = loss(params, x, coeffs(cfg, t, target_l0), cfg)
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gemmascope.sae import auxk, dictionary, jumprelu, losses, matryoshka, ste
+
+NAME = "matryoshka_jumprelu"
+SWEEP_FIELD = jumprelu.SWEEP_FIELD
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """JumpReLU's config plus Matryoshka's nested-group fields."""
+    return matryoshka.add_group_fields(jumprelu.default_config())
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first invalid field."""
+    jumprelu.validate(cfg)
+    matryoshka.validate_groups(cfg)
+
+
+def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:
+    """JumpReLU's init, after checking that every group gets at least one latent."""
+    validate(cfg)
+    if isinstance(width, int) and width > 0:
+        matryoshka.group_sizes(width, cfg)
+    return jumprelu.init(key, d_in, width, cfg)
+
+
+sweep_field = jumprelu.sweep_field
+encode = jumprelu.encode
+decode = jumprelu.decode
+coeffs = jumprelu.coeffs
+constrain = jumprelu.constrain
+update_buffers = jumprelu.update_buffers
+to_jumprelu = jumprelu.to_jumprelu
+
+
+def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
+    """Nested prefix reconstruction losses + JumpReLU's sparsity + AuxK for a batch x (B, d)."""
+    theta = jumprelu.threshold(params, cfg)
+    pi = dictionary.pre_activations(params, x, cfg)
+    f, fired = ste.jumprelu_and_fired(pi, theta, cfg.bandwidth)
+    weighted, x_hat = matryoshka.nested_reconstruction(params, x, f, cfg)
+    recon = jnp.mean(losses.squared_error(x, x_hat))
+    mean_l0 = jnp.sum(fired) / (x.size // x.shape[-1])
+    sparsity, coeff = jumprelu.sparsity_term(params, pi, theta, mean_l0, coeffs, cfg)
+    aux = auxk.auxk_loss(params, pi, x, x_hat, cfg)
+    total = weighted + sparsity + aux
+    metrics = losses.batch_metrics(
+        x,
+        x_hat,
+        f,
+        loss=total,
+        recon_loss=recon,
+        sparsity_loss=sparsity,
+        aux_loss=aux,
+        fired=fired,
+    )
+    metrics["sparsity_coeff"] = jnp.asarray(coeff, jnp.float32)
+    if cfg.sparsity_form in ("target_l0", "quadratic"):
+        metrics["target_l0"] = coeffs["target_l0"]
+    return total, metrics
