@@ -1,6 +1,6 @@
 """Matryoshka JumpReLU SAE: JumpReLU's encoder and sparsity with nested prefix losses.
 
-Gemma Scope 2 trained its JumpReLU SAEs with Matryoshka losses (GEMMA_SCOPE_2's recipe: "a
+Gemma Scope 2 trained its JumpReLU SAEs with Matryoshka losses (its release notes: "a
 quadratic L0 penalty ... Matryoshka training"). The latents are split into ordered groups as in
 :mod:`gemmascope.sae.matryoshka` (sizes M·``group_fractions``); one JumpReLU encoding f of the
 whole dictionary is computed, and prefix j reconstructs with the latents of groups <= j only:
