@@ -69,7 +69,7 @@ _HOOK_PATTERN = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # Our SAE site kind -> Gemma Scope 2's folder kind.
 _FOLDER_KINDS = {"resid_post": "resid_post", "attn_z": "attn_out", "mlp_out": "mlp_out"}
 TRANSCODER_KIND = "transcoder"
-# Gemma Scope 2's L0 labels and the L0 ranges they name (Gemma Scope 2's release notes on Hugging Face).
+# Gemma Scope 2's L0 labels and the L0 ranges they name (its release notes on Hugging Face).
 L0_LABELS = {"small": (10.0, 20.0), "medium": (30.0, 60.0), "big": (90.0, 150.0)}
 _FOLDER_NAME = re.compile(r"^layer_(\d+)_width_([0-9]+[km]?)_(.+?)(_affine)?$")
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
