@@ -148,21 +148,34 @@ def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict
     return {"sparsity_coeff": optim.linear_warmup(base, step_index, cfg.sparsity_warmup_steps)}
 
 
-def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict, target=None):
+def loss(
+    params: dict,
+    x: jax.Array,
+    coeffs: dict,
+    cfg: ml_collections.ConfigDict,
+    target=None,
+    reconstruct=None,
+):
     """Training loss and metrics for a batch x (B, d); see the module docstring.
 
     A transcoder reconstructs ``target`` (B, d_out) instead of x (docs/transcoders.md).
+    ``reconstruct(f) -> (x̂, reconstruction term)`` replaces the plain decoder and its squared
+    error in the total (Matryoshka JumpReLU's nested prefix losses); ``recon_loss`` stays the
+    full reconstruction's error.
     """
     target = x if target is None else target
     theta = threshold(params, cfg)
     pi = dictionary.pre_activations(params, x, cfg)
     f, fired = ste.jumprelu_and_fired(pi, theta, cfg.bandwidth)
-    x_hat = dictionary.decode(params, f, x)
+    if reconstruct is None:
+        x_hat, term = dictionary.decode(params, f, x), None
+    else:
+        x_hat, term = reconstruct(f)
     recon = jnp.mean(losses.squared_error(target, x_hat))
     mean_l0 = jnp.sum(fired) / (x.size // x.shape[-1])
     sparsity, coeff = sparsity_term(params, pi, theta, mean_l0, coeffs, cfg)
     aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
-    total = recon + sparsity + aux
+    total = (recon if term is None else term) + sparsity + aux
     metrics = losses.batch_metrics(
         target,
         x_hat,

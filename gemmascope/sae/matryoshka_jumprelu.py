@@ -19,10 +19,9 @@ Synopsis::
 """
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from gemmascope.sae import auxk, dictionary, jumprelu, losses, matryoshka, ste
+from gemmascope.sae import jumprelu, matryoshka
 
 NAME = "matryoshka_jumprelu"
 SWEEP_FIELD = jumprelu.SWEEP_FIELD
@@ -58,26 +57,9 @@ to_jumprelu = jumprelu.to_jumprelu
 
 def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDict):
     """Nested prefix reconstruction losses + JumpReLU's sparsity + AuxK for a batch x (B, d)."""
-    theta = jumprelu.threshold(params, cfg)
-    pi = dictionary.pre_activations(params, x, cfg)
-    f, fired = ste.jumprelu_and_fired(pi, theta, cfg.bandwidth)
-    weighted, x_hat = matryoshka.nested_reconstruction(params, x, f, cfg)
-    recon = jnp.mean(losses.squared_error(x, x_hat))
-    mean_l0 = jnp.sum(fired) / (x.size // x.shape[-1])
-    sparsity, coeff = jumprelu.sparsity_term(params, pi, theta, mean_l0, coeffs, cfg)
-    aux = auxk.auxk_loss(params, pi, x, x_hat, cfg)
-    total = weighted + sparsity + aux
-    metrics = losses.batch_metrics(
-        x,
-        x_hat,
-        f,
-        loss=total,
-        recon_loss=recon,
-        sparsity_loss=sparsity,
-        aux_loss=aux,
-        fired=fired,
-    )
-    metrics["sparsity_coeff"] = jnp.asarray(coeff, jnp.float32)
-    if cfg.sparsity_form in ("target_l0", "quadratic"):
-        metrics["target_l0"] = coeffs["target_l0"]
-    return total, metrics
+
+    def nested(f):
+        weighted, x_hat = matryoshka.nested_reconstruction(params, x, f, cfg)
+        return x_hat, weighted
+
+    return jumprelu.loss(params, x, coeffs, cfg, reconstruct=nested)
