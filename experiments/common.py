@@ -17,7 +17,8 @@ import math
 
 import ml_collections
 
-from gemmascope import data, sae
+from gemmascope import data, sae, study
+from gemmascope.study import jobs
 
 # Gemma Scope's three SAE site kinds (Gemma Scope 2 calls attn_z "attn_out"; not mlp_in, the
 # transcoders' input).
@@ -288,3 +289,15 @@ def finish_gemma_scope_2_study(config: ml_collections.ConfigDict, arg) -> None:
         )
     if arg.variant == "it":
         config.data.chat_wrap = True
+
+
+def one_task_per_job(get_config):
+    """A study module's ``sweep(add, arg=None)`` for launch/: one task per job of its config."""
+
+    def sweep(add, arg=None):
+        """Launcher tasks (launch/): one per job (a Slurm array element or a TPU VM run)."""
+        config = get_config(arg)
+        for job in jobs.expand(config, study.model_config(config.model)):
+            add(jobs=job.name)
+
+    return sweep

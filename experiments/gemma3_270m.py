@@ -28,7 +28,6 @@ on the shipped tiny model, a few thousand tokens: CI and laptops).
 """
 
 from gemmascope import study
-from gemmascope.study import jobs
 
 import common
 
@@ -44,8 +43,5 @@ def get_config(arg=None):
     return config
 
 
-def sweep(add, arg=None):
-    """Launcher tasks (launch/): one per job, i.e. one Slurm array element or TPU VM run each."""
-    config = get_config(arg)
-    for job in jobs.expand(config, study.model_config(config.model)):
-        add(jobs=job.name)
+# Launcher tasks (launch/): one per job, i.e. one Slurm array element or TPU VM run each.
+sweep = common.one_task_per_job(get_config)
