@@ -103,9 +103,13 @@ def _inference_form(
     JumpReLU-form architectures use ``sae.to_jumprelu``. TopK has no threshold form; its arrays
     are written with ``threshold = 0`` and config.json says ``{"type": "topk", "k": k}``, which
     the evaluation applies (top-k of raw pre-activations = top-k of normalised ones, as C > 0).
+    A free decoder's rows stay as trained (not unit-norm): moving their norms into the encoder
+    would change which k latents are the largest.
     """
     if arch_name in _TOPK_ARCHITECTURES:
-        jr = inference.jumprelu_form(params, params["W_enc"], params["b_enc"], 0.0, cfg)
+        jr = inference.jumprelu_form(
+            params, params["W_enc"], params["b_enc"], 0.0, cfg, fold_decoder_norms=False
+        )
         return jax.tree.map(np.asarray, jr), {"type": "topk", "k": int(cfg.k)}
     jr = sae.to_jumprelu(params, arch_name, cfg)
     return jax.tree.map(np.asarray, jr), {"type": "jumprelu"}

@@ -139,6 +139,7 @@ def jumprelu_form(
     b_enc: jax.Array,
     theta: jax.Array,
     cfg: ml_collections.ConfigDict,
+    fold_decoder_norms: bool = True,
 ) -> TrainingForm:
     """Assembles the training form from an architecture's effective encoder.
 
@@ -151,6 +152,9 @@ def jumprelu_form(
         itself, so b_dec @ W_enc is added to b_enc to express it with a pre-encoder bias; when
         ``cfg.unit_norm_decoder`` is False the decoder rows' norms are folded into the encoder
         and the threshold (the form's rows are unit-norm either way).
+      fold_decoder_norms: False keeps a free decoder's rows as trained: TopK's per-token
+        selection of the k largest π_i is not invariant under π_i -> π_i·n_i, so its norms
+        cannot move into the encoder (the rows are then not unit-norm).
 
     Returns:
       The float32 :class:`TrainingForm` described in the module docstring; for a transcoder
@@ -163,7 +167,7 @@ def jumprelu_form(
     if not cfg.pre_encoder_bias and not transcoder:
         b_enc = b_enc + jnp.matmul(params["b_dec"], w_enc, precision=_HIGHEST)
     theta = jnp.broadcast_to(jnp.asarray(theta, jnp.float32), b_enc.shape)
-    if not cfg.unit_norm_decoder:
+    if not cfg.unit_norm_decoder and fold_decoder_norms:
         # A free decoder's row norms n_i move into the encoder: π_i·n_i > θ_i·n_i fires exactly
         # when π_i > θ_i, and (f_i·n_i)(d_i / n_i) = f_i d_i, so latents and reconstructions
         # are unchanged and the rows come out unit-norm, as the released format expects.

@@ -15,15 +15,29 @@ from gemmascope import sae
 
 
 def fake_run(
-    workdir, arch_name, sweep_values, *, d_in, width, site, norm_scale, seeds=(0,), seed=0
+    workdir,
+    arch_name,
+    sweep_values,
+    *,
+    d_in,
+    width,
+    site,
+    norm_scale,
+    seeds=(0,),
+    seed=0,
+    overrides=None,
 ):
     """Writes runs/<job>/job.json + final_params.npz as the trainer does.
+
+    ``overrides`` updates the architecture's default config; with ``unit_norm_decoder`` False
+    the decoder rows get random norms in [0.05, 3], as a free decoder ends training.
 
     Returns:
       (job name, architecture config, sweep field, list of per-member params dicts).
     """
     arch = sae.ARCHITECTURES[arch_name]
     cfg = arch.default_config()
+    cfg.update(overrides or {})
     field = arch.sweep_field(cfg) if hasattr(arch, "sweep_field") else arch.SWEEP_FIELD
     members = [{"sweep_value": v, "seed": s} for v in sweep_values for s in seeds]
     rng = np.random.default_rng(seed)
@@ -40,6 +54,8 @@ def fake_run(
             p["threshold"] = rng.uniform(0.05, 0.2, size=width).astype(np.float32)
         if "running_threshold" in p:
             p["running_threshold"] = np.float32(0.1)
+        if not cfg.unit_norm_decoder:
+            p["W_dec"] = p["W_dec"] * rng.uniform(0.05, 3.0, size=(width, 1)).astype(np.float32)
         per_member.append(p)
     stacked = {k: np.stack([p[k] for p in per_member]) for k in per_member[0]}
     kind, layer = site.split("/")

@@ -20,9 +20,17 @@ D, WIDTH, C = 16, 32, 7.5
 SITE = "resid_post/1"
 
 
-def fake_run(workdir, arch_name, sweep_values, seeds=(0,)):
+def fake_run(workdir, arch_name, sweep_values, seeds=(0,), overrides=None):
     return fake_training_run.fake_run(
-        workdir, arch_name, sweep_values, d_in=D, width=WIDTH, site=SITE, norm_scale=C, seeds=seeds
+        workdir,
+        arch_name,
+        sweep_values,
+        d_in=D,
+        width=WIDTH,
+        site=SITE,
+        norm_scale=C,
+        seeds=seeds,
+        overrides=overrides,
     )
 
 
@@ -64,8 +72,12 @@ def test_exported_npz_encodes_raw_inputs_as_c_times_training_encodings(
         )
 
 
-def test_topk_exports_with_a_per_token_k_rule(tmp_path):
-    name, cfg, _, members = fake_run(str(tmp_path), "topk", [3])
+@pytest.mark.parametrize("unit_norm_decoder", [True, False])
+def test_topk_exports_with_a_per_token_k_rule(tmp_path, unit_norm_decoder):
+    """Also with a free decoder (short_run's): its row norms must not move into the encoder,
+    where they would change which k latents are the largest."""
+    overrides = dict(unit_norm_decoder=unit_norm_decoder, decoder_init_norm=1.0)
+    name, cfg, _, members = fake_run(str(tmp_path), "topk", [3], overrides=overrides)
     (folder,) = export.export_run(str(tmp_path), name)
     with open(os.path.join(folder, "config.json")) as f:
         assert json.load(f)["encoder"] == {"type": "topk", "k": 3}
@@ -81,6 +93,15 @@ def test_topk_exports_with_a_per_token_k_rule(tmp_path):
     f_raw = np.asarray(metrics.topk_encode_released(npz, jnp.asarray(x_raw), 3, 3))
     np.testing.assert_allclose(f_raw, C * f_train, rtol=1e-4, atol=1e-5)
     assert np.all(np.sum(f_raw > 0, -1) <= 3)
+    x_hat_train = arch.decode(
+        {k: jnp.asarray(v) for k, v in members[0].items()}, jnp.asarray(f_train), cfg
+    )
+    np.testing.assert_allclose(
+        np.asarray(metrics.decode_released(npz, jnp.asarray(f_raw))),
+        C * np.asarray(x_hat_train),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_several_seeds_get_distinct_folders(tmp_path):
