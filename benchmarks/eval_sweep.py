@@ -24,40 +24,12 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from random_sweep import random_params, random_sae
 
 from gemmascope import eval as gs_eval
 from gemmascope import model
-from gemmascope.eval.sweep_eval import SaeEntry, evaluate_saes
-
-
-def _random_params(cfg, seed: int):
-    shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.02, s.dtype), shapes)
-
-
-def _random_sae(rng, site: str, d: int, width: int, threshold: float) -> SaeEntry:
-    w_dec = rng.normal(size=(width, d))
-    w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
-    params = {
-        "W_enc": w_dec.T.astype(np.float32),
-        "W_dec": w_dec.astype(np.float32),
-        "b_enc": np.zeros(width, np.float32),
-        "b_dec": np.zeros(d, np.float32),
-        "threshold": np.full(width, threshold, np.float32),
-    }
-    kind, layer = site.split("/")
-    config = {
-        "site": site,
-        "kind": kind,
-        "layer": int(layer),
-        "d_in": d,
-        "width": width,
-        "architecture": "jumprelu",
-    }
-    return SaeEntry(folder=f"bench/{site}/{threshold}", config=config, params=params)
+from gemmascope.eval.sweep_eval import evaluate_saes
 
 
 def _best_time(fn, repeats: int) -> tuple[float, float]:
@@ -103,13 +75,13 @@ def main() -> None:
         vocab_size=args.vocab,
         sliding_window=args.seq_len,
     )
-    params = _random_params(cfg, 0)
+    params = random_params(cfg, 0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, args.vocab, size=(args.sequences, args.seq_len)).astype(np.int32)
     tokens[:, 0] = cfg.bos_token_id
     sites = args.sites.split(",")
     saes = [
-        _random_sae(rng, site, args.d_model, args.width, 0.02 * (i + 1))
+        random_sae(rng, site, args.d_model, args.width, 0.02 * (i + 1))
         for site in sites
         for i in range(args.members)
     ]
