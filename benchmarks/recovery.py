@@ -103,6 +103,7 @@ def train_ours(arch, x_train, values, width, args, workdir):
     job.sae = cfg
     job.width = width
     job.sweep_values = values
+    job.seeds = [args.init_seed]
     if name in ("topk", "batchtopk", "matryoshka"):
         job.sae.k = max(values)
     job.batch_size = args.batch
@@ -265,6 +266,7 @@ def main():
     parser.add_argument("--width_factor", type=int, default=2, help="width / n_features")
     parser.add_argument("--dead_window_steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="the problems' dictionary seed")
+    parser.add_argument("--init_seed", type=int, default=0, help="our SAEs' init seed")
     parser.add_argument("--no_peer", action="store_true", help="skip SAELens")
     parser.add_argument("--peer_workers", type=int, default=1)
     parser.add_argument(
