@@ -98,13 +98,8 @@ def _ours_trainer_seconds(args, source, workdir, steps: int) -> float:
 def _ours_bare_seconds_per_step(args, source, steps: int) -> float:
     """Seconds per call of the trainer's compiled step alone (same JobShape, so same program)."""
     job = _job(args, steps, "bare")
-    arch = train.config.get_architecture("jumprelu")
-    sae_cfg = loop.resolve_sae_config(job, arch)
-    shape = loop._job_shape(  # the trainer's own shape, so the cached program is shared
-        job, sae_cfg, train.config.sweep_members(job), train.config.resolve_budget(job),
-        args.d_in, mesh_lib.make_mesh(job.mesh),
-    )  # fmt: skip
-    fns = step.compiled_functions(shape)
+    # The trainer's own shape, so the cached program is the one train_sweep runs.
+    fns = step.compiled_functions(loop.job_shape(job, args.d_in, mesh_lib.make_mesh(job.mesh)))
     state = fns.init(np.zeros(1, np.int32), np.full(1, _COEFF, np.float32))
     batch = next(source.iter_batches(args.batch, fns.batch_sharding))
     state, _ = fns.train_step(state, batch)

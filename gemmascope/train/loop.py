@@ -197,7 +197,7 @@ def train_sweep(
 
     # 4. Model and optimizer: one compiled init, step and held-out evaluation per job shape
     #    (cached across jobs).
-    shape = _job_shape(job_cfg, sae_cfg, members, budget, d_in, mesh)
+    shape = job_shape(job_cfg, d_in, mesh, d_out)
     fns = step.compiled_functions(shape)
 
     # 5. The held-out batch: taken from the source before its stream starts, so training never
@@ -323,8 +323,21 @@ def _sweep_dtype(members) -> np.dtype:
     return np.dtype(np.int32 if all(isinstance(v, int) for v in values) else np.float32)
 
 
-def _job_shape(job_cfg, sae_cfg, members, budget, d_in, mesh) -> step.JobShape:
-    """The `step.JobShape` of this job (the key of its compiled functions)."""
+def job_shape(job_cfg, d_in: int, mesh, d_out: int | None = None) -> step.JobShape:
+    """The `step.JobShape` train_sweep compiles for this job: the key of its compiled functions.
+
+    `step.compiled_functions(job_shape(...))` is the trainer's own program, which benchmarks time
+    without the loop around it (benchmarks/vs_saelens.py).
+
+    Args:
+        job_cfg: a `default_config()` (with overrides).
+        d_in: the source's activation width.
+        mesh: the job's mesh (`gemmascope.mesh.make_mesh(job_cfg.mesh)`).
+        d_out: a transcoder's target width (None for an SAE).
+    """
+    sae_cfg = resolve_sae_config(job_cfg, config.get_architecture(job_cfg.arch), d_out)
+    members = config.sweep_members(job_cfg)
+    budget = config.resolve_budget(job_cfg)
     return step.JobShape(
         arch=job_cfg.arch,
         sae_cfg=sae_cfg,
