@@ -20,7 +20,9 @@ Arguments: runlocal (a two-site, few-step version for tests and CI); transcoders
 demo-transcoders`: adds Gemma Scope 2's transcoders at every layer, mlp_in/L -> mlp_out/L plain
 and with an affine skip connection, JumpReLU and TopK at both widths, 32 more jobs; the mlp_in
 sites are cached too. A separate command because it adds about two thirds of the demo's
-time, docs/transcoders.md).
+time, docs/transcoders.md); epochs=N (every SAE trains N passes over its site's ~150k cached
+tokens, N times the steps, with the recipe's warmups scaled to them: how the architectures
+compare once the runs are longer, docs/quickstart.md#demo-science).
 """
 
 from gemmascope import assets, sae, study
@@ -29,7 +31,9 @@ from gemmascope.study import jobs
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False, transcoders=False)
+    arg = study.parse_arg(arg, runlocal=False, transcoders=False, epochs=1)
+    if arg.epochs < 1:
+        raise ValueError(f"tiny_demo: epochs must be >= 1, got {arg.epochs}")
     config = study.base_config()
     config.name = "tiny_demo"
     # The tiny Gemma 2 shipped in gemmascope/assets (docs/embedded_model.md).
@@ -50,11 +54,12 @@ def get_config(arg=None):
     # Every layer x Gemma Scope's three site kinds (not mlp_in, the transcoders' input).
     config.sites = ("attn_z/*", "mlp_out/*", "resid_post/*")
     # Two widths (1x and 2x d_model = 128) for every site; 150k tokens (about one epoch) per SAE.
-    config.jobs.groups.all_sites = dict(sites=("*/*",), widths=(128, 256), total_tokens=150_000)
+    tokens = 150_000 * arg.epochs
+    config.jobs.groups.all_sites = dict(sites=("*/*",), widths=(128, 256), total_tokens=tokens)
 
-    # Activations per step: about 290 steps per job.
+    # Activations per step: about 290 steps per job (per epoch).
     config.train.batch_size = 512
-    steps = 150_000 // config.train.batch_size
+    steps = tokens // config.train.batch_size
     config.jobs.archs.jumprelu = dict(
         # Target L0s: sparsity rises left to right.
         sweep_values=(32.0, 16.0, 8.0),

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from gemmascope import study
+from gemmascope import sae, study
 from gemmascope.study import jobs, stages
 from gemmascope.study.validate import stages_of
 
@@ -202,3 +202,17 @@ def test_tiny_demo_transcoders_adds_every_layers_transcoders(capsys):
     assert jobs.select(all_jobs, [a["jobs"] for a in added]) == all_jobs
     stages.run(config, None, "plan")
     assert "mlp_in          4 sites" in capsys.readouterr().out
+
+
+def test_tiny_demo_epochs_scales_tokens_and_the_recipes_warmups():
+    # tiny_demo.py:epochs=4 (docs/quickstart.md#demo-science): four passes over the cache, and
+    # the short-run warmups of a four-times-longer run.
+    _, one = study.load_config_file("experiments/tiny_demo.py")
+    _, four = study.load_config_file("experiments/tiny_demo.py:epochs=4")
+    assert four.jobs.groups.all_sites.total_tokens == 4 * one.jobs.groups.all_sites.total_tokens
+    steps = four.jobs.groups.all_sites.total_tokens // four.train.batch_size
+    expected = sae.recipes.short_run("jumprelu", steps)
+    assert four.jobs.archs.jumprelu.sae.sparsity_warmup_steps == expected["sparsity_warmup_steps"]
+    assert four.jobs.archs.topk.sae.lr_warmup_steps > one.jobs.archs.topk.sae.lr_warmup_steps
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        study.load_config_file("experiments/tiny_demo.py:epochs=0")
