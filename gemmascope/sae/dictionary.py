@@ -146,7 +146,16 @@ def decode(params: dict, f: jax.Array, x: jax.Array | None = None) -> jax.Array:
     Raises:
       ValueError: the params have ``W_skip`` but no input ``x`` was given.
     """
-    out = f @ params["W_dec"] + params["b_dec"]
+    return add_output_biases(params, f @ params["W_dec"], x)
+
+
+def add_output_biases(params: dict, decoded: jax.Array, x: jax.Array | None = None) -> jax.Array:
+    """``decoded + b_dec``, plus ``x @ W_skip`` for a skip-transcoder: :func:`decode` given f W_dec.
+
+    Raises:
+      ValueError: the params have ``W_skip`` but no input ``x`` was given.
+    """
+    out = decoded + params["b_dec"]
     if "W_skip" not in params:
         return out
     if x is None:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gemmascope.sae import auxk, dictionary, inference, losses, optim, ste
+from gemmascope.sae import auxk, dictionary, inference, losses, optim, sparse_support, ste
 from gemmascope.sae import config as config_lib
 
 NAME = "jumprelu"
@@ -65,6 +65,10 @@ def default_config() -> ml_collections.ConfigDict:
     # short-run recipe turns it on to revive latents whose threshold outgrew their pre-activations.
     auxk.add_config_fields(cfg)
     cfg.auxk_alpha = 0.0
+    # The sparse path at low L0 (docs/sae.md#sparse-path): 0 = the dense products (default);
+    # C > 0 = the decoder and the backward products from each token's support (active latents
+    # and STE window) in C slots, the dense products for any batch with a token fuller than C.
+    cfg.sparse_capacity = 0
     return cfg
 
 
@@ -76,6 +80,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     config_lib.check_positive(cfg, "sparsity_coeff", allow_zero=cfg.sparsity_form == "coeff")
     config_lib.check_positive(cfg, "bandwidth", "threshold_init", "target_l0", "target_l0_rate")
     auxk.validate(cfg)
+    capacity = cfg.get("sparse_capacity", 0)
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+        raise ValueError(
+            f"SAE config field 'sparse_capacity' must be an int >= 0 (0: dense products; C > 0: "
+            f"the sparse path with C support slots per token), got {capacity!r}."
+        )
 
 
 def sweep_field(cfg: ml_collections.ConfigDict) -> str:
@@ -165,15 +175,32 @@ def loss(
     """
     target = x if target is None else target
     theta = threshold(params, cfg)
-    pi = dictionary.pre_activations(params, x, cfg)
-    f, fired = ste.jumprelu_and_fired(pi, theta, cfg.bandwidth)
-    if reconstruct is None:
-        x_hat, term = dictionary.decode(params, f, x), None
+    l0_per_token = None
+    if cfg.get("sparse_capacity", 0) and reconstruct is None:
+        decoded, fired, l0_per_token, pi = sparse_support.encode_decode(
+            x.astype(jnp.float32),
+            params["W_enc"],
+            params["b_enc"],
+            params["b_dec"],
+            theta,
+            params["W_dec"],
+            bandwidth=cfg.bandwidth,
+            capacity=cfg.sparse_capacity,
+            centre=cfg.pre_encoder_bias,
+            with_pi=cfg.auxk_alpha > 0,
+        )
+        f, term = None, None
+        x_hat = dictionary.add_output_biases(params, decoded, x)
     else:
-        x_hat, term = reconstruct(f)
+        pi = dictionary.pre_activations(params, x, cfg)
+        f, fired = ste.jumprelu_and_fired(pi, theta, cfg.bandwidth)
+        if reconstruct is None:
+            x_hat, term = dictionary.decode(params, f, x), None
+        else:
+            x_hat, term = reconstruct(f)
     recon = jnp.mean(losses.squared_error(target, x_hat))
     mean_l0 = jnp.sum(fired) / (x.size // x.shape[-1])
-    sparsity, coeff = sparsity_term(params, pi, theta, mean_l0, coeffs, cfg)
+    sparsity, coeff = sparsity_term(params, pi, theta, mean_l0, coeffs, cfg, l0_per_token)
     aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = (recon if term is None else term) + sparsity + aux
     metrics = losses.batch_metrics(
@@ -192,18 +219,21 @@ def loss(
     return total, metrics
 
 
-def sparsity_term(params: dict, pi, theta, mean_l0, coeffs: dict, cfg) -> tuple:
+def sparsity_term(params: dict, pi, theta, mean_l0, coeffs: dict, cfg, l0_per_token=None) -> tuple:
     """(the sparsity penalty of ``cfg.sparsity_form``, the λ it used); see the module docstring.
 
     ``mean_l0`` is the batch's mean Σ_i H(π_i − θ_i) with the step's estimator (the fired
-    counts of ``ste.jumprelu_and_fired`` over the token count).
+    counts of ``ste.jumprelu_and_fired`` over the token count). ``l0_per_token`` (B,), the same
+    sums per token with the step STE, replaces their computation from ``pi`` in the quadratic
+    form (the sparse path has them already).
     """
     coeff = coeffs["sparsity_coeff"]
     if cfg.sparsity_form == "target_l0":
         coeff = coeff * jnp.exp(jax.lax.stop_gradient(params["log_sparsity_coeff"]))
     if cfg.sparsity_form == "quadratic":
         target_l0 = coeffs["target_l0"]
-        l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
+        if l0_per_token is None:
+            l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
         return coeff * jnp.mean(2.0 / target_l0 * jnp.square(l0_per_token - target_l0)), coeff
     return coeff * mean_l0, coeff
 

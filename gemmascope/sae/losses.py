@@ -54,7 +54,8 @@ def batch_metrics(
     Args:
       x: input batch (B, d).
       x_hat: reconstruction (B, d).
-      f: latent activations (B, M).
+      f: latent activations (B, M), or None when ``fired`` is given (the sparse path never
+        forms them; the token count is then read from x).
       loss: the total training loss.
       recon_loss: mean per-token squared error.
       sparsity_loss: the sparsity penalty term (already multiplied by its coefficient).
@@ -69,7 +70,7 @@ def batch_metrics(
     if fired is None:
         fired = fired_counts(f)
     fired = jax.lax.stop_gradient(fired)
-    n_tokens = f.size // f.shape[-1]
+    n_tokens = (x if f is None else f).size // (x if f is None else f).shape[-1]
     return {
         "loss": loss,
         "recon_loss": recon_loss,

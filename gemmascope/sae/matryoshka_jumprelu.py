@@ -36,6 +36,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid field."""
     jumprelu.validate(cfg)
     matryoshka.validate_groups(cfg)
+    if cfg.get("sparse_capacity", 0):
+        raise ValueError(
+            f"SAE config field 'sparse_capacity' is {cfg.sparse_capacity!r}, but "
+            "matryoshka_jumprelu has no sparse path (its nested prefix losses read the dense "
+            "latents): set it to 0."
+        )
 
 
 def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) -> dict:

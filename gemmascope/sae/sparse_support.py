@@ -10,13 +10,15 @@ the *support*: every (token, latent) whose value or gradient is not zero.
 :func:`encode_decode` computes π densely, then takes each token's support as a padded row list
 of ``capacity`` latent indices (:func:`row_support`) and computes (2)-(5) from it: (2) and (3) as
 row gathers of W_dec, (4) and (5) as row scatter-adds into (M, d) arrays, the θ, b_enc (and
-b_dec) gradients as scatter-adds of (B, capacity) entries. When some token's support exceeds
-``capacity`` the whole batch takes the dense products instead (``lax.cond``), so the result is
-exact either way: dense while the support is large (the start of training, when about half the
-latents fire), sparse once it is small. Under ``vmap`` a per-member predicate turns ``lax.cond``
-into a select that runs both branches (exact, slower than dense): the sparse path pays off when
-the sweep members run one after another (the trainer's ``members_per_pass = 1``, its CPU
-default); docs/sae.md#sparse-path.
+b_dec) gradients as scatter-adds of (B, capacity) entries. The few tokens whose support exceeds
+``capacity`` (the per-token L0 varies: the fullest token of a batch has 2-3x the mean) get no
+slots; up to B/16 of them (:func:`crowded_rows_limit`) are gathered and computed with (B/16, M)
+dense products. When more tokens than that are crowded the whole batch takes the dense products
+(``lax.cond``), so the result is exact either way: dense while the support is large (the start
+of training, when about half the latents fire), sparse once it is small. Under ``vmap`` a
+per-member predicate turns ``lax.cond`` into a select that runs both branches (exact, slower
+than dense): the sparse path pays off when the sweep members run one after another (the
+trainer's ``members_per_pass = 1``, its CPU default); docs/sae.md#sparse-path.
 
 The forward and backward are one ``jax.custom_vjp``: autodiff of the dense products is the
 oracle the tests hold it to (tests/sae/test_sparse_support.py). The input ``x`` is data: the path
@@ -43,17 +45,13 @@ from gemmascope.sae import ste
 # d 512: blocks of 16 rows beat whole-batch gathers, which materialise (B, capacity, d), by 4x).
 _ROWS_PER_BLOCK = 16
 _WORD = 32
+# Up to B // this many tokens may exceed the capacity: their rows are computed densely.
+_CROWDED_FRACTION = 16
 
 
 def support_mask(pi: jax.Array, theta: jax.Array, bandwidth: float) -> jax.Array:
     """(B, M) bool: π > θ, or π in θ's STE window (the same expressions as :mod:`ste`)."""
     return (pi > theta) | (ste.rectangle((pi - theta) / bandwidth) > 0)
-
-
-def overflows(pi: jax.Array, theta: jax.Array, bandwidth: float, capacity: int) -> jax.Array:
-    """() bool: some token's support exceeds ``capacity``, so the batch takes the dense products."""
-    in_support = support_mask(pi, theta, bandwidth)
-    return jnp.max(jnp.sum(in_support, axis=-1, dtype=jnp.int32)) > capacity
 
 
 def row_support(mask: jax.Array, capacity: int) -> jax.Array:
@@ -148,30 +146,55 @@ def _scatter_entries(values, idx, n_out: int):
     )
 
 
+def crowded_rows_limit(n_rows: int) -> int:
+    """How many tokens fuller than the capacity a batch may have and still take the sparse path."""
+    return max(1, n_rows // _CROWDED_FRACTION)
+
+
+def _crowded(pi, theta, bandwidth, capacity):
+    """((B,) tokens whose support exceeds ``capacity``, () whether the batch must run dense)."""
+    counts = jnp.sum(support_mask(pi, theta, bandwidth), axis=-1, dtype=jnp.int32)
+    crowded = counts > capacity
+    too_many = jnp.sum(crowded, dtype=jnp.int32) > crowded_rows_limit(pi.shape[0])
+    return crowded, too_many
+
+
+def overflows(pi: jax.Array, theta: jax.Array, bandwidth: float, capacity: int) -> jax.Array:
+    """() bool: the batch takes the dense products (more crowded tokens than the limit)."""
+    return _crowded(pi, theta, bandwidth, capacity)[1]
+
+
 def _forward(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre):
     centred = x - b_dec if centre else x
     pi = centred @ w_enc + b_enc
-    width = pi.shape[-1]
+    n_rows, width = pi.shape
+    n_crowded = crowded_rows_limit(n_rows)
     on = pi > theta
-    in_support = support_mask(pi, theta, bandwidth)
-    dense = overflows(pi, theta, bandwidth, capacity)
+    crowded, dense = _crowded(pi, theta, bandwidth, capacity)
 
     def dense_decode():
         f = jnp.where(on, pi, jnp.zeros((), pi.dtype))
-        return f @ w_dec, jnp.full((pi.shape[0], capacity), width, jnp.int32)
+        no_slots = jnp.full((n_rows, capacity), width, jnp.int32)
+        return f @ w_dec, no_slots, jnp.full((n_crowded,), n_rows, jnp.int32)
 
     def sparse_decode():
-        idx = row_support(in_support, capacity)
+        # Crowded tokens get no slots; their rows are gathered and computed densely below.
+        idx = row_support(support_mask(pi, theta, bandwidth) & ~crowded[:, None], capacity)
         safe = jnp.minimum(idx, width - 1)
         z = jnp.take_along_axis(pi, safe, axis=1)
         f = jnp.where((idx < width) & (z > theta[safe]), z, jnp.zeros((), z.dtype))
-        return _gather_weighted_rows(f, safe, w_dec), idx
+        decoded = _gather_weighted_rows(f, safe, w_dec)
+        rows = jnp.nonzero(crowded, size=n_crowded, fill_value=n_rows)[0].astype(jnp.int32)
+        pi_rows = pi[jnp.minimum(rows, n_rows - 1)]
+        f_rows = jnp.where(pi_rows > theta, pi_rows, jnp.zeros((), pi.dtype))
+        decoded = decoded.at[rows].add(f_rows @ w_dec, mode="drop")
+        return decoded, idx, rows
 
-    decoded, idx = lax.cond(dense, dense_decode, sparse_decode)
+    decoded, idx, rows = lax.cond(dense, dense_decode, sparse_decode)
     on_float = on.astype(pi.dtype)
     fired = jnp.sum(on_float, axis=0)
     l0 = jnp.sum(on_float, axis=-1)
-    residuals = (centred, pi, idx, dense, theta, w_enc, w_dec)
+    residuals = (centred, pi, idx, rows, dense, theta, w_enc, w_dec)
     return (decoded, fired, l0, pi), residuals
 
 
@@ -187,7 +210,7 @@ def _encode_decode_fwd(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity
 
 
 def _encode_decode_bwd(bandwidth, capacity, centre, with_pi, saved, cotangents):
-    (centred, pi, idx, dense, theta, w_enc, w_dec), zero_x, b_dec = saved
+    (centred, pi, idx, rows, dense, theta, w_enc, w_dec), zero_x, b_dec = saved
     g_dec, g_fired, g_l0 = cotangents[:3]
     g_pi = cotangents[3] if with_pi else None
     width = pi.shape[-1]
@@ -219,6 +242,23 @@ def _encode_decode_bwd(bandwidth, capacity, centre, with_pi, saved, cotangents):
         g_w_dec = _scatter_weighted_rows(f, idx, g_dec, width)
         g_w_enc = _scatter_weighted_rows(g_z, idx, centred, width).T
         g_b_enc = _scatter_entries(g_z, idx, width)
+        # The crowded tokens' rows, dense: (R, M) products, R = crowded_rows_limit(B).
+        n_rows = pi.shape[0]
+        real = (rows < n_rows)[:, None]
+        safe_rows = jnp.minimum(rows, n_rows - 1)
+        pi_rows = pi[safe_rows]
+        g_dec_rows = jnp.where(real, g_dec[safe_rows], 0.0)
+        g_f_rows = g_dec_rows @ w_dec.T
+        on_rows = pi_rows > theta
+        g_z_rows = jnp.where(on_rows & real, g_f_rows, 0.0)
+        kernel_rows = jnp.where(real, ste.rectangle((pi_rows - theta) / bandwidth), 0.0)
+        g_l0_rows = g_l0[safe_rows][:, None]
+        g_theta = g_theta + jnp.sum(
+            -inv_eps * kernel_rows * (theta * g_f_rows + g_fired + g_l0_rows), axis=0
+        )
+        g_w_dec = g_w_dec + jnp.where(on_rows & real, pi_rows, 0.0).T @ g_dec_rows
+        g_w_enc = g_w_enc + centred[safe_rows].T @ g_z_rows
+        g_b_enc = g_b_enc + jnp.sum(g_z_rows, axis=0)
         if g_pi is not None:  # AuxK's dense π cotangent: its own product, only when it is not 0
             extra_w, extra_b = lax.cond(
                 jnp.any(g_pi != 0),
@@ -263,7 +303,8 @@ def encode_decode(
       theta: (M,) float32 thresholds.
       w_dec: (M, d_out).
       bandwidth: the STE's ε (static).
-      capacity: support slots per token (static); a batch with a fuller token runs dense.
+      capacity: support slots per token (static); fuller tokens are computed densely, and a
+        batch with more than ``crowded_rows_limit(B)`` of them runs dense.
       centre: subtract b_dec before encoding (``cfg.pre_encoder_bias``).
       with_pi: also return π (B, M) with its gradient (AuxK reads it).
 

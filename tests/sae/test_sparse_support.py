@@ -99,15 +99,18 @@ def _window_entries(args):
 def test_sparse_batch_matches_dense_autodiff(with_pi):
     args, weights = _problem(seed=1)
     assert _window_entries(args) > B  # θ's STE gradient really has entries
-    capacity = 40
     pi = (args[0] - args[3]) @ args[1] + args[2]
+    counts = np.sum(sparse_support.support_mask(pi, args[4], EPS), axis=-1)
+    # Two tokens fuller than the capacity: the crowded-row part runs too, not the fallback.
+    capacity = int(np.sort(counts)[-3])
+    assert np.sum(counts > capacity) == 2 <= sparse_support.crowded_rows_limit(B)
     assert not sparse_support.overflows(pi, args[4], EPS, capacity)  # the sparse branch runs
     _check(args, weights, capacity, with_pi)
 
 
 def test_overflowing_batch_falls_back_to_dense_exactly():
     args, weights = _problem(seed=2, fire_fraction=0.3)
-    capacity = 8
+    capacity = 12
     pi = (args[0] - args[3]) @ args[1] + args[2]
     assert sparse_support.overflows(pi, args[4], EPS, capacity)
     _check(args, weights, capacity, with_pi=True)
