@@ -74,8 +74,11 @@ def test_exported_npz_encodes_raw_inputs_as_c_times_training_encodings(
 
 @pytest.mark.parametrize("unit_norm_decoder", [True, False])
 def test_topk_exports_with_a_per_token_k_rule(tmp_path, unit_norm_decoder):
-    """Also with a free decoder (short_run's): its row norms must not move into the encoder,
-    where they would change which k latents are the largest."""
+    """TopK's k rule, with a unit-norm decoder and with a free one (short_run's).
+
+    A free decoder's row norms must not move into the encoder, where they would change which k
+    latents are the largest.
+    """
     overrides = dict(unit_norm_decoder=unit_norm_decoder, decoder_init_norm=1.0)
     name, cfg, _, members = fake_run(str(tmp_path), "topk", [3], overrides=overrides)
     (folder,) = export.export_run(str(tmp_path), name)
