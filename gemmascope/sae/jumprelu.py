@@ -12,7 +12,11 @@ warmup moves by ``target_l0_rate · clip(log(L0 / target_l0), −1, 1)`` (dual a
 constraint E[L0] = target, docs/sae.md#target-l0), so the SAE trains on the Gemma Scope loss with
 the λ that gives the L0 asked for. ``"quadratic"`` is Gemma Scope 2's penalty as SAELens 6 reads
 it: per token λ_t·(2/target)·(L0 − target)² with L0 = Σ_i H(π_i − θ_i) (the same STE), averaged
-over the batch (docs/sae.md#quadratic-l0). θ is fp32, stored as
+over the batch (docs/sae.md#quadratic-l0). Any form may add the frequency penalty against dense
+latents (``freq_penalty_scale`` ω > 0; docs/sae.md#frequency-penalty): the quadratic-frequency
+term of the GDM team's 2025 progress update, c·Σ_i p_i²/ω with p_i latent i's firing frequency in
+the batch (its fired count over the tokens, through the step's STE, so a dense latent's θ rises)
+and c the sparsity term's λ_t (or ``freq_penalty_coeff``). θ is fp32, stored as
 ``log_threshold`` (θ = exp) or ``threshold`` (raw) by ``cfg.threshold_param``
 (docs/recipe.md#short-runs).
 
@@ -55,6 +59,13 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.target_l0 = 32.0
     # "target_l0" form: change of log λ per step at the largest L0 error (|log(L0/target)| >= 1).
     cfg.target_l0_rate = 0.02
+    # Frequency penalty against dense latents (docs/sae.md#frequency-penalty): c·Σ_i p_i²/ω with
+    # p_i each latent's firing frequency in the batch. ω (this field) is the frequency scale from
+    # which it outweighs the L0 term (GDM's quadratic-frequency loss: 0.1 or 0.01); 0 = off.
+    cfg.freq_penalty_scale = 0.0
+    # Its coefficient c: None = the sparsity term's (warmed-up, or steered) λ, GDM's form
+    # λ·Σ_i p_i·(1 + p_i/ω) in the coefficient form; a number = its own c, warmed up like λ.
+    cfg.freq_penalty_coeff = None
     # STE kernel bandwidth ε (GS: 1e-3, valid for E||x||² = 1 inputs).
     cfg.bandwidth = 1e-3
     # Initial threshold θ for every latent (GS: 1e-3).
@@ -79,12 +90,38 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     config_lib.check_in(cfg, "threshold_param", ("log", "raw"))
     config_lib.check_positive(cfg, "sparsity_coeff", allow_zero=cfg.sparsity_form == "coeff")
     config_lib.check_positive(cfg, "bandwidth", "threshold_init", "target_l0", "target_l0_rate")
+    check_frequency_penalty(cfg)
     auxk.validate(cfg)
     capacity = cfg.get("sparse_capacity", 0)
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
         raise ValueError(
             f"SAE config field 'sparse_capacity' must be an int >= 0 (0: dense products; C > 0: "
             f"the sparse path with C support slots per token), got {capacity!r}."
+        )
+
+
+def check_frequency_penalty(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError unless ω is 0 (off) or in (0, 1] and the coefficient None or >= 0."""
+    scale = cfg.get("freq_penalty_scale", 0.0)
+    coeff = cfg.get("freq_penalty_coeff", None)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= 1.0:
+        raise ValueError(
+            f"SAE config field 'freq_penalty_scale' must be 0 (no frequency penalty) or a firing "
+            f"frequency in (0, 1] (e.g. 0.1: latents firing on more than ~10% of tokens pay more "
+            f"than their L0), got {scale!r}."
+        )
+    if coeff is not None and (
+        isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or coeff < 0
+    ):
+        raise ValueError(
+            f"SAE config field 'freq_penalty_coeff' must be None (the sparsity term's λ) or a "
+            f"number >= 0, got {coeff!r}."
+        )
+    if coeff is not None and scale == 0:
+        raise ValueError(
+            f"SAE config field 'freq_penalty_coeff' is {coeff!r} but 'freq_penalty_scale' is 0, "
+            "which turns the frequency penalty off: set freq_penalty_scale (e.g. 0.1) too, or "
+            "leave freq_penalty_coeff None."
         )
 
 
@@ -138,8 +175,15 @@ def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict
     """This step's traced loss coefficients; ``sweep_value`` overrides ``cfg[sweep_field(cfg)]``.
 
     In the target_l0 form ``sparsity_coeff`` is the warmup factor (λ itself is the buffer); in
-    the quadratic form it is the warmed-up λ of the quadratic penalty.
+    the quadratic form it is the warmed-up λ of the quadratic penalty. A frequency penalty with
+    its own coefficient adds ``freq_penalty_coeff``, warmed up like λ.
     """
+    form = _form_coeffs(cfg, step_index, sweep_value)
+    return _with_frequency_coeff(form, cfg, step_index)
+
+
+def _form_coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value) -> dict:
+    """The coefficients of the sparsity form (``coeffs`` without the frequency penalty's)."""
     if cfg.sparsity_form == "quadratic":
         target = cfg.target_l0 if sweep_value is None else sweep_value
         return {
@@ -156,6 +200,15 @@ def coeffs(cfg: ml_collections.ConfigDict, step_index, sweep_value=None) -> dict
         }
     base = cfg.sparsity_coeff if sweep_value is None else sweep_value
     return {"sparsity_coeff": optim.linear_warmup(base, step_index, cfg.sparsity_warmup_steps)}
+
+
+def _with_frequency_coeff(coeffs: dict, cfg, step_index) -> dict:
+    """``coeffs`` plus ``freq_penalty_coeff`` (warmed up) when the penalty has its own c."""
+    if cfg.get("freq_penalty_scale", 0.0) > 0 and cfg.get("freq_penalty_coeff") is not None:
+        coeffs["freq_penalty_coeff"] = optim.linear_warmup(
+            cfg.freq_penalty_coeff, step_index, cfg.sparsity_warmup_steps
+        )
+    return coeffs
 
 
 def loss(
@@ -199,8 +252,11 @@ def loss(
         else:
             x_hat, term = reconstruct(f)
     recon = jnp.mean(losses.squared_error(target, x_hat))
-    mean_l0 = jnp.sum(fired) / (x.size // x.shape[-1])
+    n_tokens = x.size // x.shape[-1]
+    mean_l0 = jnp.sum(fired) / n_tokens
     sparsity, coeff = sparsity_term(params, pi, theta, mean_l0, coeffs, cfg, l0_per_token)
+    if cfg.get("freq_penalty_scale", 0.0) > 0:
+        sparsity = sparsity + frequency_penalty(fired / n_tokens, coeff, coeffs, cfg)
     aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
     total = (recon if term is None else term) + sparsity + aux
     metrics = losses.batch_metrics(
@@ -236,6 +292,20 @@ def sparsity_term(params: dict, pi, theta, mean_l0, coeffs: dict, cfg, l0_per_to
             l0_per_token = jnp.sum(ste.step(pi, theta, cfg.bandwidth), axis=-1)
         return coeff * jnp.mean(2.0 / target_l0 * jnp.square(l0_per_token - target_l0)), coeff
     return coeff * mean_l0, coeff
+
+
+def frequency_penalty(frequency, coeff, coeffs: dict, cfg) -> jax.Array:
+    """c·Σ_i p_i²/ω, the quadratic-frequency penalty on dense latents (docs/sae.md).
+
+    ``frequency`` (M,) is each latent's firing frequency in the batch, p_i = fired_i / n_tokens,
+    with the step's estimator (``ste.jumprelu_and_fired``'s count): its θ_i gradient is
+    (2c·p_i/ω)·(1/n)·Σ_b −(1/ε)K((π_bi − θ_i)/ε), so gradient descent raises the threshold of a
+    latent in proportion to how often it fires, and a latent firing on p ≳ ω tokens pays more
+    than its share of the L0 term. c is ``coeff`` (the λ the sparsity term used) unless
+    ``cfg.freq_penalty_coeff`` gives its own (``coeffs["freq_penalty_coeff"]``, warmed up).
+    """
+    c = coeffs.get("freq_penalty_coeff", coeff)
+    return c * jnp.sum(jnp.square(frequency)) / cfg.freq_penalty_scale
 
 
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
