@@ -289,6 +289,33 @@ def finish_gemma_scope_2_study(config: ml_collections.ConfigDict, arg) -> None:
         )
     if arg.variant == "it":
         config.data.chat_wrap = True
+    if arg.get("pt_workdir"):
+        fine_tune_from_pt(config, arg)
+
+
+# The share of the PT budget an IT SAE fine-tuned from its PT SAE trains on. Gemma Scope 2
+# fine-tuned every PT SAE for IT but did not publish for how long; a tenth is our choice.
+IT_FINETUNE_FRACTION = 0.1
+
+
+def fine_tune_from_pt(config: ml_collections.ConfigDict, arg) -> None:
+    """Gemma Scope 2's IT SAEs: each job fine-tunes the same job of the PT study in arg.pt_workdir.
+
+    Every job starts from the PT job's final params (`<pt_workdir>/runs/<job>`) and trains on
+    IT_FINETUNE_FRACTION of its budget on the chat-wrapped data of the IT variant, with no
+    sparsity warmup (docs/training.md#init-from).
+
+    Raises:
+        ValueError: pt_workdir given for the PT variant.
+    """
+    if arg.variant != "it":
+        raise ValueError(
+            f"pt_workdir={arg.pt_workdir!r} fine-tunes PT SAEs into IT ones: give variant=it too "
+            f"(got variant={arg.variant!r})."
+        )
+    config.name = config.name + "_from_pt"
+    config.jobs.init_from = arg.pt_workdir
+    config.jobs.init_token_fraction = IT_FINETUNE_FRACTION
 
 
 def one_task_per_job(get_config):

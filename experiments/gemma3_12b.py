@@ -25,7 +25,9 @@ model_dir gemma-3-12b-it).
 Transcoders (Gemma Scope 2's transcoder_all, docs/transcoders.md): mlp_in -> mlp_out at every
 layer, plain and with an affine skip connection, at 2^14 and 2^18, big and small L0.
 
-Arguments: model_dir (default gemma-3-12b-<variant>), variant (pt | it), runlocal (the same file
+Arguments: model_dir (default gemma-3-12b-<variant>), variant (pt | it), pt_workdir (with
+variant=it: fine-tune the PT study of that workdir instead of training from scratch,
+docs/training.md#init-from), runlocal (the same file
 on the shipped tiny model, a few thousand tokens: CI and laptops).
 """
 
@@ -36,7 +38,7 @@ import common
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, model_dir="", variant="pt", runlocal=False)
+    arg = study.parse_arg(arg, model_dir="", variant="pt", runlocal=False, pt_workdir="")
     config = common.gemma_scope_2_study("12b", arg)
     # The 12B in bf16 per 16 GiB TPU v3 device (`--mode=plan`, docs/scaling.md).
     config.model.dtype = "bfloat16"

@@ -22,7 +22,9 @@ docs/gemma3_270m_study.md (measured stage by stage, with the machine's load).
 
 Arguments: runlocal (the same file on the shipped tiny model: tests and CI); smoke (the real 270M
 at one depth, a few steps, one held-out sequence and the inspect stage: `make study-270m-smoke`,
-minutes, and tests/model/test_gemma3_270m_study.py).
+minutes, and tests/model/test_gemma3_270m_study.py); freq_penalty=ω (JumpReLU's frequency
+penalty against dense latents at frequency scale ω, e.g. 0.1; default 0, off:
+docs/gemma3_270m_study.md has the measurement with and without it).
 """
 
 from gemmascope import assets, sae, study
@@ -50,7 +52,7 @@ STEPS = -(-MAX_SEQUENCES * 255 // BATCH_SIZE)
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False, smoke=False)
+    arg = study.parse_arg(arg, runlocal=False, smoke=False, freq_penalty=0.0)
     config = study.base_config()
     config.name = "gemma3_270m_local"
     # The real weights from the pip package, converted on first use (model/packaged.py); the
@@ -80,7 +82,12 @@ def get_config(arg=None):
     # for the run's 160 steps, in the target-L0 form, as tiny_demo.py uses it.
     config.jobs.archs.jumprelu = dict(
         sweep_values=TARGET_L0,
-        sae=dict(sparsity_form="target_l0", **sae.recipes.short_run("jumprelu", STEPS)),
+        sae=dict(
+            sparsity_form="target_l0",
+            # The frequency penalty's scale ω (0 = off; docs/sae.md#frequency-penalty).
+            freq_penalty_scale=arg.freq_penalty,
+            **sae.recipes.short_run("jumprelu", STEPS),
+        ),
     )
 
     # 160 steps per job (tiny_demo.py: ~290); logging and checkpoints rare (they cost CPU).
@@ -132,8 +139,11 @@ def _shrink_to_smoke(config) -> None:
     config.jobs.groups.depths = dict(
         sites=config.sites, widths=(256,), total_tokens=float(steps * BATCH_SIZE)
     )
+    freq_penalty = config.jobs.archs.jumprelu.sae.freq_penalty_scale
     config.jobs.archs.jumprelu.sae = dict(
-        sparsity_form="target_l0", **sae.recipes.short_run("jumprelu", steps)
+        sparsity_form="target_l0",
+        freq_penalty_scale=freq_penalty,
+        **sae.recipes.short_run("jumprelu", steps),
     )
     config.train.log_every_tokens = 4 * BATCH_SIZE
     config.train.ckpt_every_tokens = 8 * BATCH_SIZE

@@ -22,7 +22,14 @@ and with an affine skip connection, JumpReLU and TopK at both widths, 32 more jo
 sites are cached too. A separate command because it adds about two thirds of the demo's
 time, docs/transcoders.md); epochs=N (every SAE trains N passes over its site's ~150k cached
 tokens, N times the steps, with the recipe's warmups scaled to them: how the architectures
-compare once the runs are longer, docs/quickstart.md#demo-science).
+compare once the runs are longer, docs/quickstart.md#demo-science); freq_penalty=ω (JumpReLU's
+frequency penalty against dense latents at frequency scale ω, e.g. 0.1; default 0, off:
+docs/sae.md#frequency-penalty, where the demo's measurement with and without it is);
+finetune_from=WORKDIR (the demo's "IT" variant: every job starts from the same job's final params
+in a finished demo workdir and trains for a tenth of its budget on the same corpus wrapped as
+chat turns, data.chat_wrap: the mechanics of Gemma Scope 2's PT-to-IT fine-tuning,
+docs/training.md#init-from. The tiny model has no chat format and no IT version: the wrapped
+text is only a shift of the data it reads).
 """
 
 from gemmascope import assets, sae, study
@@ -31,7 +38,9 @@ from gemmascope.study import jobs
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False, transcoders=False, epochs=1)
+    arg = study.parse_arg(
+        arg, runlocal=False, transcoders=False, epochs=1, freq_penalty=0.0, finetune_from=""
+    )
     if arg.epochs < 1:
         raise ValueError(f"tiny_demo: epochs must be >= 1, got {arg.epochs}")
     config = study.base_config()
@@ -63,7 +72,12 @@ def get_config(arg=None):
     config.jobs.archs.jumprelu = dict(
         # Target L0s: sparsity rises left to right.
         sweep_values=(32.0, 16.0, 8.0),
-        sae=dict(sparsity_form="target_l0", **sae.recipes.short_run("jumprelu", steps)),
+        sae=dict(
+            sparsity_form="target_l0",
+            # The frequency penalty's scale ω (0 = off; docs/sae.md#frequency-penalty).
+            freq_penalty_scale=arg.freq_penalty,
+            **sae.recipes.short_run("jumprelu", steps),
+        ),
     )
     config.jobs.archs.gated = dict(
         # L1 coefficients of the gate: sparsity rises left to right.
@@ -120,6 +134,12 @@ def get_config(arg=None):
         config.eval.batch_size = 8
         config.inspect.n_sequences = 8
         config.inspect.batch_size = 8
+    if arg.finetune_from:
+        config.name = config.name + "_it"
+        # Gemma's chat template around every document (the tokenizer spells it in bytes).
+        config.data.chat_wrap = True
+        config.jobs.init_from = arg.finetune_from
+        config.jobs.init_token_fraction = 0.1
     return config
 
 

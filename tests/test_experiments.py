@@ -216,3 +216,33 @@ def test_tiny_demo_epochs_scales_tokens_and_the_recipes_warmups():
     assert four.jobs.archs.topk.sae.lr_warmup_steps > one.jobs.archs.topk.sae.lr_warmup_steps
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         study.load_config_file("experiments/tiny_demo.py:epochs=0")
+
+
+@pytest.mark.parametrize("path", ["gemma3_270m.py", "gemma3_27b.py"])
+def test_gemma3_it_fine_tunes_the_pt_study_and_plans(path, capsys):
+    """variant=it,pt_workdir=...: Gemma Scope 2's IT SAEs, fine-tuned from the PT study's."""
+    spec = os.path.join(REPO, "experiments", path)
+    _, pt = study.load_config_file(spec)
+    _, it = study.load_config_file(f"{spec}:variant=it,pt_workdir=gs://b/pt")
+    assert it.data.chat_wrap and it.jobs.init_from == "gs://b/pt"
+    pt_jobs = {job.name: job for job in jobs.expand(pt, study.model_config(pt.model))}
+    it_jobs = jobs.expand(it, study.model_config(it.model))
+    assert {job.name for job in it_jobs} == set(pt_jobs)
+    for job in it_jobs[:5]:
+        assert job.init_from == f"gs://b/pt/runs/{job.name}"
+        assert job.total_tokens == pytest.approx(0.1 * pt_jobs[job.name].total_tokens, abs=1)
+    stages.run(it, None, "plan")
+    assert f"Plan for study {it.name!r}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="give variant=it too"):
+        study.load_config_file(f"{spec}:pt_workdir=gs://b/pt")
+
+
+def test_tiny_demo_finetune_from_wraps_the_corpus_and_plans(capsys):
+    _, config = study.load_config_file(
+        os.path.join(REPO, "experiments/tiny_demo.py:finetune_from=/w/demo,runlocal")
+    )
+    assert config.data.chat_wrap and config.jobs.init_from == "/w/demo"
+    job = jobs.expand(config, study.model_config(config.model))[0]
+    assert job.init_from == f"/w/demo/runs/{job.name}" and job.sae.sparsity_warmup_steps == 0
+    stages.run(config, None, "plan")
+    assert "tiny_demo_runlocal_it" in capsys.readouterr().out

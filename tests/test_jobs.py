@@ -182,3 +182,47 @@ def test_bad_transcoder_groups_are_refused(change, message):
     change(config)
     with pytest.raises(ValueError, match=message):
         expand(config)
+
+
+def test_init_from_makes_every_job_a_fine_tuning_of_its_namesake():
+    """Gemma Scope 2's IT SAEs: jobs start from the PT study's jobs of the same name."""
+    config = tiny_study()
+    config.train.sparsity_warmup_tokens = 500  # would otherwise override the dropped warmup
+    config.jobs.archs.batchtopk = dict(sweep_values=(4,), sae=dict(threshold_start_step=50))
+    config.jobs.init_from = "gs://bucket/pt"
+    config.jobs.init_token_fraction = 0.15
+    by_name = {job.name: job for job in expand(config)}
+    job = by_name["resid_post-L2-w128-jumprelu"]
+    assert job.init_from == "gs://bucket/pt/runs/resid_post-L2-w128-jumprelu"
+    assert job.total_tokens == 750  # 0.15 x 5000
+    assert by_name["attn_z-L1-w32-topk"].total_tokens == 150  # 0.15 x 1000
+    assert job.sae.sparsity_warmup_steps == 0 and job.sparsity_warmup_tokens is None
+    assert by_name["resid_post-L2-w64-batchtopk"].sae.threshold_start_step == 0
+    assert job.sae.lr == 1e-3 and job.sweep_values == [1e-3, 2e-3]  # the rest as the PT job's
+    assert "init_from" not in tiny_study().train  # set per job only
+    assert all(not j.init_from for j in expand(tiny_study()))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
+def test_init_token_fraction_outside_0_1_is_refused(fraction):
+    config = tiny_study()
+    config.jobs.init_from = "/pt"
+    config.jobs.init_token_fraction = fraction
+    with pytest.raises(ValueError, match="init_token_fraction = .* must be in \\(0, 1\\]"):
+        expand(config)
+
+
+def test_training_a_fine_tuning_study_whose_pt_jobs_are_missing_is_refused_first(tmp_path):
+    config = tiny_study()
+    config.model.preset = ""
+    config.model.path = "embedded"
+    config.sites = ("resid_post/0",)
+    config.jobs.groups = dict(g=dict(sites=("resid_post/0",), widths=(32,), total_tokens=1000))
+    del config.jobs.archs["topk"]
+    config.train.batch_size = 64
+    config.jobs.init_from = str(tmp_path / "pt")
+    config.data.corpus = "embedded"
+    with pytest.raises(study.ConfigError, match="final_params.npz and job.json missing under "
+                       f".*pt/runs/<job>: those jobs must be trained first"):  # fmt: skip
+        study.validate(config, "train", workdir=str(tmp_path / "it"), devices=(1, 1))
+    study.validate(config, "plan")  # planning needs no PT study

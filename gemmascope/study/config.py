@@ -152,6 +152,16 @@ def base_config() -> ml_collections.ConfigDict:
     # Named architectures (keys of gemmascope.sae.ARCHITECTURES). Each: sweep_values (the values
     # of the architecture's SWEEP_FIELD stacked in one job) and sae (overrides of its config).
     config.jobs.archs = ml_collections.ConfigDict()
+    # Fine-tuning from a finished study (Gemma Scope 2's IT SAEs from its PT SAEs; docs
+    # training.md#init-from): "" = every job starts from a fresh init. Else that study's workdir
+    # (a local path or a URL): every job starts from the final params of the job of the same name
+    # there (`<init_from>/runs/<job>`: same site, width, architecture and sweep), with a fresh
+    # optimizer and step counter, no sparsity warmup, and trains for init_token_fraction of its
+    # group's total_tokens on this study's data (e.g. chat-wrapped: data.chat_wrap).
+    config.jobs.init_from = ""
+    # With init_from: the fraction of each group's total_tokens a fine-tuning job trains on, in
+    # (0, 1] (Gemma Scope 2 did not publish its fraction; the Gemma 3 IT variants use 0.1).
+    config.jobs.init_token_fraction = 1.0
 
     # Held-out evaluation of every SAE into the metric table.
     config.eval = evaluation.default_config()

@@ -85,9 +85,7 @@ def describe(error: BaseException) -> str:
     message = str(error).strip() or type(error).__name__
     if isinstance(error, OSError) and not isinstance(error, StudyError):
         message = f"{message} (a file or disk problem; fix it and rerun the same command)"
-    return (
-        f"gemmascope: error: {message}\n(add --traceback to see where this was raised)"
-    )
+    return f"gemmascope: error: {message}\n(add --traceback to see where this was raised)"
 
 
 def touches(error: BaseException, package: str) -> bool:

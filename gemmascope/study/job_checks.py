@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import posixpath
 
 from gemmascope import mesh as mesh_lib
 from gemmascope.study import jobs
@@ -144,6 +145,33 @@ def check_each_job(all_jobs: list, problems: Problems) -> None:
                 message = message.replace("job_cfg.", "train.")
             else:
                 message = f"jobs.archs.{job.arch}: {message}"
+            found.setdefault(message, []).append(job.name)
+    _by_jobs(found, problems)
+
+
+def check_init_from(selected: list, problems: Problems) -> None:
+    """Jobs that start from another study's jobs (`jobs.init_from`) need those jobs finished.
+
+    One line per missing file kind, naming the jobs, so an IT study whose PT study is not
+    trained (or a mistyped workdir) stops before its cache stage.
+    """
+    from gemmascope import files
+
+    found: dict[str, list[str]] = {}
+    for job in selected:
+        if not job.get("init_from"):
+            continue
+        lacking = [
+            name
+            for name in ("final_params.npz", "job.json")
+            if not files.exists(files.join(job.init_from, name))
+        ]
+        if lacking:
+            parent = posixpath.dirname(str(job.init_from).rstrip("/"))
+            message = (
+                f"jobs.init_from: {' and '.join(lacking)} missing under {parent}/<job>: those "
+                "jobs must be trained first (the study they fine-tune, --mode=train)"
+            )
             found.setdefault(message, []).append(job.name)
     _by_jobs(found, problems)
 

@@ -21,15 +21,21 @@ becomes a transcoder of `mlp_in/L -> mlp_out/L` (docs/transcoders.md), plain or 
 skip connection, named `transcoder-L<layer>-w<width>-<arch>` or `transcoder_affine-...`. Both
 sites must be in `config.sites` (the cache stores both); the job's `target_site`,
 `sae.d_out`, `sae.pre_encoder_bias = False` and `sae.skip_connection` are set here.
+
+With `config.jobs.init_from` (a finished study's workdir) every job is the fine-tuning of the
+job of the same name there: `init_from` is set to its run folder, the budget scaled by
+`config.jobs.init_token_fraction` and the sparsity warmup dropped (`_fine_tune`; Gemma Scope 2's
+IT SAEs from its PT SAEs, docs/training.md#init-from).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 
 import ml_collections
 
-from gemmascope import sae, train
+from gemmascope import files, sae, train
 from gemmascope.model import sites as model_sites
 
 #: A transcoder group's kinds: `transcoders` holds some of these.
@@ -99,11 +105,40 @@ def expand(config: ml_collections.ConfigDict, model_cfg) -> list[ml_collections.
             arch_section = config.jobs.archs[arch_name]
             job = _make_job(config, model_cfg, site, width, arch_name, arch_section, transcoder)
             job.total_tokens = int(group.total_tokens)
+            if config.jobs.get("init_from"):
+                _fine_tune(job, config.jobs.init_from, config.jobs.init_token_fraction)
             if arch_name in group_sweeps:
                 job.sweep_values = list(group_sweeps[arch_name])
             _check_same_job(by_name.get(job.name), job)
             by_name[job.name] = job
     return [by_name[name] for name in sorted(by_name)]
+
+
+def _fine_tune(job: ml_collections.ConfigDict, workdir: str, fraction: float) -> None:
+    """Makes `job` the fine-tuning of the same-named job of the study in `workdir`, in place.
+
+    It starts from that job's final params (`train.init_from`), trains on `fraction` of its
+    budget (at least one token), and has no sparsity warmup: the SAE it starts from is already
+    sparse, and warming λ up from 0 again would first let its L0 climb. A BatchTopK-style running
+    threshold, already estimated, is updated from the first step. The lr warmup is kept (a fresh
+    Adam's first steps; it costs nothing when the warmup is short against the budget).
+
+    Raises:
+        ValueError: `fraction` not in (0, 1].
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        fraction = float("nan")
+    if not 0 < fraction <= 1:
+        raise ValueError(
+            f"config.jobs.init_token_fraction = {fraction!r} must be in (0, 1]: the share of "
+            "each group's total_tokens that a job started from config.jobs.init_from trains on."
+        )
+    job.init_from = files.join(str(workdir), "runs", job.name)
+    job.total_tokens = max(1, math.ceil(job.total_tokens * fraction))
+    job.sae.sparsity_warmup_steps = 0
+    job.sparsity_warmup_tokens = None  # a token warmup would override the step count
+    if "threshold_start_step" in job.sae:
+        job.sae.threshold_start_step = 0
 
 
 def job_groups(config: ml_collections.ConfigDict, model_cfg) -> dict[str, str]:
@@ -208,6 +243,7 @@ PER_JOB_FIELDS = (
     "total_tokens",
     "mesh",
     "target_site",
+    "init_from",
 )
 
 

@@ -124,6 +124,8 @@ def validate(
         job_checks.check_mesh(config, mesh_jobs, (n_devices, devices_text), problems)
         with problems.catch():
             selected = jobs.select(all_jobs, selectors)
+        if "train" in stages:
+            job_checks.check_init_from(selected, problems)
         _check_released(released or [], model_cfg, problems, plan_only, notes)
     if problems.lines:
         raise ConfigError(_report(problems.lines))

@@ -48,6 +48,11 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.target_site = ""
     # Identity of the model the activations come from (preset name or HF path), for job.json.
     c.model = ""
+    # "" = start from a fresh init. Else the run folder of a finished job (`<workdir>/runs/<job>`,
+    # a local path or a URL): its final params start this job (bit for bit, buffers included),
+    # with a fresh optimizer state and step counter (docs/training.md#init-from). Its job.json
+    # must match this job's architecture, site, width and sweep (the IT fine-tuning of GS §4.5).
+    c.init_from = ""
     # Expected activation width; None takes the source's (a mismatch with the source is an error).
     c.d_in = None
     # SAE architecture: a key of gemmascope.sae.ARCHITECTURES.

@@ -30,7 +30,15 @@ from jax.experimental import multihost_utils
 from gemmascope import activations, files, sae
 from gemmascope import mesh as mesh_lib
 from gemmascope.activations import global_batch
-from gemmascope.train import checkpointing, config, metrics_writer, sharding, step, throughput
+from gemmascope.train import (
+    checkpointing,
+    config,
+    init_from,
+    metrics_writer,
+    sharding,
+    step,
+    throughput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +214,13 @@ def train_sweep(
 
     # 6. Checkpoint / resume. Resume order:
     #    (1) the newest checkpoint in run_dir/checkpoints (same job, e.g. after preemption);
-    #    (2) otherwise from scratch: state created already sharded from the members' seeds.
+    #    (2) otherwise from scratch: state created already sharded from the members' seeds,
+    #        its params replaced by another job's final params when job_cfg.init_from names one
+    #        (IT fine-tuning; the optimizer state and the step counter stay fresh).
     manager = checkpointing.make_manager(
         _absolute(run_dir / "checkpoints"), job_cfg.keep_checkpoints, job_cfg.async_checkpointing
     )
-    state = _restore_or_init(manager, fns, source, members, shape, sweep_field)
+    state = _restore_or_init(manager, fns, source, members, shape, sweep_field, job_cfg)
     start_step = int(jax.device_get(state["step"]))
 
     # 7. The loop: one batch feeds every member; periodic logs (with held-out metrics), NaN
@@ -353,13 +363,26 @@ def job_shape(job_cfg, d_in: int, mesh, d_out: int | None = None) -> step.JobSha
     )
 
 
-def _restore_or_init(manager, fns, source, members, shape: step.JobShape, sweep_field: str):
-    """The newest checkpoint's state (the source restored to its position), or a fresh state."""
+def _restore_or_init(
+    manager, fns, source, members, shape: step.JobShape, sweep_field: str, job_cfg
+):
+    """The newest checkpoint's state (the source restored to its position), or a fresh state.
+
+    A fresh state of a job with `init_from` holds that job's final params (`train.init_from`).
+    """
     values = np.asarray([value for value, _ in members], shape.sweep_dtype)
     restored = checkpointing.restore_latest(manager, fns.abstract_state, source.state())
     if restored is None:
         seeds = np.asarray([seed for _, seed in members], np.int32)
-        return fns.init(seeds, values)
+        state = fns.init(seeds, values)
+        if job_cfg.get("init_from"):
+            abstract = fns.abstract_state["params"]
+            loaded = init_from.load(job_cfg, shape.sae_cfg, members, shape.d_in, abstract)
+            # Adam's moments and the other optimizer states do not depend on the params'
+            # values, so the fresh `opt` is the optimizer's init of the loaded params.
+            state = {**state, "params": _placed(loaded, fns.state_shardings["params"])}
+            log.info("initialised from %s", job_cfg.init_from)
+        return state
     state, source_state = restored
     source.restore(source_state)
     saved_values = np.asarray(jax.device_get(state["sweep_value"]))
@@ -371,6 +394,16 @@ def _restore_or_init(manager, fns, source, members, shape: step.JobShape, sweep_
         )
     log.info("resumed from step %d", int(jax.device_get(state["step"])))
     return state
+
+
+def _placed(arrays: dict, shardings: dict) -> dict:
+    """Host numpy arrays (every process holds all of them) laid out as global arrays."""
+    return {
+        name: jax.make_array_from_callback(
+            value.shape, shardings[name], lambda index, value=value: value[index]
+        )
+        for name, value in arrays.items()
+    }
 
 
 def _heldout_batch(source, fns, shape: step.JobShape) -> jax.Array:
