@@ -1,0 +1,119 @@
+"""Dense latents with and without JumpReLU's frequency penalty (docs/sae.md#frequency-penalty).
+
+Two measurements:
+
+- synthetic: short-run JumpReLU SAEs (width 128) on the 2x problem of tests/sae (d 32, 64 true
+  features, true L0 3) at sparsity settings where latents go dense, each trained with and without
+  the penalty; prints, per setting, the dense fraction (latents firing on > 10% of held-out
+  tokens), L0, FVU and MMCS;
+- compare: two study workdirs evaluated into metric tables (the same study without and with the
+  penalty, e.g. `experiments/tiny_demo.py:freq_penalty=0.1`), JumpReLU rows matched by site,
+  width and sweep value: L0, frac_dense and delta LM loss side by side, and the medians.
+
+Usage:
+
+    PYTHONPATH=. python benchmarks/dense_latents.py synthetic
+    PYTHONPATH=. python benchmarks/dense_latents.py compare WORKDIR_OFF WORKDIR_ON
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemmascope import sae
+from gemmascope.sae import jumprelu, synthetic
+
+STEPS, BATCH, WIDTH = 600, 256, 128
+# (sparsity form, sweep value): λ in the coefficient form, the target in the others.
+SETTINGS = (("coeff", 0.003), ("coeff", 0.01), ("target_l0", 8.0), ("quadratic", 8.0))
+
+
+def train_synthetic(form: str, value: float, scale: float) -> dict:
+    """One short-run SAE on the 2x problem; its held-out dense fraction, L0, FVU and MMCS."""
+    problem = synthetic.Problem(d=32, n_features=64, mean_l0=3.0)
+    x, _ = synthetic.sample(problem, 1 << 16, seed=1)
+    x_eval, _ = synthetic.sample(problem, 4096, seed=2)
+    cfg = jumprelu.default_config()
+    cfg.update(sae.recipes.get("short_run", "jumprelu", total_steps=STEPS))
+    cfg.update(sparsity_form=form, dead_tokens=100 * BATCH, freq_penalty_scale=scale)
+    params = jumprelu.init(jax.random.key(0), 32, WIDTH, cfg)
+    opt = sae.optimizer(cfg).init(params)
+    step = jax.jit(sae.make_train_step("jumprelu", cfg))
+    batches = jnp.asarray(x).reshape(-1, BATCH, 32)
+    for t in range(STEPS):
+        params, opt, _ = step(params, opt, batches[t % len(batches)], t, value)
+    f = jumprelu.encode(params, jnp.asarray(x_eval), cfg)
+    x_hat = np.asarray(jumprelu.decode(params, f, cfg))
+    f = np.asarray(f)
+    frequency = np.mean(f != 0, axis=0)
+    return {
+        "dense": float(np.mean(frequency > 0.1)),
+        "l0": float(np.mean(np.sum(f != 0, -1))),
+        "fvu": float(np.sum((x_eval - x_hat) ** 2) / np.sum((x_eval - x_eval.mean(0)) ** 2)),
+        "mmcs": synthetic.mean_max_cosine(problem, np.asarray(params["W_dec"])),
+    }
+
+
+def run_synthetic(scale: float) -> None:
+    """Prints the synthetic table: every setting without and with the penalty at ω = scale."""
+    print(f"| form | value | dense: off / ω {scale} | L0 | FVU | MMCS |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for form, value in SETTINGS:
+        off, on = train_synthetic(form, value, 0.0), train_synthetic(form, value, scale)
+        cells = [f"{off[k]:.3f} / {on[k]:.3f}" for k in ("dense", "l0", "fvu", "mmcs")]
+        cells[1] = f"{off['l0']:.1f} / {on['l0']:.1f}"
+        print(f"| {form} | {value:g} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _jumprelu_rows(workdir: str) -> dict:
+    import pandas as pd
+
+    table = pd.read_csv(os.path.join(workdir, "eval", "saes.csv"))
+    table = table[table["architecture"] == "jumprelu"]
+    return {(r.site, int(r.width), float(r.sweep_value)): r for r in table.itertuples()}
+
+
+def run_compare(off_dir: str, on_dir: str) -> None:
+    """Prints the JumpReLU rows of two evaluated workdirs side by side, and their medians."""
+    off, on = _jumprelu_rows(off_dir), _jumprelu_rows(on_dir)
+    keys = sorted(set(off) & set(on), key=lambda k: (k[0], k[1], -k[2]))
+    print("| site | width | target L0 | L0 off / on | frac_dense off / on | delta loss off / on |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for key in keys:
+        a, b = off[key], on[key]
+        print(
+            f"| {key[0]} | {key[1]} | {key[2]:g} | {a.l0:.1f} / {b.l0:.1f} | "
+            f"{a.frac_dense:.3f} / {b.frac_dense:.3f} | {a.delta_loss:.3f} / {b.delta_loss:.3f} |"
+        )
+    for name in ("l0", "frac_dense", "delta_loss"):
+        a = np.median([getattr(off[k], name) for k in keys])
+        b = np.median([getattr(on[k], name) for k in keys])
+        print(f"median {name}: off {a:.4f}, on {b:.4f} ({len(keys)} SAEs)")
+    fewer = sum(on[k].frac_dense < off[k].frac_dense for k in keys)
+    worse = sum(on[k].delta_loss > off[k].delta_loss for k in keys)
+    print(f"frac_dense lower with the penalty: {fewer}/{len(keys)}; delta loss higher: {worse}")
+
+
+def main() -> None:
+    """Parses the command line and runs one measurement."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    synth = sub.add_parser("synthetic")
+    synth.add_argument("--scale", type=float, default=0.1, help="the penalty's ω")
+    compare = sub.add_parser("compare")
+    compare.add_argument("off")
+    compare.add_argument("on")
+    args = parser.parse_args()
+    if args.what == "synthetic":
+        run_synthetic(args.scale)
+    else:
+        run_compare(args.off, args.on)
+
+
+if __name__ == "__main__":
+    main()
