@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope import sae
+from gemmascope.eval import equal_l0
 from gemmascope.sae import jumprelu, synthetic
 
 STEPS, BATCH, WIDTH = 600, 256, 128
@@ -90,6 +91,7 @@ def run_compare(off_dir: str, on_dir: str) -> None:
             f"| {key[0]} | {key[1]} | {key[2]:g} | {a.l0:.1f} / {b.l0:.1f} | "
             f"{a.frac_dense:.3f} / {b.frac_dense:.3f} | {a.delta_loss:.3f} / {b.delta_loss:.3f} |"
         )
+    _print_by_kind(off, on, keys)
     for name in ("l0", "frac_dense", "delta_loss"):
         a = np.median([getattr(off[k], name) for k in keys])
         b = np.median([getattr(on[k], name) for k in keys])
@@ -97,6 +99,63 @@ def run_compare(off_dir: str, on_dir: str) -> None:
     fewer = sum(on[k].frac_dense < off[k].frac_dense for k in keys)
     worse = sum(on[k].delta_loss > off[k].delta_loss for k in keys)
     print(f"frac_dense lower with the penalty: {fewer}/{len(keys)}; delta loss higher: {worse}")
+    _print_equal_l0(off, on)
+
+
+def _print_by_kind(off: dict, on: dict, keys: list) -> None:
+    """Means over the layers of each (site kind, width, sweep value)."""
+    print(
+        "\n| kind | width | target L0 | L0 off / on | frac_dense off / on | delta loss off / on |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    groups: dict = {}
+    for key in keys:
+        groups.setdefault((key[0].split("/")[0], key[1], key[2]), []).append(key)
+    for (kind, width, value), members in sorted(groups.items(), key=lambda g: (g[0][:2], -g[0][2])):
+        cells = []
+        for name in ("l0", "frac_dense", "delta_loss"):
+            a = np.mean([getattr(off[k], name) for k in members])
+            b = np.mean([getattr(on[k], name) for k in members])
+            cells.append(f"{a:.1f} / {b:.1f}" if name == "l0" else f"{a:.3f} / {b:.3f}")
+        print(f"| {kind} | {width} | {value:g} | " + " | ".join(cells) + " |")
+    print()
+
+
+def _print_equal_l0(off: dict, on: dict) -> None:
+    """Each SAE with the penalty against the curve without it at the same L0 (eval.equal_l0).
+
+    The curve of a (site, width) without the penalty is its sweep's (L0, metric) points, read
+    linearly in log L0; SAEs outside its L0 range are left out (no extrapolation).
+    """
+    rows = []
+    for site, width in sorted({(k[0], k[1]) for k in on}):
+        curve = [r for k, r in off.items() if (k[0], k[1]) == (site, width)]
+        if len(curve) < 2:
+            continue
+        l0s = np.array([r.l0 for r in curve])
+        for key, row in on.items():
+            if (key[0], key[1]) != (site, width):
+                continue
+            at = {
+                m: equal_l0.interpolate_log_l0(l0s, [getattr(r, m) for r in curve], row.l0)
+                for m in ("frac_dense", "delta_loss", "fvu")
+            }
+            if not np.isnan(at["fvu"]):
+                rows.append((row, at))
+    print(
+        f"\nat equal L0 ({len(rows)} SAEs with the penalty inside the L0 range of the curve "
+        "without it):"
+    )
+    kinds = sorted({row.site.split("/")[0] for row, _ in rows})
+    for label, chosen in [("all", rows)] + [
+        (kind, [(r, a) for r, a in rows if r.site.split("/")[0] == kind]) for kind in kinds
+    ]:
+        for metric in ("frac_dense", "delta_loss", "fvu"):
+            diff = np.array([getattr(row, metric) - at[metric] for row, at in chosen])
+            print(
+                f"  {label} {metric}: median with - without {np.median(diff):+.4f}; lower with "
+                f"the penalty in {int(np.sum(diff < 0))}/{len(diff)}"
+            )
 
 
 def main() -> None:
