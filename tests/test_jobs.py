@@ -223,6 +223,6 @@ def test_training_a_fine_tuning_study_whose_pt_jobs_are_missing_is_refused_first
     config.jobs.init_from = str(tmp_path / "pt")
     config.data.corpus = "embedded"
     with pytest.raises(study.ConfigError, match="final_params.npz and job.json missing under "
-                       f".*pt/runs/<job>: those jobs must be trained first"):  # fmt: skip
+                       ".*pt/runs/<job>: those jobs must be trained first"):  # fmt: skip
         study.validate(config, "train", workdir=str(tmp_path / "it"), devices=(1, 1))
     study.validate(config, "plan")  # planning needs no PT study
