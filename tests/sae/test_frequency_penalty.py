@@ -158,3 +158,25 @@ def test_penalty_removes_the_dense_latents_a_small_lambda_grows():
     assert dense_off > 0.3, (dense_off, l0_off)
     assert dense_on < 0.06, (dense_on, l0_on)
     assert mmcs_on > mmcs_off + 0.1  # the dense latents were a worse dictionary, not a better one
+
+
+def test_the_sparse_path_gives_the_same_penalty_and_threshold_gradient():
+    """The sparse path's fired counts carry the same θ pseudo-gradient (docs/sae.md#sparse-path)."""
+    cfg, params, x = _setup(freq_penalty_scale=0.1)
+    sparse = cfg.copy_and_resolve_references()
+    sparse.sparse_capacity = 32
+
+    def value_and_grad(config):
+        def loss(p):
+            return jumprelu.loss(p, x, {"sparsity_coeff": 0.2}, config)
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    (_, dense_metrics), dense_grads = value_and_grad(cfg)
+    (_, sparse_metrics), sparse_grads = value_and_grad(sparse)
+    expected, _ = _numpy_penalty(params, x, cfg, 0.2)
+    assert float(dense_metrics["sparsity_loss"]) > expected > 0  # the L0 term plus the penalty
+    np.testing.assert_allclose(
+        sparse_metrics["sparsity_loss"], dense_metrics["sparsity_loss"], rtol=1e-6
+    )
+    np.testing.assert_allclose(sparse_grads["threshold"], dense_grads["threshold"], atol=1e-5)
