@@ -41,7 +41,7 @@ study-270m-smoke: $(VENV)/.test
 	$(PY) -m gemmascope --config=experiments/gemma3_270m_local.py:smoke --workdir=$(STUDY_270M_WORKDIR)_smoke --mode=all
 
 test: $(VENV)/.test browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 tests
 
 # The browser tests (tests/inspect/test_site_in_browser.py) open the inspect site in Debian's
 # headless Chromium. Installed with apt-get when missing and we are root; otherwise this says how
