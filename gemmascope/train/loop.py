@@ -205,7 +205,7 @@ def train_sweep(
 
     # 4. Model and optimizer: one compiled init, step and held-out evaluation per job shape
     #    (cached across jobs).
-    shape = job_shape(job_cfg, d_in, mesh, d_out)
+    shape = _job_shape(job_cfg, sae_cfg, members, budget, d_in, mesh)
     fns = step.compiled_functions(shape)
 
     # 5. The held-out batch: taken from the source before its stream starts, so training never
@@ -347,7 +347,11 @@ def job_shape(job_cfg, d_in: int, mesh, d_out: int | None = None) -> step.JobSha
     """
     sae_cfg = resolve_sae_config(job_cfg, config.get_architecture(job_cfg.arch), d_out)
     members = config.sweep_members(job_cfg)
-    budget = config.resolve_budget(job_cfg)
+    return _job_shape(job_cfg, sae_cfg, members, config.resolve_budget(job_cfg), d_in, mesh)
+
+
+def _job_shape(job_cfg, sae_cfg, members, budget, d_in, mesh) -> step.JobShape:
+    """`job_shape` from the job's already resolved SAE config, members and budget."""
     return step.JobShape(
         arch=job_cfg.arch,
         sae_cfg=sae_cfg,
