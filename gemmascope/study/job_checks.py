@@ -155,17 +155,13 @@ def check_init_from(selected: list, problems: Problems) -> None:
     One line per missing file kind, naming the jobs, so an IT study whose PT study is not
     trained (or a mistyped workdir) stops before its cache stage.
     """
-    from gemmascope import files
+    from gemmascope.train import init_from
 
     found: dict[str, list[str]] = {}
     for job in selected:
         if not job.get("init_from"):
             continue
-        lacking = [
-            name
-            for name in ("final_params.npz", "job.json")
-            if not files.exists(files.join(job.init_from, name))
-        ]
+        lacking = init_from.missing_files(job.init_from)
         if lacking:
             parent = posixpath.dirname(str(job.init_from).rstrip("/"))
             message = (

@@ -26,6 +26,13 @@ from gemmascope import files
 
 # SAE config fields that change what the params mean without changing their names or shapes.
 _MEANING_FIELDS = ("pre_encoder_bias", "skip_connection", "d_out", "threshold_param")
+# What a finished job leaves in its run folder that init_from reads.
+_FINISHED_JOB_FILES = ("final_params.npz", "job.json")
+
+
+def missing_files(folder: str) -> list[str]:
+    """The files of a finished job (final_params.npz, job.json) that `folder` lacks."""
+    return [name for name in _FINISHED_JOB_FILES if not files.exists(files.join(folder, name))]
 
 
 def load(job_cfg, sae_cfg, members, d_in: int, abstract_params: dict) -> dict[str, np.ndarray]:
@@ -49,7 +56,7 @@ def load(job_cfg, sae_cfg, members, d_in: int, abstract_params: dict) -> dict[st
     folder = str(job_cfg.init_from)
     params_path = files.join(folder, "final_params.npz")
     job_path = files.join(folder, "job.json")
-    missing = [path for path in (params_path, job_path) if not files.exists(path)]
+    missing = [files.join(folder, name) for name in missing_files(folder)]
     if missing:
         raise FileNotFoundError(
             f"job {job_cfg.name!r} starts from init_from = {folder!r}, which holds no finished "
