@@ -255,10 +255,10 @@ def loss(
     n_tokens = x.size // x.shape[-1]
     mean_l0 = jnp.sum(fired) / n_tokens
     sparsity, coeff = sparsity_term(params, pi, theta, mean_l0, coeffs, cfg, l0_per_token)
-    if cfg.get("freq_penalty_scale", 0.0) > 0:
-        sparsity = sparsity + frequency_penalty(fired / n_tokens, coeff, coeffs, cfg)
+    penalised = cfg.get("freq_penalty_scale", 0.0) > 0
+    freq = frequency_penalty(fired / n_tokens, coeff, coeffs, cfg) if penalised else 0.0
     aux = auxk.auxk_loss(params, pi, target, x_hat, cfg)
-    total = (recon if term is None else term) + sparsity + aux
+    total = (recon if term is None else term) + sparsity + freq + aux
     metrics = losses.batch_metrics(
         target,
         x_hat,
@@ -270,6 +270,8 @@ def loss(
         fired=fired,
     )
     metrics["sparsity_coeff"] = jnp.asarray(coeff, jnp.float32)
+    if penalised:
+        metrics["freq_penalty"] = jnp.asarray(freq, jnp.float32)
     if cfg.sparsity_form in ("target_l0", "quadratic"):
         metrics["target_l0"] = coeffs["target_l0"]
     return total, metrics

@@ -5,12 +5,13 @@ one JSON record holding every sweep member:
 
     {"step": 100, "tokens": 409600, "tokens_per_sec": 5.1e5, "eta_sec": 3.2e3, "mfu": 0.41,
      "l0": [s0, s1, ...], "fvu": [...], "recon_loss": [...], "sparsity_loss": [...], "loss": [...],
-     "frac_dead": [...], "lr": [...], "sparsity_coeff": [...],
+     "frac_dead": [...], "lr": [...], "sparsity_coeff": [...], "freq_penalty": [...],
      "heldout/fvu": [...], "heldout/l0": [...], "heldout/frac_dead": [...]}
 
 (lists are indexed by sweep member, in the order of `config.sweep_members`; `mfu` only where the
-devices' peak is known, `heldout/*` only at held-out steps). Throughput, ETA and MFU are measured
-over the steps since the previous record (the first after a start includes compilation). TensorBoard
+devices' peak is known, `heldout/*` only at held-out steps, `freq_penalty` only for JumpReLU SAEs
+with the frequency penalty). Throughput, ETA and MFU are measured over the steps since the
+previous record (the first after a start includes compilation). TensorBoard
 scalars are named `<metric>/member<i>` (`heldout/fvu/member0`, ...) plus `z/tokens_per_sec` and
 `z/mfu`; the progress bar and an INFO log line show tokens/s, MFU, the ETA and the L0 and FVU range
 across the sweep.

@@ -1,8 +1,9 @@
 """JumpReLU's frequency penalty against dense latents (docs/sae.md#frequency-penalty).
 
-The penalty c·Σ_i p_i²/ω (p_i: latent i's firing frequency in the batch) and its threshold
-gradient through the step's STE are checked against numpy; a synthetic problem on which a
-short-run JumpReLU SAE at a small λ grows dense latents shows that the penalty removes them.
+The penalty c·Σ_i p_i²/ω (p_i: latent i's firing frequency in the batch), its threshold
+gradient through the step's STE and its own metric ``freq_penalty`` are checked against numpy; a
+synthetic problem on which a short-run JumpReLU SAE at a small λ grows dense latents shows that
+the penalty removes them.
 """
 
 import jax
@@ -44,7 +45,11 @@ def _numpy_penalty(params, x, cfg, c):
 
 
 def _penalty_and_theta_grad(params, x, cfg, coeffs):
-    """The loss's penalty and θ gradient: with the penalty minus without it (all else equal)."""
+    """The ``freq_penalty`` metric and the penalty's θ gradient (with it minus without it).
+
+    Also checks that the penalty is its own term: ``sparsity_loss`` is the same without it, and
+    the total loss grows by exactly ``freq_penalty``.
+    """
     off = cfg.copy_and_resolve_references()
     off.freq_penalty_scale, off.freq_penalty_coeff = 0.0, None
 
@@ -56,7 +61,12 @@ def _penalty_and_theta_grad(params, x, cfg, coeffs):
 
     (_, with_metrics), with_grads = value_and_grad(cfg)
     (_, off_metrics), off_grads = value_and_grad(off)
-    penalty = float(with_metrics["sparsity_loss"] - off_metrics["sparsity_loss"])
+    assert "freq_penalty" not in off_metrics
+    np.testing.assert_allclose(with_metrics["sparsity_loss"], off_metrics["sparsity_loss"])
+    penalty = float(with_metrics["freq_penalty"])
+    np.testing.assert_allclose(
+        with_metrics["loss"] - off_metrics["loss"], penalty, rtol=1e-4, atol=1e-7
+    )
     theta = np.asarray(with_grads["threshold"]) - np.asarray(off_grads["threshold"])
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):  # the penalty reaches θ only
         np.testing.assert_allclose(with_grads[name], off_grads[name], atol=1e-6)
@@ -175,8 +185,7 @@ def test_the_sparse_path_gives_the_same_penalty_and_threshold_gradient():
     (_, dense_metrics), dense_grads = value_and_grad(cfg)
     (_, sparse_metrics), sparse_grads = value_and_grad(sparse)
     expected, _ = _numpy_penalty(params, x, cfg, 0.2)
-    assert float(dense_metrics["sparsity_loss"]) > expected > 0  # the L0 term plus the penalty
-    np.testing.assert_allclose(
-        sparse_metrics["sparsity_loss"], dense_metrics["sparsity_loss"], rtol=1e-6
-    )
+    np.testing.assert_allclose(dense_metrics["freq_penalty"], expected, rtol=1e-5)
+    for name in ("sparsity_loss", "freq_penalty"):
+        np.testing.assert_allclose(sparse_metrics[name], dense_metrics[name], rtol=1e-6)
     np.testing.assert_allclose(sparse_grads["threshold"], dense_grads["threshold"], atol=1e-5)
