@@ -24,7 +24,8 @@ Arguments: runlocal (the same file on the shipped tiny model: tests and CI); smo
 at one depth, a few steps, one held-out sequence and the inspect stage: `make study-270m-smoke`,
 minutes, and tests/model/test_gemma3_270m_study.py); freq_penalty=ω (JumpReLU's frequency
 penalty against dense latents at frequency scale ω, e.g. 0.1; default 0, off:
-docs/gemma3_270m_study.md has the measurement with and without it).
+docs/gemma3_270m_study.md has the measurement with and without it); freq_form=quadratic|hinge
+(the penalty's form, `freq_penalty_form`, docs/sae.md#frequency-penalty).
 """
 
 from gemmascope import assets, sae, study
@@ -52,7 +53,7 @@ STEPS = -(-MAX_SEQUENCES * 255 // BATCH_SIZE)
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False, smoke=False, freq_penalty=0.0)
+    arg = study.parse_arg(arg, runlocal=False, smoke=False, freq_penalty=0.0, freq_form="quadratic")
     config = study.base_config()
     config.name = "gemma3_270m_local"
     # The real weights from the pip package, converted on first use (model/packaged.py); the
@@ -86,6 +87,7 @@ def get_config(arg=None):
             sparsity_form="target_l0",
             # The frequency penalty's scale ω (0 = off; docs/sae.md#frequency-penalty).
             freq_penalty_scale=arg.freq_penalty,
+            freq_penalty_form=arg.freq_form,
             **sae.recipes.short_run("jumprelu", STEPS),
         ),
     )
@@ -139,10 +141,11 @@ def _shrink_to_smoke(config) -> None:
     config.jobs.groups.depths = dict(
         sites=config.sites, widths=(256,), total_tokens=float(steps * BATCH_SIZE)
     )
-    freq_penalty = config.jobs.archs.jumprelu.sae.freq_penalty_scale
+    jumprelu = config.jobs.archs.jumprelu.sae
     config.jobs.archs.jumprelu.sae = dict(
         sparsity_form="target_l0",
-        freq_penalty_scale=freq_penalty,
+        freq_penalty_scale=jumprelu.freq_penalty_scale,
+        freq_penalty_form=jumprelu.freq_penalty_form,
         **sae.recipes.short_run("jumprelu", steps),
     )
     config.train.log_every_tokens = 4 * BATCH_SIZE

@@ -25,6 +25,7 @@ tokens, N times the steps, with the recipe's warmups scaled to them: how the arc
 compare once the runs are longer, docs/quickstart.md#demo-science); freq_penalty=ω (JumpReLU's
 frequency penalty against dense latents at frequency scale ω, e.g. 0.1; default 0, off:
 docs/sae.md#frequency-penalty, where the demo's measurement with and without it is);
+freq_form=quadratic|hinge (the penalty's form, `freq_penalty_form`);
 finetune_from=WORKDIR (the demo's "IT" variant: every job starts from the same job's final params
 in a finished demo workdir and trains for a tenth of its budget on the same corpus wrapped as
 chat turns, data.chat_wrap: the mechanics of Gemma Scope 2's PT-to-IT fine-tuning,
@@ -39,7 +40,13 @@ from gemmascope.study import jobs
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
     arg = study.parse_arg(
-        arg, runlocal=False, transcoders=False, epochs=1, freq_penalty=0.0, finetune_from=""
+        arg,
+        runlocal=False,
+        transcoders=False,
+        epochs=1,
+        freq_penalty=0.0,
+        freq_form="quadratic",
+        finetune_from="",
     )
     if arg.epochs < 1:
         raise ValueError(f"tiny_demo: epochs must be >= 1, got {arg.epochs}")
@@ -76,6 +83,7 @@ def get_config(arg=None):
             sparsity_form="target_l0",
             # The frequency penalty's scale ω (0 = off; docs/sae.md#frequency-penalty).
             freq_penalty_scale=arg.freq_penalty,
+            freq_penalty_form=arg.freq_form,
             **sae.recipes.short_run("jumprelu", steps),
         ),
     )

@@ -43,6 +43,8 @@ _L0_FLOOR = 1e-2
 _LOG_COEFF_RANGE = (math.log(1e-8), math.log(1e4))
 # The field a sweep varies in the default (coefficient) form; see sweep_field() for target_l0.
 SWEEP_FIELD = "sparsity_coeff"
+# The frequency penalty's forms (``freq_penalty_form``; frequency_penalty()).
+FREQ_PENALTY_FORMS = ("quadratic", "hinge")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -59,10 +61,12 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.target_l0 = 32.0
     # "target_l0" form: change of log λ per step at the largest L0 error (|log(L0/target)| >= 1).
     cfg.target_l0_rate = 0.02
-    # Frequency penalty against dense latents (docs/sae.md#frequency-penalty): c·Σ_i p_i²/ω with
-    # p_i each latent's firing frequency in the batch. ω (this field) is the frequency scale from
-    # which it outweighs the L0 term (GDM's quadratic-frequency loss: 0.1 or 0.01); 0 = off.
+    # Frequency penalty against dense latents (docs/sae.md#frequency-penalty), on p_i each
+    # latent's firing frequency in the batch. ω (this field) is its frequency scale; 0 = off.
     cfg.freq_penalty_scale = 0.0
+    # Its form: "quadratic" c·Σ_i p_i²/ω (GDM's quadratic-frequency loss, every latent pays);
+    # "hinge" c·Σ_i relu(p_i − ω)²/ω (only latents firing on more than ω of the tokens pay).
+    cfg.freq_penalty_form = "quadratic"
     # Its coefficient c: None = the sparsity term's (warmed-up, or steered) λ, GDM's form
     # λ·Σ_i p_i·(1 + p_i/ω) in the coefficient form; a number = its own c, warmed up like λ.
     cfg.freq_penalty_coeff = None
@@ -116,6 +120,12 @@ def check_frequency_penalty(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"SAE config field 'freq_penalty_coeff' must be None (the sparsity term's λ) or a "
             f"number >= 0, got {coeff!r}."
+        )
+    form = cfg.get("freq_penalty_form", "quadratic")
+    if form not in FREQ_PENALTY_FORMS:
+        raise ValueError(
+            f"SAE config field 'freq_penalty_form' must be one of {FREQ_PENALTY_FORMS} "
+            f"(docs/sae.md#frequency-penalty), got {form!r}."
         )
     if coeff is not None and scale == 0:
         raise ValueError(
@@ -297,17 +307,23 @@ def sparsity_term(params: dict, pi, theta, mean_l0, coeffs: dict, cfg, l0_per_to
 
 
 def frequency_penalty(frequency, coeff, coeffs: dict, cfg) -> jax.Array:
-    """c·Σ_i p_i²/ω, the quadratic-frequency penalty on dense latents (docs/sae.md).
+    """The penalty on dense latents of ``cfg.freq_penalty_form`` (docs/sae.md#frequency-penalty).
 
     ``frequency`` (M,) is each latent's firing frequency in the batch, p_i = fired_i / n_tokens,
-    with the step's estimator (``ste.jumprelu_and_fired``'s count): its θ_i gradient is
-    (2c·p_i/ω)·(1/n)·Σ_b −(1/ε)K((π_bi − θ_i)/ε), so gradient descent raises the threshold of a
-    latent in proportion to how often it fires, and a latent firing on p ≳ ω tokens pays more
-    than its share of the L0 term. c is ``coeff`` (the λ the sparsity term used) unless
-    ``cfg.freq_penalty_coeff`` gives its own (``coeffs["freq_penalty_coeff"]``, warmed up).
+    with the step's estimator (``ste.jumprelu_and_fired``'s count). "quadratic" is GDM's
+    c·Σ_i p_i²/ω: its θ_i gradient is (2c·p_i/ω)·(1/n)·Σ_b −(1/ε)K((π_bi − θ_i)/ε), so gradient
+    descent raises every threshold in proportion to how often its latent fires, and a latent
+    firing on p ≳ ω tokens pays more than its share of the L0 term. "hinge" is
+    c·Σ_i relu(p_i − ω)²/ω: the same gradient with p_i − ω in place of p_i for the latents firing
+    on more than ω of the tokens, and none for the others. c is ``coeff`` (the λ the sparsity
+    term used) unless ``cfg.freq_penalty_coeff`` gives its own (``coeffs["freq_penalty_coeff"]``,
+    warmed up).
     """
     c = coeffs.get("freq_penalty_coeff", coeff)
-    return c * jnp.sum(jnp.square(frequency)) / cfg.freq_penalty_scale
+    scale = cfg.freq_penalty_scale
+    if cfg.get("freq_penalty_form", "quadratic") == "hinge":
+        frequency = jnp.maximum(frequency - scale, 0.0)
+    return c * jnp.sum(jnp.square(frequency)) / scale
 
 
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:

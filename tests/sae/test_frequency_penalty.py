@@ -1,9 +1,9 @@
 """JumpReLU's frequency penalty against dense latents (docs/sae.md#frequency-penalty).
 
-The penalty c·Σ_i p_i²/ω (p_i: latent i's firing frequency in the batch), its threshold
-gradient through the step's STE and its own metric ``freq_penalty`` are checked against numpy; a
-synthetic problem on which a short-run JumpReLU SAE at a small λ grows dense latents shows that
-the penalty removes them.
+The penalty in both forms, c·Σ_i p_i²/ω and c·Σ_i relu(p_i − ω)²/ω (p_i: latent i's firing
+frequency in the batch), its threshold gradient through the step's STE and its own metric
+``freq_penalty`` are checked against numpy; a synthetic problem on which a short-run JumpReLU SAE
+at a small λ grows dense latents shows that the penalty removes them.
 """
 
 import jax
@@ -32,13 +32,18 @@ def _setup(**overrides):
 
 
 def _numpy_penalty(params, x, cfg, c):
-    """(c·Σ p²/ω, its θ gradient (2c·p_i/ω)·(1/B)·Σ_b −(1/ε)·K((π_bi − θ_i)/ε)) in float64."""
+    """(c·Σ q²/ω, its θ gradient (2c·q_i/ω)·(1/B)·Σ_b −(1/ε)·K((π_bi − θ_i)/ε)) in float64.
+
+    q = p in the quadratic form, relu(p − ω) in the hinge form.
+    """
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     pi = (np.asarray(x, np.float64) - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
     theta, scale = p["threshold"], cfg.freq_penalty_scale
     frequency = np.mean(pi > theta, axis=0)
     window = (np.abs((pi - theta) / cfg.bandwidth) < 0.5).astype(np.float64)
     assert window.sum() > 50 and np.sum((frequency > 0) & (frequency < 1)) > WIDTH // 2
+    if cfg.freq_penalty_form == "hinge":
+        frequency = np.maximum(frequency - scale, 0.0)
     penalty = c * np.sum(frequency**2) / scale
     grad = (2 * c * frequency / scale) * (-(1.0 / cfg.bandwidth) * window.mean(axis=0))
     return penalty, grad
@@ -86,6 +91,26 @@ def test_penalty_and_threshold_gradient_match_numpy_with_the_sparsity_coefficien
     assert np.all(expected_theta <= 0)
 
 
+def test_hinge_form_matches_numpy_and_spares_latents_below_the_scale():
+    """c·Σ relu(p − ω)²/ω: value and θ gradient as numpy; no gradient where p <= ω."""
+    cfg, params, x = _setup(freq_penalty_scale=0.4, freq_penalty_form="hinge")
+    lam = 0.2
+    penalty, theta = _penalty_and_theta_grad(params, x, cfg, {"sparsity_coeff": lam})
+    expected, expected_theta = _numpy_penalty(params, x, cfg, lam)
+    np.testing.assert_allclose(penalty, expected, rtol=1e-5)
+    np.testing.assert_allclose(theta, expected_theta, rtol=1e-4, atol=1e-6)
+    # Both kinds of latent are in the batch, and the spared ones are in their STE window (so a
+    # quadratic form would move their thresholds): the zeros are the hinge's, not the window's.
+    quadratic = cfg.copy_and_resolve_references()
+    quadratic.freq_penalty_form = "quadratic"
+    _, quadratic_theta = _numpy_penalty(params, x, quadratic, lam)
+    spared = expected_theta == 0
+    assert 4 <= spared.sum() <= WIDTH - 4
+    assert np.sum(spared & (quadratic_theta < 0)) >= 4
+    assert np.all(theta[spared] == 0)
+    assert 0 < expected < 0.5 * _numpy_penalty(params, x, quadratic, lam)[0]
+
+
 def test_own_coefficient_is_warmed_up_and_composes_with_the_quadratic_form():
     cfg, params, x = _setup(
         freq_penalty_scale=0.25,
@@ -118,6 +143,7 @@ def test_target_l0_form_uses_the_steered_coefficient():
         ({"freq_penalty_scale": 2.0}, "freq_penalty_scale"),
         ({"freq_penalty_scale": 0.1, "freq_penalty_coeff": -1.0}, "freq_penalty_coeff"),
         ({"freq_penalty_coeff": 0.5}, "turns the frequency penalty off"),
+        ({"freq_penalty_scale": 0.1, "freq_penalty_form": "tanh"}, "freq_penalty_form"),
     ],
 )
 def test_bad_frequency_penalty_fields_are_refused(overrides, message):
@@ -129,6 +155,7 @@ def test_bad_frequency_penalty_fields_are_refused(overrides, message):
 
 def test_off_by_default_and_matryoshka_jumprelu_has_it():
     assert jumprelu.default_config().freq_penalty_scale == 0.0
+    assert jumprelu.default_config().freq_penalty_form == "quadratic"
     assert sae.ARCHITECTURES["matryoshka_jumprelu"].default_config().freq_penalty_scale == 0.0
 
 
