@@ -26,9 +26,7 @@ BATCH, STEPS, N_TRAIN, N_EVAL, WIDTH = 256, 1000, 1 << 16, 1 << 12, 256
 PROBLEMS = {
     "2x_uniform": synthetic.Problem(d=32, n_features=64, mean_l0=3.0),
     "4x_zipf": synthetic.Problem(d=32, n_features=128, mean_l0=3.0, frequency="zipf"),
-    "4x_correlated": synthetic.Problem(
-        d=32, n_features=128, mean_l0=3.0, correlated_fraction=0.5
-    ),
+    "4x_correlated": synthetic.Problem(d=32, n_features=128, mean_l0=3.0, correlated_fraction=0.5),
 }
 NAMES = tuple(PROBLEMS)
 # (architecture, sweep value, config overrides beyond the recipe, relative L0 tolerance; TopK's
@@ -80,24 +78,25 @@ def _config(name, overrides):
     return cfg
 
 
-def _train(name, cfg, value, steps=STEPS):
+def _train(name, cfg, value, steps=STEPS, n_problems=3):
     """One SAE per problem through the real training step, vmapped over the problems.
 
-    Each member reads its own problem's batches, in order.
+    Each member reads its own problem's batches, in order; ``n_problems`` < 3 trains on the first
+    problems of NAMES only.
     """
-    x_train, _, _ = _data()
+    x_train = _data()[0][:n_problems]
     arch = sae.ARCHITECTURES[name]
-    keys = jax.random.split(jax.random.key(0), len(NAMES))
+    keys = jax.random.split(jax.random.key(0), len(NAMES))[:n_problems]
     params = jax.vmap(lambda k: arch.init(k, x_train.shape[-1], WIDTH, cfg))(keys)
     opt_state = jax.vmap(sae.optimizer(cfg).init)(params)
-    run = _compiled_run(name, ml_collections.FrozenConfigDict(cfg), steps)
+    run = _compiled_run(name, ml_collections.FrozenConfigDict(cfg), steps, n_problems)
     return run(params, opt_state, jnp.asarray(value))
 
 
 @functools.cache
-def _compiled_run(name, cfg, steps):
+def _compiled_run(name, cfg, steps, n_problems):
     """The jitted scan of `steps` steps; the sweep value is traced, so λs share one program."""
-    x_train, _, _ = _data()
+    x_train = _data()[0][:n_problems]
     step = jax.vmap(sae.make_train_step(name, cfg), in_axes=(0, 0, 0, None, None))
     n_batches = x_train.shape[1] // BATCH
 
@@ -150,6 +149,34 @@ def test_the_short_run_recipe_recovers_the_dictionary(case):
         )
     if _config(CASES[case][0], overrides).unit_norm_decoder:
         np.testing.assert_allclose(np.linalg.norm(stacked["W_dec"], axis=-1), 1.0, atol=1e-5)
+
+
+# Gemma Scope 2's JumpReLU forms, on the 2x problem only (a few seconds each): (architecture,
+# MMCS bar, relative L0 tolerance). Measured at 1000 steps, λ 0.1, target L0 3: the quadratic
+# penalty 0.990 @ L0 3.32, Matryoshka JumpReLU with it 0.963 @ 3.66 (on all three problems:
+# 0.992 / 0.892 / 0.975 and 0.960 / 0.865 / 0.870; benchmarks/recovery.py has the larger grid).
+GS2_CASES = {
+    "jumprelu": (0.97, 0.2),
+    "matryoshka_jumprelu": (0.93, 0.3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GS2_CASES))
+def test_the_quadratic_l0_forms_recover_the_2x_dictionary_near_the_target(name):
+    """The quadratic L0 penalty (plain and Matryoshka JumpReLU) finds the 2x problem's features.
+
+    The quadratic form pulls each token's L0 toward the target from both sides, so the L0 ends
+    near the target (3, the true L0) rather than wherever a fixed λ puts it.
+    """
+    bar, l0_tolerance = GS2_CASES[name]
+    target = 3.0
+    cfg = _config(name, {"sparsity_form": "quadratic", "sparsity_coeff": 0.1})
+    params = jax.tree.map(lambda leaf: leaf[0], _train(name, cfg, target, n_problems=1))
+    _, evals, _ = _data()
+    latents = _latents(name, cfg, params, target, evals[0])
+    result = synthetic.recovery(PROBLEMS[NAMES[0]], params["W_dec"], latents)
+    assert result["mmcs"] >= bar, f"{name}: {result}"
+    assert abs(result["l0"] - target) <= l0_tolerance * target, f"{name}: {result}"
 
 
 @pytest.mark.parametrize("case", ["jumprelu"])
