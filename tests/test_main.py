@@ -210,7 +210,8 @@ def test_import_gemma_scope_2_folders_and_evaluate_them(tmp_path):
 def test_a_transcoder_group_caches_trains_and_exports_through_the_stages(tmp_path):
     # The stages on one skip-transcoder job of the runlocal demo: the cache stage caches its
     # input and target, the train stage pairs the two caches (job.json's C_in and C_out are
-    # those caches' scalars), export writes its folder and its Gemma Scope 2 folder.
+    # those caches' scalars), export writes its folder and its Gemma Scope 2 folder. Then the
+    # same job streamed from the LM (config.source = "stream"), checked against this cache.
     _, config = study.load_config_file(os.path.join(REPO, "experiments/tiny_demo.py:runlocal"))
     with config.unlocked():
         config.data.max_sequences = 16
@@ -235,3 +236,57 @@ def test_a_transcoder_group_caches_trains_and_exports_through_the_stages(tmp_pat
         f"layer_1_width_64_l0_{v}_affine" for v in (16, 32, 8)
     ]
     assert len(list((workdir / "saes" / "transcoder_affine" / "layer_1").glob("*/*"))) == 3
+    _check_streamed_transcoder(config, workdir, tmp_path / "streamed")
+
+
+def _check_streamed_transcoder(config, cached, streamed):
+    """The train stage on two streams of the LM: it trains, on the cached pairs of its tokens.
+
+    Oracle: the cache of the same study. Every streamed (input, target) row, in raw units, is
+    the (mlp_in, mlp_out) pair of one cached token.
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from gemmascope.study import jobs
+
+    stream_config = config.copy_and_resolve_references()
+    stream_config.source = "stream"
+    stages.run(stream_config, str(streamed), "train", ["transcoder_affine-*"])
+    assert not (streamed / "activations").exists()
+    run = streamed / "runs" / "transcoder_affine-L1-w64-jumprelu"
+    job_json = json.loads((run / "job.json").read_text())
+    assert (job_json["target_site"], job_json["d_out"]) == ("mlp_out/1", 128)
+    assert job_json["tokens_trained"] == 512
+    with np.load(run / "final_params.npz", allow_pickle=False) as params:
+        assert all(np.isfinite(params[name]).all() for name in params.files)
+        assert np.abs(params["W_skip"]).max() > 1e-3  # the skip term (zero at init) trained
+
+    (job,) = jobs.expand(config, study.model_config(config.model))
+    cache_source, stream_source = (
+        stages._job_source(stages._source_opener(cfg, str(workdir)), job)
+        for cfg, workdir in ((config, cached), (stream_config, streamed))
+    )
+    assert job_json["norm_scale"] == stream_source.norm_scale
+    assert job_json["target_norm_scale"] == stream_source.target_norm_scale
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data", None))
+
+    def raw_pairs(source, n_tokens):
+        """The source's first n_tokens (input, target) rows in raw units (x·C_in, y·C_out)."""
+        xs, ys = [], []
+        for x, y in source.iter_batches(64, sharding):
+            xs.append(np.asarray(x) * source.norm_scale)
+            ys.append(np.asarray(y) * source.target_norm_scale)
+            if 64 * len(xs) >= n_tokens:
+                break
+        return np.concatenate(xs)[:n_tokens], np.concatenate(ys)[:n_tokens]
+
+    every_x, every_y = raw_pairs(cache_source, cache_source.n_tokens)  # one epoch
+    stream_x, stream_y = raw_pairs(stream_source, 256)
+    assert len(np.unique(stream_x[:, 0])) > 200  # 256 different tokens, not one repeated row
+    token = np.argmin(np.sum((stream_x[:, None] - every_x[None]) ** 2, axis=-1), axis=1)
+    np.testing.assert_allclose(stream_x, every_x[token], rtol=1e-4, atol=1e-4)
+    # mlp_out is a function of mlp_in: a target from another token than its input would differ.
+    np.testing.assert_allclose(stream_y, every_y[token], rtol=1e-4, atol=1e-4)
