@@ -23,9 +23,10 @@ docs/gemma3_270m_study.md (measured stage by stage, with the machine's load).
 Arguments: runlocal (the same file on the shipped tiny model: tests and CI); smoke (the real 270M
 at one depth, a few steps, one held-out sequence and the inspect stage: `make study-270m-smoke`,
 minutes, and tests/model/test_gemma3_270m_study.py); freq_penalty=ω (JumpReLU's frequency
-penalty against dense latents at frequency scale ω, e.g. 0.1; default 0, off:
-docs/gemma3_270m_study.md has the measurement with and without it); freq_form=quadratic|hinge
-(the penalty's form, `freq_penalty_form`, docs/sae.md#frequency-penalty).
+penalty against dense latents at frequency scale ω, e.g. 0.05; default 0, off:
+docs/gemma3_270m_study.md has the measurement with and without it); freq_form=hinge|quadratic
+(the penalty's form, `freq_penalty_form`, docs/sae.md#frequency-penalty; quadratic is GDM's,
+ω ~0.1).
 """
 
 from gemmascope import assets, sae, study
@@ -53,7 +54,7 @@ STEPS = -(-MAX_SEQUENCES * 255 // BATCH_SIZE)
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False, smoke=False, freq_penalty=0.0, freq_form="quadratic")
+    arg = study.parse_arg(arg, runlocal=False, smoke=False, freq_penalty=0.0, freq_form="hinge")
     config = study.base_config()
     config.name = "gemma3_270m_local"
     # The real weights from the pip package, converted on first use (model/packaged.py); the

@@ -23,9 +23,9 @@ sites are cached too. A separate command because it adds about two thirds of the
 time, docs/transcoders.md); epochs=N (every SAE trains N passes over its site's ~150k cached
 tokens, N times the steps, with the recipe's warmups scaled to them: how the architectures
 compare once the runs are longer, docs/quickstart.md#demo-science); freq_penalty=ω (JumpReLU's
-frequency penalty against dense latents at frequency scale ω, e.g. 0.1; default 0, off:
+frequency penalty against dense latents at frequency scale ω, e.g. 0.05; default 0, off:
 docs/sae.md#frequency-penalty, where the demo's measurement with and without it is);
-freq_form=quadratic|hinge (the penalty's form, `freq_penalty_form`);
+freq_form=hinge|quadratic (the penalty's form, `freq_penalty_form`; quadratic is GDM's, ω ~0.1);
 finetune_from=WORKDIR (the demo's "IT" variant: every job starts from the same job's final params
 in a finished demo workdir and trains for a tenth of its budget on the same corpus wrapped as
 chat turns, data.chat_wrap: the mechanics of Gemma Scope 2's PT-to-IT fine-tuning,
@@ -45,7 +45,7 @@ def get_config(arg=None):
         transcoders=False,
         epochs=1,
         freq_penalty=0.0,
-        freq_form="quadratic",
+        freq_form="hinge",
         finetune_from="",
     )
     if arg.epochs < 1:
