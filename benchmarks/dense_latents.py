@@ -4,15 +4,18 @@ Two measurements:
 
 - synthetic: short-run JumpReLU SAEs (width 128) on the 2x problem of tests/sae (d 32, 64 true
   features, true L0 3) at sparsity settings where latents go dense, each trained with and without
-  the penalty; prints, per setting, the dense fraction (latents firing on > 10% of held-out
-  tokens), L0, FVU and MMCS;
+  the penalty (its form and ω as given); prints, per setting, the dense fraction (latents firing
+  on > 10% of held-out tokens), L0, FVU and MMCS;
 - compare: two study workdirs evaluated into metric tables (the same study without and with the
-  penalty, e.g. `experiments/tiny_demo.py:freq_penalty=0.1`), JumpReLU rows matched by site,
-  width and sweep value: L0, frac_dense and delta LM loss side by side, and the medians.
+  penalty, e.g. `experiments/tiny_demo.py:freq_penalty=0.05,freq_form=hinge`), JumpReLU rows
+  matched by site, width and sweep value: L0, frac_dense and delta LM loss side by side, the
+  medians, and each SAE with the penalty against the curve without it at equal L0. A run without
+  the penalty at another seed, compared the same way, shows what the counts look like when
+  nothing but the seed changed (docs/sae.md#frequency-penalty-measured).
 
 Usage:
 
-    PYTHONPATH=. python benchmarks/dense_latents.py synthetic
+    PYTHONPATH=. python benchmarks/dense_latents.py synthetic [--scale 0.05 --form hinge]
     PYTHONPATH=. python benchmarks/dense_latents.py compare WORKDIR_OFF WORKDIR_ON
 """
 
@@ -34,7 +37,7 @@ STEPS, BATCH, WIDTH = 600, 256, 128
 SETTINGS = (("coeff", 0.003), ("coeff", 0.01), ("target_l0", 8.0), ("quadratic", 8.0))
 
 
-def train_synthetic(form: str, value: float, scale: float) -> dict:
+def train_synthetic(form: str, value: float, scale: float, penalty_form: str) -> dict:
     """One short-run SAE on the 2x problem; its held-out dense fraction, L0, FVU and MMCS."""
     problem = synthetic.Problem(d=32, n_features=64, mean_l0=3.0)
     x, _ = synthetic.sample(problem, 1 << 16, seed=1)
@@ -42,6 +45,7 @@ def train_synthetic(form: str, value: float, scale: float) -> dict:
     cfg = jumprelu.default_config()
     cfg.update(sae.recipes.get("short_run", "jumprelu", total_steps=STEPS))
     cfg.update(sparsity_form=form, dead_tokens=100 * BATCH, freq_penalty_scale=scale)
+    cfg.freq_penalty_form = penalty_form
     params = jumprelu.init(jax.random.key(0), 32, WIDTH, cfg)
     opt = sae.optimizer(cfg).init(params)
     step = jax.jit(sae.make_train_step("jumprelu", cfg))
@@ -60,12 +64,13 @@ def train_synthetic(form: str, value: float, scale: float) -> dict:
     }
 
 
-def run_synthetic(scale: float) -> None:
+def run_synthetic(scale: float, penalty_form: str) -> None:
     """Prints the synthetic table: every setting without and with the penalty at ω = scale."""
-    print(f"| form | value | dense: off / ω {scale} | L0 | FVU | MMCS |")
+    print(f"| form | value | dense: off / {penalty_form} ω {scale} | L0 | FVU | MMCS |")
     print("| --- | --- | --- | --- | --- | --- |")
     for form, value in SETTINGS:
-        off, on = train_synthetic(form, value, 0.0), train_synthetic(form, value, scale)
+        off = train_synthetic(form, value, 0.0, penalty_form)
+        on = train_synthetic(form, value, scale, penalty_form)
         cells = [f"{off[k]:.3f} / {on[k]:.3f}" for k in ("dense", "l0", "fvu", "mmcs")]
         cells[1] = f"{off['l0']:.1f} / {on['l0']:.1f}"
         print(f"| {form} | {value:g} | " + " | ".join(cells) + " |", flush=True)
@@ -164,12 +169,15 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     synth = sub.add_parser("synthetic")
     synth.add_argument("--scale", type=float, default=0.1, help="the penalty's ω")
+    synth.add_argument(
+        "--form", default="quadratic", choices=jumprelu.FREQ_PENALTY_FORMS, help="its form"
+    )
     compare = sub.add_parser("compare")
     compare.add_argument("off")
     compare.add_argument("on")
     args = parser.parse_args()
     if args.what == "synthetic":
-        run_synthetic(args.scale)
+        run_synthetic(args.scale, args.form)
     else:
         run_compare(args.off, args.on)
 
