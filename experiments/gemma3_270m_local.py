@@ -26,7 +26,7 @@ minutes, and tests/model/test_gemma3_270m_study.py); freq_penalty=ω (JumpReLU's
 penalty against dense latents at frequency scale ω, e.g. 0.05; default 0, off:
 docs/gemma3_270m_study.md has the measurement with and without it); freq_form=hinge|quadratic
 (the penalty's form, `freq_penalty_form`, docs/sae.md#frequency-penalty; quadratic is GDM's,
-ω ~0.1).
+ω ~0.1); seed=N (every job's init and data-order seed, default 0).
 """
 
 from gemmascope import assets, sae, study
@@ -54,7 +54,9 @@ STEPS = -(-MAX_SEQUENCES * 255 // BATCH_SIZE)
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
-    arg = study.parse_arg(arg, runlocal=False, smoke=False, freq_penalty=0.0, freq_form="hinge")
+    arg = study.parse_arg(
+        arg, runlocal=False, smoke=False, freq_penalty=0.0, freq_form="hinge", seed=0
+    )
     config = study.base_config()
     config.name = "gemma3_270m_local"
     # The real weights from the pip package, converted on first use (model/packaged.py); the
@@ -95,6 +97,8 @@ def get_config(arg=None):
 
     # 160 steps per job (tiny_demo.py: ~290); logging and checkpoints rare (they cost CPU).
     config.train.batch_size = BATCH_SIZE
+    # Init and data-order seed of every job (another seed: how much a comparison moves by chance).
+    config.train.seeds = [arg.seed]
     config.train.log_every_tokens = 20 * 256
     config.train.ckpt_every_tokens = 100 * 256
     config.train.dead_window_tokens = 100_000

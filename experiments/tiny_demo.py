@@ -26,6 +26,8 @@ compare once the runs are longer, docs/quickstart.md#demo-science); freq_penalty
 frequency penalty against dense latents at frequency scale ω, e.g. 0.05; default 0, off:
 docs/sae.md#frequency-penalty, where the demo's measurement with and without it is);
 freq_form=hinge|quadratic (the penalty's form, `freq_penalty_form`; quadratic is GDM's, ω ~0.1);
+seed=N (every job's init and data-order seed, default 0: a second seed shows how much a
+comparison moves by chance);
 finetune_from=WORKDIR (the demo's "IT" variant: every job starts from the same job's final params
 in a finished demo workdir and trains for a tenth of its budget on the same corpus wrapped as
 chat turns, data.chat_wrap: the mechanics of Gemma Scope 2's PT-to-IT fine-tuning,
@@ -46,6 +48,7 @@ def get_config(arg=None):
         epochs=1,
         freq_penalty=0.0,
         freq_form="hinge",
+        seed=0,
         finetune_from="",
     )
     if arg.epochs < 1:
@@ -98,6 +101,8 @@ def get_config(arg=None):
         sae=sae.recipes.short_run("topk", steps),
     )
 
+    # Init and data-order seed of every job (another seed: how much a comparison moves by chance).
+    config.train.seeds = [arg.seed]
     config.train.log_every_tokens = 50 * 512
     config.train.ckpt_every_tokens = 200 * 512
     config.train.dead_window_tokens = 100_000
