@@ -71,8 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
     # pay; measured best on the demo) or "quadratic" c·Σ_i p_i²/ω (GDM's quadratic-frequency
     # loss, ω ~0.1: every latent pays, ordinary ones as an extra L0 penalty).
     cfg.freq_penalty_form = "hinge"
-    # Its coefficient c: None = the sparsity term's (warmed-up, or steered) λ, GDM's form
-    # λ·Σ_i p_i·(1 + p_i/ω) in the coefficient form; a number = its own c, warmed up like λ.
+    # Its coefficient c: None = the sparsity term's (warmed-up, or steered) λ (with the quadratic
+    # form in the coefficient form: GDM's λ·Σ_i p_i·(1 + p_i/ω)); a number = its own c, warmed up
+    # like λ.
     cfg.freq_penalty_coeff = None
     # STE kernel bandwidth ε (GS: 1e-3, valid for E||x||² = 1 inputs).
     cfg.bandwidth = 1e-3
