@@ -270,12 +270,13 @@ def test_dead_fraction_and_token_warmups(tmp_path):
 def test_frequency_penalty_is_logged_as_its_own_loss_term(tmp_path):
     """JumpReLU's frequency penalty is ``freq_penalty`` in metrics.jsonl, one of the loss terms.
 
-    In the coefficient form sparsity_loss = λ·Σ_i p_i and freq_penalty = λ·Σ_i p_i²/ω, so by
-    Cauchy-Schwarz and p_i <= 1: sparsity_loss·L0/(M·ω) <= freq_penalty <= sparsity_loss/ω.
+    In the coefficient form sparsity_loss = λ·Σ_i p_i and, in the quadratic form, freq_penalty =
+    λ·Σ_i p_i²/ω, so by Cauchy-Schwarz and p_i <= 1:
+    sparsity_loss·L0/(M·ω) <= freq_penalty <= sparsity_loss/ω.
     """
     cfg = tiny_job("freq", 4, [1e-2, 3e-2], mesh=(("data", 1), ("model", 1)), ckpt_steps=4)
     cfg.update(log_every_tokens=64)
-    cfg.sae.update(freq_penalty_scale=0.05, sparsity_warmup_steps=0)
+    cfg.sae.update(freq_penalty_scale=0.05, freq_penalty_form="quadratic", sparsity_warmup_steps=0)
     result = train.train_sweep(cfg, _source(), tmp_path, devices=jax.devices()[:1])
     for h in result.history:
         for m in range(2):
