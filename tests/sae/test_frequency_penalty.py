@@ -78,14 +78,19 @@ def _penalty_and_theta_grad(params, x, cfg, coeffs):
     return penalty, theta
 
 
-def test_penalty_and_threshold_gradient_match_numpy_with_the_sparsity_coefficient():
-    """With freq_penalty_coeff None, c is the coefficient form's λ: GDM's λ·Σ_i p_i(1 + p_i/ω)."""
-    cfg, params, x = _setup(freq_penalty_scale=0.1, freq_penalty_form="quadratic")
-    lam = 0.2
+def _coefficient_form_against_numpy(scale, form, lam=0.2):
+    """Penalty and θ gradient with c = λ of the coefficient form, checked against numpy."""
+    cfg, params, x = _setup(freq_penalty_scale=scale, freq_penalty_form=form)
     penalty, theta = _penalty_and_theta_grad(params, x, cfg, {"sparsity_coeff": lam})
     expected, expected_theta = _numpy_penalty(params, x, cfg, lam)
     np.testing.assert_allclose(penalty, expected, rtol=1e-5)
     np.testing.assert_allclose(theta, expected_theta, rtol=1e-4, atol=1e-6)
+    return cfg, params, x, theta, expected, expected_theta
+
+
+def test_penalty_and_threshold_gradient_match_numpy_with_the_sparsity_coefficient():
+    """With freq_penalty_coeff None, c is the coefficient form's λ: GDM's λ·Σ_i p_i(1 + p_i/ω)."""
+    *_, expected_theta = _coefficient_form_against_numpy(0.1, "quadratic")
     # The θ gradient is negative where latents fire: descent raises their thresholds, most for
     # the most frequent.
     assert np.all(expected_theta <= 0)
@@ -93,12 +98,10 @@ def test_penalty_and_threshold_gradient_match_numpy_with_the_sparsity_coefficien
 
 def test_hinge_form_matches_numpy_and_spares_latents_below_the_scale():
     """c·Σ relu(p − ω)²/ω: value and θ gradient as numpy; no gradient where p <= ω."""
-    cfg, params, x = _setup(freq_penalty_scale=0.4, freq_penalty_form="hinge")
     lam = 0.2
-    penalty, theta = _penalty_and_theta_grad(params, x, cfg, {"sparsity_coeff": lam})
-    expected, expected_theta = _numpy_penalty(params, x, cfg, lam)
-    np.testing.assert_allclose(penalty, expected, rtol=1e-5)
-    np.testing.assert_allclose(theta, expected_theta, rtol=1e-4, atol=1e-6)
+    cfg, params, x, theta, expected, expected_theta = _coefficient_form_against_numpy(
+        0.4, "hinge", lam
+    )
     # Both kinds of latent are in the batch, and the spared ones are in their STE window (so a
     # quadratic form would move their thresholds): the zeros are the hinge's, not the window's.
     quadratic = cfg.copy_and_resolve_references()
