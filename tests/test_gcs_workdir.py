@@ -7,6 +7,7 @@ TENSORSTORE_GCS_HTTP_URL, gcsfs (etils.epath: orbax's directories and our JSON/n
 files) and google-cloud-storage (TensorBoard) through STORAGE_EMULATOR_HOST.
 """
 
+import base64
 import io
 import json
 import os
@@ -44,27 +45,29 @@ def run_cli(env, workdir, *extra):
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def read_gcs(env, path: str) -> bytes:
-    """Reads an object back through gemmascope.files in a fresh process (as a user would)."""
-    code = (
-        "import sys; from gemmascope import files; "
-        "sys.stdout.buffer.write(files.read_bytes(sys.argv[1]))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, path], cwd=REPO, env=env, capture_output=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr.decode()[-2000:]
-    return result.stdout
+_FETCH = """
+import base64, json, sys
+from gemmascope import files
+listing = sys.argv[1] == "list"
+b64 = lambda data: base64.b64encode(data).decode()
+out = {}
+for path in sys.argv[2:]:
+    out[path] = files.listdir(path) if listing else b64(files.read_bytes(path))
+print(json.dumps(out))
+"""
 
 
-def list_gcs(env, path: str) -> list[str]:
-    code = "import sys; from gemmascope import files; print('\\n'.join(files.listdir(sys.argv[1])))"
-    result = subprocess.run(
-        [sys.executable, "-c", code, path], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+def fetch_gcs(env, paths, listing: bool = False) -> dict:
+    """{path: bytes}, or {path: names} with listing, read through gemmascope.files.
+
+    In one fresh process, as a user's would be (one for many paths: each child costs an
+    interpreter).
+    """
+    argv = [sys.executable, "-c", _FETCH, "list" if listing else "read", *paths]
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.split()
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return out if listing else {path: base64.b64decode(data) for path, data in out.items()}
 
 
 @pytest.mark.slow
@@ -80,30 +83,46 @@ def test_study_in_a_gcs_workdir_matches_a_local_one(gcs_env, tmp_path):
 
     # Nothing of the study went to the local disk, and every stage wrote to the bucket.
     assert not os.path.exists(os.path.join(REPO, "gs:"))
-    assert set(list_gcs(gcs_env, remote)) == {
+    run = f"{remote}/runs/{JOB}"
+    release = local_dir / "gemma_scope_2" / "resid_post"
+    listed = fetch_gcs(
+        gcs_env,
+        [remote, run, f"{remote}/gemma_scope_2/resid_post", f"{remote}/eval/plots",
+         f"{remote}/inspect/data"],
+        listing=True,
+    )  # fmt: skip
+    assert set(listed[remote]) == {
         "activations", "config.json", "eval", "gemma_scope_2", "inspect", "runs", "saes"
     }  # fmt: skip
-    run = f"{remote}/runs/{JOB}"
-    in_run = set(list_gcs(gcs_env, run))
+    in_run = set(listed[run])
     assert {"checkpoints", "final_params.npz", "job.json", "metrics.jsonl", "tensorboard"} <= in_run
     assert "metrics-parts" not in in_run  # the per-record objects, merged at the end
+    names = sorted(os.listdir(release))
+    assert names and sorted(listed[f"{remote}/gemma_scope_2/resid_post"]) == names
+    plots = listed[f"{remote}/eval/plots"]
+    assert plots and all(p.endswith(".png") for p in plots)
+    data = [n for n in listed[f"{remote}/inspect/data"] if n.endswith(".json")]
+    assert len(data) == 4  # 3 SAEs and the token table
+
+    released = {n: f"{remote}/gemma_scope_2/resid_post/{n}/params.safetensors" for n in names}
+    records = {n: f"{remote}/inspect/data/{n}" for n in data}
+    got = fetch_gcs(
+        gcs_env,
+        [f"{run}/final_params.npz", f"{remote}/eval/saes.csv", f"{run}/metrics.jsonl",
+         f"{remote}/eval/plots/{plots[0]}", f"{remote}/inspect/index.html",
+         *released.values(), *records.values()],
+    )  # fmt: skip
 
     # The bucket holds the same trained SAEs, bit for bit, as the local run.
-    remote_params = np.load(io.BytesIO(read_gcs(gcs_env, f"{run}/final_params.npz")))
+    remote_params = np.load(io.BytesIO(got[f"{run}/final_params.npz"]))
     with np.load(local_dir / "runs" / JOB / "final_params.npz") as local_params:
         assert sorted(remote_params.files) == sorted(local_params.files)
         for key in local_params.files:
             np.testing.assert_array_equal(remote_params[key], local_params[key], err_msg=key)
     # The Gemma Scope 2 folders (docs/transcoders.md) too.
-    release = local_dir / "gemma_scope_2" / "resid_post"
-    names = sorted(os.listdir(release))
-    assert names and sorted(list_gcs(gcs_env, f"{remote}/gemma_scope_2/resid_post")) == names
-    for name in names:
-        remote_bytes = read_gcs(
-            gcs_env, f"{remote}/gemma_scope_2/resid_post/{name}/params.safetensors"
-        )
-        assert remote_bytes == (release / name / "params.safetensors").read_bytes()
-    remote_table = pd.read_csv(io.BytesIO(read_gcs(gcs_env, f"{remote}/eval/saes.csv")))
+    for name, path in released.items():
+        assert got[path] == (release / name / "params.safetensors").read_bytes()
+    remote_table = pd.read_csv(io.BytesIO(got[f"{remote}/eval/saes.csv"]))
     local_table = pd.read_csv(local_dir / "eval" / "saes.csv")
     pd.testing.assert_frame_equal(remote_table, local_table)
 
@@ -112,19 +131,15 @@ def test_study_in_a_gcs_workdir_matches_a_local_one(gcs_env, tmp_path):
         speed = ("tokens_per_sec", "eta_sec", "mfu")
         return [{k: v for k, v in json.loads(x).items() if k not in speed} for x in lines]
 
-    remote_metrics = read_gcs(gcs_env, f"{run}/metrics.jsonl").decode().splitlines()
+    remote_metrics = got[f"{run}/metrics.jsonl"].decode().splitlines()
     local_metrics = (local_dir / "runs" / JOB / "metrics.jsonl").read_text().splitlines()
     assert remote_metrics and logged(remote_metrics) == logged(local_metrics)
-    plots = list_gcs(gcs_env, f"{remote}/eval/plots")
-    assert plots and all(p.endswith(".png") for p in plots)
-    assert read_gcs(gcs_env, f"{remote}/eval/plots/{plots[0]}").startswith(b"\x89PNG")
+    assert got[f"{remote}/eval/plots/{plots[0]}"].startswith(b"\x89PNG")
     # The inspect site went to the bucket too, with the same data as the local run's.
-    data = [n for n in list_gcs(gcs_env, f"{remote}/inspect/data") if n.endswith(".json")]
-    assert len(data) == 4  # 3 SAEs and the token table
-    for name in data:
-        remote_record = json.loads(read_gcs(gcs_env, f"{remote}/inspect/data/{name}"))
+    for name, path in records.items():
+        remote_record = json.loads(got[path])
         assert remote_record == json.loads((local_dir / "inspect" / "data" / name).read_text())
-    assert read_gcs(gcs_env, f"{remote}/inspect/index.html").startswith(b"<!doctype html>")
+    assert got[f"{remote}/inspect/index.html"].startswith(b"<!doctype html>")
 
     # A rerun finds the bucket's study: the job is skipped, and another study is refused.
     again = run_cli(gcs_env, remote, "--mode=train")
@@ -166,14 +181,16 @@ def test_preempted_job_resumes_from_its_checkpoint_in_the_bucket(gcs_env, tmp_pa
     first = finish(child)
     assert first["preempted"] and 6 <= first["steps"] < 24
     run = f"{remote}/runs/tiny"
-    assert "final_params.npz" not in list_gcs(gcs_env, run)
-    assert str(first["steps"]) in list_gcs(gcs_env, f"{run}/checkpoints")
+    listed = fetch_gcs(gcs_env, [run, f"{run}/checkpoints"], listing=True)
+    assert "final_params.npz" not in listed[run]
+    assert str(first["steps"]) in listed[f"{run}/checkpoints"]
 
     second = finish(run_job(gcs_env, remote))  # resumes from the bucket's orbax checkpoint
     assert not second["preempted"] and second["steps"] == 24
-    resumed = np.load(io.BytesIO(read_gcs(gcs_env, f"{run}/final_params.npz")))
+    got = fetch_gcs(gcs_env, [f"{run}/final_params.npz", f"{run}/metrics.jsonl"])
+    resumed = np.load(io.BytesIO(got[f"{run}/final_params.npz"]))
     with np.load(tmp_path / "local" / "runs" / "tiny" / "final_params.npz") as uninterrupted:
         for key in uninterrupted.files:  # bitwise: the same program on the same devices
             np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
-    history = read_gcs(gcs_env, f"{run}/metrics.jsonl").decode().splitlines()
+    history = got[f"{run}/metrics.jsonl"].decode().splitlines()
     assert [json.loads(h)["step"] for h in history] == [4, 8, 12, 16, 20, 24]

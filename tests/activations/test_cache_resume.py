@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from cache_compare import assert_same_cache
 
 from gemmascope.activations import storage
@@ -29,6 +30,7 @@ def _run(env, *args):
     )
 
 
+@pytest.mark.slow
 def test_sigkill_and_rerun_gives_the_uninterrupted_cache(reference_cache, model_path, tmp_path):
     _, reference = reference_cache
     workdir = str(tmp_path / "work")

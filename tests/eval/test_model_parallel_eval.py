@@ -58,6 +58,7 @@ def _eval_cfg(model_parallel):
     return cfg
 
 
+@pytest.mark.slow
 def test_model_parallel_metrics_equal_replicated():
     params = random_params(CFG, seed=0, std=0.1)
     rng = np.random.default_rng(0)
