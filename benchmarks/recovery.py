@@ -90,17 +90,17 @@ def sweep_values(arch: str, true_l0: float) -> list:
 def sae_config(arch: str, args):
     """(our architecture name, its SAE config) for an arch of the grid under the named recipe."""
     name = "jumprelu" if arch in ("jumprelu_target", "jumprelu_quadratic") else arch
+    form = "quadratic" if arch in QUADRATIC_ARCHS else None
+    form = "target_l0" if arch == "jumprelu_target" else form
     cfg = sae.ARCHITECTURES[name].default_config()
-    cfg.update(sae.recipes.get(args.recipe, name, total_steps=args.steps))
+    cfg.update(sae.recipes.get(args.recipe, name, total_steps=args.steps, sparsity_form=form))
     if arch in QUADRATIC_ARCHS:
-        cfg.update(sparsity_form="quadratic", sparsity_coeff=QUADRATIC_COEFF)
+        cfg.sparsity_coeff = QUADRATIC_COEFF
     for field, value in args.set:
         if field in cfg:
             cfg[field] = type(cfg[field])(value) if not isinstance(cfg[field], bool) else (
                 value == "True"
             )
-    if arch == "jumprelu_target":
-        cfg.sparsity_form = "target_l0"
     return name, cfg
 
 

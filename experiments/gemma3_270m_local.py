@@ -87,11 +87,10 @@ def get_config(arg=None):
     config.jobs.archs.jumprelu = dict(
         sweep_values=TARGET_L0,
         sae=dict(
-            sparsity_form="target_l0",
             # The frequency penalty's scale ω (0 = off; docs/sae.md#frequency-penalty).
             freq_penalty_scale=arg.freq_penalty,
             freq_penalty_form=arg.freq_form,
-            **sae.recipes.short_run("jumprelu", STEPS),
+            **sae.recipes.short_run("jumprelu", STEPS, sparsity_form="target_l0"),
         ),
     )
 
@@ -148,10 +147,9 @@ def _shrink_to_smoke(config) -> None:
     )
     jumprelu = config.jobs.archs.jumprelu.sae
     config.jobs.archs.jumprelu.sae = dict(
-        sparsity_form="target_l0",
         freq_penalty_scale=jumprelu.freq_penalty_scale,
         freq_penalty_form=jumprelu.freq_penalty_form,
-        **sae.recipes.short_run("jumprelu", steps),
+        **sae.recipes.short_run("jumprelu", steps, sparsity_form="target_l0"),
     )
     config.train.log_every_tokens = 4 * BATCH_SIZE
     config.train.ckpt_every_tokens = 8 * BATCH_SIZE

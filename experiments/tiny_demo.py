@@ -83,11 +83,10 @@ def get_config(arg=None):
         # Target L0s: sparsity rises left to right.
         sweep_values=(32.0, 16.0, 8.0),
         sae=dict(
-            sparsity_form="target_l0",
             # The frequency penalty's scale ω (0 = off; docs/sae.md#frequency-penalty).
             freq_penalty_scale=arg.freq_penalty,
             freq_penalty_form=arg.freq_form,
-            **sae.recipes.short_run("jumprelu", steps),
+            **sae.recipes.short_run("jumprelu", steps, sparsity_form="target_l0"),
         ),
     )
     config.jobs.archs.gated = dict(

@@ -211,7 +211,7 @@ def test_tiny_demo_epochs_scales_tokens_and_the_recipes_warmups():
     _, four = study.load_config_file("experiments/tiny_demo.py:epochs=4")
     assert four.jobs.groups.all_sites.total_tokens == 4 * one.jobs.groups.all_sites.total_tokens
     steps = four.jobs.groups.all_sites.total_tokens // four.train.batch_size
-    expected = sae.recipes.short_run("jumprelu", steps)
+    expected = sae.recipes.short_run("jumprelu", steps, sparsity_form="target_l0")
     assert four.jobs.archs.jumprelu.sae.sparsity_warmup_steps == expected["sparsity_warmup_steps"]
     assert four.jobs.archs.topk.sae.lr_warmup_steps > one.jobs.archs.topk.sae.lr_warmup_steps
     with pytest.raises(ValueError, match="epochs must be >= 1"):

@@ -13,12 +13,16 @@ A recipe is a dict of overrides of an architecture's ``default_config()``. Two a
   any direction is learned, docs/sae.md#initialisation; the TopK family keeps unit encoder
   columns, which only k latents per token see), for JumpReLU and the TopK family a free decoder
   from rows of norm 0.1 (SAELens's init), and for JumpReLU AuxK on dead latents (α = 1/32, as
-  the TopK family uses it) and the global gradient norm clipped at 1 (SAELens's trainer).
+  the TopK family uses it) and, in the coefficient and target-L0 forms, the global gradient norm
+  clipped at 1 (SAELens's trainer); Gemma Scope 2's quadratic L0 form trains unclipped, which
+  recovers more (docs/sae.md#gradient-clip). The JumpReLU family takes its ``sparsity_form``
+  through the recipe for that reason.
 
 Synopsis::
 
     cfg = sae.ARCHITECTURES["jumprelu"].default_config()
     cfg.update(recipes.get("short_run", "jumprelu", total_steps=3000))
+    cfg.update(recipes.get("short_run", "jumprelu", total_steps=3000, sparsity_form="quadratic"))
 """
 
 from __future__ import annotations
@@ -45,25 +49,56 @@ _GEMMA_SCOPE_JUMPRELU = dict(
 _K_FAMILY = ("topk", "batchtopk", "matryoshka")
 # Architectures with JumpReLU's encoder, threshold and sparsity fields (its recipe knobs).
 _JUMPRELU_FAMILY = ("jumprelu", "matryoshka_jumprelu")
+# JumpReLU's sparsity penalties (docs/sae.md, "JumpReLU"): Gemma Scope's λ·L0, the batch
+# mean L0 steered to a target, Gemma Scope 2's per-token quadratic pull to a target.
+SPARSITY_FORMS = ("coeff", "target_l0", "quadratic")
 
 
-def gemma_scope(arch: str, total_steps: int | None = None) -> dict:
-    """The published Gemma Scope recipe for JumpReLU; the package defaults for the others."""
+def _check_sparsity_form(arch: str, sparsity_form: str | None) -> None:
+    if sparsity_form is None:
+        return
+    if arch not in _JUMPRELU_FAMILY:
+        raise ValueError(
+            f"sparsity_form={sparsity_form!r} is a field of the JumpReLU family "
+            f"{_JUMPRELU_FAMILY}, not of {arch!r}: leave it unset for {arch!r}."
+        )
+    if sparsity_form not in SPARSITY_FORMS:
+        raise ValueError(f"unknown sparsity_form {sparsity_form!r}; valid: {SPARSITY_FORMS}")
+
+
+def gemma_scope(
+    arch: str, total_steps: int | None = None, sparsity_form: str | None = None
+) -> dict:
+    """The published Gemma Scope recipe for JumpReLU; the package defaults for the others.
+
+    Raises:
+        ValueError: a sparsity_form other than the published "coeff".
+    """
     del total_steps  # the published schedules are in steps, whatever the budget
+    _check_sparsity_form(arch, sparsity_form)
+    if sparsity_form not in (None, "coeff"):
+        raise ValueError(
+            f"the gemma_scope recipe is Gemma Scope's λ·L0 form (sparsity_form 'coeff'), got "
+            f"{sparsity_form!r}: use short_run for the target-L0 and quadratic forms."
+        )
     return dict(_GEMMA_SCOPE_JUMPRELU) if arch in _JUMPRELU_FAMILY else {}
 
 
-def short_run(arch: str, total_steps: int) -> dict:
+def short_run(arch: str, total_steps: int, sparsity_form: str | None = None) -> dict:
     """The recommended recipe for a run of ``total_steps`` steps (a few hundred to ~10k).
 
     Warmups scale with the run: the lr warms up over 1/60 of it, the sparsity coefficient over
-    1/15 (50 and 200 steps of a 3,000-step run).
+    1/15 (50 and 200 steps of a 3,000-step run). For the JumpReLU family, ``sparsity_form`` (one
+    of SPARSITY_FORMS; None = the architecture's default, "coeff") is part of the recipe: the
+    gradient clip depends on it.
 
     Raises:
-        ValueError: total_steps < 1.
+        ValueError: total_steps < 1, or a sparsity_form that is unknown or given for an
+            architecture outside the JumpReLU family.
     """
     if total_steps < 1:
         raise ValueError(f"short_run needs total_steps >= 1, got {total_steps}")
+    _check_sparsity_form(arch, sparsity_form)
     overrides = dict(lr=3e-3, lr_warmup_steps=max(1, round(total_steps / 60)))
     if arch not in _K_FAMILY:
         # Every latent fires at step 0 in these (not only k): start from an undershoot.
@@ -74,8 +109,14 @@ def short_run(arch: str, total_steps: int) -> dict:
         # The global gradient norm clipped at 1, as SAELens's trainer does: at a large λ the
         # θ gradients' spikes (1/ε = 100 per token in the window) otherwise set Adam's scale,
         # and on the 4x_l16 problem at λ 0.1 MMCS was 0.77 against SAELens's 0.81 (0.82 with
-        # it; neutral elsewhere, docs/sae.md#gradient-clip).
-        overrides["max_grad_norm"] = 1.0
+        # it; neutral for the target-L0 form, docs/sae.md#gradient-clip). Not for the quadratic
+        # form: its θ gradient, λ(4/T)(L0 − T) per token, is huge while L0 is far above the
+        # target, so the clip shrinks the dictionary's gradient for those steps, and on the 4x
+        # Zipf problem MMCS fell from 0.955 to 0.834 (Matryoshka JumpReLU 0.954 to 0.771).
+        form = sparsity_form or "coeff"
+        overrides["max_grad_norm"] = 0.0 if form == "quadratic" else 1.0
+        if sparsity_form is not None:
+            overrides["sparsity_form"] = sparsity_form
     if arch in _JUMPRELU_FAMILY + _K_FAMILY:
         # A free decoder from rows of norm 0.1 (SAELens's init): on 8x problems JumpReLU
         # recovers 0.97 where unit rows reach 0.87 at the same L0; on the 4x Zipf problem TopK
@@ -98,15 +139,17 @@ def short_run(arch: str, total_steps: int) -> dict:
 RECIPES: dict[str, Callable[..., dict]] = {"gemma_scope": gemma_scope, "short_run": short_run}
 
 
-def get(recipe: str, arch: str, total_steps: int | None = None) -> dict:
-    """The overrides of ``recipe`` for architecture ``arch``.
+def get(
+    recipe: str, arch: str, total_steps: int | None = None, sparsity_form: str | None = None
+) -> dict:
+    """The overrides of ``recipe`` for architecture ``arch`` (and JumpReLU's ``sparsity_form``).
 
     Raises:
-        ValueError: an unknown recipe (the message lists the valid ones), or short_run without
-            total_steps.
+        ValueError: an unknown recipe (the message lists the valid ones), short_run without
+            total_steps, or a sparsity_form the recipe or architecture does not take.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid recipes: {sorted(RECIPES)}")
     if recipe == "short_run" and total_steps is None:
         raise ValueError("the short_run recipe scales its warmups with total_steps: pass it")
-    return RECIPES[recipe](arch, total_steps)
+    return RECIPES[recipe](arch, total_steps, sparsity_form=sparsity_form)

@@ -70,8 +70,10 @@ def _data():
 
 
 def _config(name, overrides):
+    overrides = dict(overrides)  # the JumpReLU sparsity form is part of the recipe (its clip)
+    form = overrides.pop("sparsity_form", None)
     cfg = sae.ARCHITECTURES[name].default_config()
-    cfg.update(sae.recipes.get("short_run", name, total_steps=STEPS))
+    cfg.update(sae.recipes.get("short_run", name, total_steps=STEPS, sparsity_form=form))
     cfg.update(overrides)
     if "dead_tokens" in cfg:
         cfg.dead_tokens = 100 * BATCH  # the trainer would link it to its dead window
@@ -152,12 +154,14 @@ def test_the_short_run_recipe_recovers_the_dictionary(case):
 
 
 # Gemma Scope 2's JumpReLU forms, on the 2x problem only (a few seconds each): (architecture,
-# MMCS bar, relative L0 tolerance). Measured at 1000 steps, λ 0.1, target L0 3: the quadratic
-# penalty 0.999 @ L0 2.50, Matryoshka JumpReLU with it 0.961 @ 3.00 (on all three problems:
-# 0.999 / 0.973 / 0.930 and 0.961 / 0.954 / 0.873; benchmarks/recovery.py has the larger grid).
+# MMCS bar, relative L0 tolerance). Measured at 1000 steps, λ 0.1, target L0 3, unclipped as
+# short_run trains the quadratic form: the quadratic penalty 0.992 @ L0 3.32, Matryoshka JumpReLU
+# with it 0.960 @ 3.67 (on all three problems: 0.992 / 0.892 / 0.975 and 0.960 / 0.865 / 0.870;
+# with the gradient clip 0.999 / 0.973 / 0.930 and 0.961 / 0.954 / 0.873, the one setting where
+# the clip measured better: docs/sae.md#gradient-clip; benchmarks/recovery.py has the grid).
 GS2_CASES = {
     "jumprelu": (0.97, 0.3),
-    "matryoshka_jumprelu": (0.93, 0.2),
+    "matryoshka_jumprelu": (0.93, 0.3),
 }
 
 
