@@ -15,10 +15,14 @@ cost per step in steady state. The table reports the median over rounds, tokens/
 ratios. Dense compute does not depend on L0 on either side; `--threshold_init` sets the initial
 JumpReLU threshold on both (0.001 fires on about half the latents at init, `--realistic_l0`
 picks the threshold that fires on about 1% of the width, Gemma Scope's L0 regime).
+`--sparse_capacity C` adds our trainer and bare step with the sparse path (docs/sae.md#sparse-path,
+C support slots per token) to every round, beside the dense ones: at a realistic L0 that is the
+step's compute that depends on L0 (SAELens's does not).
 
 Usage:
     PYTHONPATH=. python benchmarks/vs_saelens.py      # d_in 256, width 4096, batch 4096
     PYTHONPATH=. python benchmarks/vs_saelens.py --d_in 512 --width 16384 --batch 4096 --steps 4
+    PYTHONPATH=. python benchmarks/vs_saelens.py --realistic_l0 --sparse_capacity 80
 """
 
 import argparse
@@ -60,7 +64,7 @@ def _threshold_for_fraction(d_in: int, fraction: float) -> float:
     return statistics.NormalDist().inv_cdf(1.0 - fraction) / float(np.sqrt(d_in))
 
 
-def _job(args, steps: int, name: str):
+def _job(args, steps: int, name: str, capacity: int = 0):
     cfg = train.default_config("jumprelu")
     cfg.update(
         name=name,
@@ -81,23 +85,24 @@ def _job(args, steps: int, name: str):
         sparsity_warmup_steps=0,
         bandwidth=_BANDWIDTH,
         threshold_init=args.threshold_init,
+        sparse_capacity=capacity,
     )
     return cfg
 
 
-def _ours_trainer_seconds(args, source, workdir, steps: int) -> float:
+def _ours_trainer_seconds(args, source, workdir, steps: int, capacity: int = 0) -> float:
     """Wall seconds of one train_sweep job of `steps` steps (its compiled step cached)."""
     shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()
-    result = train.train_sweep(_job(args, steps, "speed"), source, workdir)
+    result = train.train_sweep(_job(args, steps, "speed", capacity), source, workdir)
     seconds = time.perf_counter() - start
     assert result.steps == steps
     return seconds
 
 
-def _ours_bare_seconds_per_step(args, source, steps: int) -> float:
+def _ours_bare_seconds_per_step(args, source, steps: int, capacity: int = 0) -> float:
     """Seconds per call of the trainer's compiled step alone (same JobShape, so same program)."""
-    job = _job(args, steps, "bare")
+    job = _job(args, steps, "bare", capacity)
     # The trainer's own shape, so the cached program is the one train_sweep runs.
     fns = step.compiled_functions(loop.job_shape(job, args.d_in, mesh_lib.make_mesh(job.mesh)))
     state = fns.init(np.zeros(1, np.int32), np.full(1, _COEFF, np.float32))
@@ -144,6 +149,9 @@ def main():
     parser.add_argument(
         "--realistic_l0", action="store_true", help="θ_init firing on ~1%% of latents at init"
     )
+    parser.add_argument(
+        "--sparse_capacity", type=int, default=0, help="also time our sparse path (C slots)"
+    )
     args = parser.parse_args()
     if args.realistic_l0:
         args.threshold_init = _threshold_for_fraction(args.d_in, 0.01)
@@ -151,11 +159,16 @@ def main():
     rows = _data(args.d_in, max(8 * args.batch, 32768))
     source = activations.ArraySource(rows, seed=0)
     times = {"saelens": [], "trainer": [], "bare": []}
+    capacity = args.sparse_capacity
+    if capacity:
+        times.update(trainer_sparse=[], bare_sparse=[])
     with tempfile.TemporaryDirectory() as tmp:
         train_path = os.path.join(tmp, "train.npy")
         np.save(train_path, rows)
         workdir = os.path.join(tmp, "work")
         _ours_trainer_seconds(args, source, workdir, 1)  # compile once
+        if capacity:
+            _ours_trainer_seconds(args, source, workdir, 1, capacity)
         for round_index in range(args.rounds):
             short, long = _peer_seconds(args, train_path, tmp, python)
             times["saelens"].append((long - short) / args.steps)
@@ -163,6 +176,15 @@ def main():
             long = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS + args.steps)
             times["trainer"].append((long - short) / args.steps)
             times["bare"].append(_ours_bare_seconds_per_step(args, source, args.steps))
+            if capacity:
+                short = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS, capacity)
+                long = _ours_trainer_seconds(
+                    args, source, workdir, _WARM_STEPS + args.steps, capacity
+                )
+                times["trainer_sparse"].append((long - short) / args.steps)
+                times["bare_sparse"].append(
+                    _ours_bare_seconds_per_step(args, source, args.steps, capacity)
+                )
             print(
                 f"round {round_index}: "
                 + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms/step" for k, v in times.items()),
@@ -181,7 +203,11 @@ def main():
         ("saelens", "SAELens SAETrainer.fit"),
         ("trainer", "ours: train.train_sweep"),
         ("bare", "ours: the compiled step alone"),
+        ("trainer_sparse", f"ours: train.train_sweep, sparse path (C = {capacity})"),
+        ("bare_sparse", f"ours: the compiled step alone, sparse path (C = {capacity})"),
     ):
+        if name not in median:
+            continue
         seconds = median[name]
         print(
             f"| {label} | {seconds * 1e3:.0f} | {args.batch / seconds:,.0f} | "
