@@ -26,7 +26,10 @@ minutes, and tests/model/test_gemma3_270m_study.py); freq_penalty=ω (JumpReLU's
 penalty against dense latents at frequency scale ω, e.g. 0.05; default 0, off:
 docs/gemma3_270m_study.md has the measurement with and without it); freq_form=hinge|quadratic
 (the penalty's form, `freq_penalty_form`, docs/sae.md#frequency-penalty; quadratic is GDM's,
-ω ~0.1); seed=N (every job's init and data-order seed, default 0).
+ω ~0.1); seed=N (every job's init and data-order seed, default 0); sparsity=target_l0|quadratic
+(JumpReLU's sparsity form: the default steers the batch-mean L0 to each target; quadratic is
+Gemma Scope 2's per-token penalty λ·(2/T)(L0 − T)² at λ = QUADRATIC_COEFF, trained unclipped as
+`short_run` trains it, docs/sae.md#quadratic-l0).
 """
 
 from gemmascope import assets, sae, study
@@ -50,13 +53,30 @@ WIDTHS = (2048,)
 # Optimizer steps per job: one pass over the 160 x 255 cached tokens (rounded up, as the trainer
 # rounds a token budget).
 STEPS = -(-MAX_SEQUENCES * 255 // BATCH_SIZE)
+# λ of the quadratic form (sparsity=quadratic): Gemma Scope 2 does not publish one; the recovery
+# benchmark's (benchmarks/recovery.py QUADRATIC_COEFF), on data of the same units (E||x||² = 1).
+QUADRATIC_COEFF = 0.1
+SPARSITY_FORMS = ("target_l0", "quadratic")
+
+
+def _sparsity(form: str) -> dict:
+    """The SAE fields a sparsity form adds beside the recipe: the quadratic form's fixed λ."""
+    return dict(sparsity_coeff=QUADRATIC_COEFF) if form == "quadratic" else {}
 
 
 def get_config(arg=None):
     """The study config; `arg` is the text after the colon (arguments: module docstring)."""
     arg = study.parse_arg(
-        arg, runlocal=False, smoke=False, freq_penalty=0.0, freq_form="hinge", seed=0
+        arg,
+        runlocal=False,
+        smoke=False,
+        freq_penalty=0.0,
+        freq_form="hinge",
+        seed=0,
+        sparsity="target_l0",
     )
+    if arg.sparsity not in SPARSITY_FORMS:
+        raise ValueError(f"sparsity={arg.sparsity!r}: valid forms are {SPARSITY_FORMS}")
     config = study.base_config()
     config.name = "gemma3_270m_local"
     # The real weights from the pip package, converted on first use (model/packaged.py); the
@@ -90,7 +110,8 @@ def get_config(arg=None):
             # The frequency penalty's scale ω (0 = off; docs/sae.md#frequency-penalty).
             freq_penalty_scale=arg.freq_penalty,
             freq_penalty_form=arg.freq_form,
-            **sae.recipes.short_run("jumprelu", STEPS, sparsity_form="target_l0"),
+            **_sparsity(arg.sparsity),
+            **sae.recipes.short_run("jumprelu", STEPS, sparsity_form=arg.sparsity),
         ),
     )
 
@@ -149,7 +170,8 @@ def _shrink_to_smoke(config) -> None:
     config.jobs.archs.jumprelu.sae = dict(
         freq_penalty_scale=jumprelu.freq_penalty_scale,
         freq_penalty_form=jumprelu.freq_penalty_form,
-        **sae.recipes.short_run("jumprelu", steps, sparsity_form="target_l0"),
+        **_sparsity(jumprelu.sparsity_form),
+        **sae.recipes.short_run("jumprelu", steps, sparsity_form=jumprelu.sparsity_form),
     )
     config.train.log_every_tokens = 4 * BATCH_SIZE
     config.train.ckpt_every_tokens = 8 * BATCH_SIZE

@@ -246,3 +246,22 @@ def test_tiny_demo_finetune_from_wraps_the_corpus_and_plans(capsys):
     assert job.init_from == f"/w/demo/runs/{job.name}" and job.sae.sparsity_warmup_steps == 0
     stages.run(config, None, "plan")
     assert "tiny_demo_runlocal_it" in capsys.readouterr().out
+
+
+def test_the_270m_study_takes_the_sparsity_form_and_the_frequency_penalty():
+    """gemma3_270m_local.py's arguments reach the JumpReLU config they name.
+
+    The recipe's gradient clip follows the form (docs/sae.md#clip-per-form).
+    """
+    _, default = study.load_config_file("experiments/gemma3_270m_local.py")
+    jumprelu = default.jobs.archs.jumprelu.sae
+    assert jumprelu.sparsity_form == "target_l0" and jumprelu.max_grad_norm == 1.0
+    assert jumprelu.freq_penalty_scale == 0.0
+    arg = "smoke,sparsity=quadratic,freq_penalty=0.05,freq_form=quadratic"
+    _, gs2 = study.load_config_file(f"experiments/gemma3_270m_local.py:{arg}")
+    jumprelu = gs2.jobs.archs.jumprelu.sae
+    assert jumprelu.sparsity_form == "quadratic" and jumprelu.max_grad_norm == 0.0
+    assert jumprelu.sparsity_coeff == 0.1 and jumprelu.freq_penalty_scale == 0.05
+    assert jumprelu.freq_penalty_form == "quadratic"
+    with pytest.raises(ValueError, match=r"sparsity='l1': valid forms are \('target_l0', 'quadr"):
+        study.load_config_file("experiments/gemma3_270m_local.py:sparsity=l1")
