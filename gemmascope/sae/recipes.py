@@ -71,17 +71,19 @@ def gemma_scope(
 ) -> dict:
     """The published Gemma Scope recipe for JumpReLU; the package defaults for the others.
 
+    Published with the λ·L0 form ("coeff"); another ``sparsity_form`` replaces it and changes
+    nothing else (the published optimisation has no clip to adapt; the Gemma Scope 2 studies
+    use it with "target_l0").
+
     Raises:
-        ValueError: a sparsity_form other than the published "coeff".
+        ValueError: an unknown sparsity_form, or one given for an architecture outside the
+            JumpReLU family.
     """
     del total_steps  # the published schedules are in steps, whatever the budget
     _check_sparsity_form(arch, sparsity_form)
-    if sparsity_form not in (None, "coeff"):
-        raise ValueError(
-            f"the gemma_scope recipe is Gemma Scope's λ·L0 form (sparsity_form 'coeff'), got "
-            f"{sparsity_form!r}: use short_run for the target-L0 and quadratic forms."
-        )
-    return dict(_GEMMA_SCOPE_JUMPRELU) if arch in _JUMPRELU_FAMILY else {}
+    if arch not in _JUMPRELU_FAMILY:
+        return {}
+    return {**_GEMMA_SCOPE_JUMPRELU, **({"sparsity_form": sparsity_form} if sparsity_form else {})}
 
 
 def short_run(arch: str, total_steps: int, sparsity_form: str | None = None) -> dict:

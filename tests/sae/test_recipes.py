@@ -44,10 +44,15 @@ def test_the_gradient_clip_follows_the_sparsity_form(arch):
         for form in (None, "coeff", "target_l0", "quadratic")
     }
     assert clip == {None: 1.0, "coeff": 1.0, "target_l0": 1.0, "quadratic": 0.0}
-    # The published recipe is unclipped (Gemma Scope names no clip) and in the λ·L0 form.
-    published = _resolved("gemma_scope", arch, sparsity_form="coeff")
+    # The published recipe is unclipped (Gemma Scope names no clip), in the λ·L0 form unless
+    # told otherwise (the Gemma Scope 2 studies use it with the target-L0 form).
+    published = _resolved("gemma_scope", arch)
     assert published.max_grad_norm == 0.0 and published.sparsity_form == "coeff"
     assert published.lr == 7e-5 and published.threshold_param == "log"
+    for form in recipes.SPARSITY_FORMS:
+        other = _resolved("gemma_scope", arch, sparsity_form=form)
+        assert other.sparsity_form == form and other.max_grad_norm == 0.0
+        assert {k: other[k] for k in published} == {**published.to_dict(), "sparsity_form": form}
 
 
 def test_other_architectures_keep_the_clip_off():
@@ -70,8 +75,8 @@ def test_other_architectures_keep_the_clip_off():
             "sparsity_form='quadratic' is a field of the JumpReLU family",
         ),
         (
-            lambda: recipes.get("gemma_scope", "jumprelu", sparsity_form="quadratic"),
-            "the gemma_scope recipe is Gemma Scope's λ·L0 form",
+            lambda: recipes.get("gemma_scope", "gated", sparsity_form="coeff"),
+            "sparsity_form='coeff' is a field of the JumpReLU family",
         ),
     ],
 )
