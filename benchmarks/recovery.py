@@ -71,6 +71,8 @@ ARCHS = ("jumprelu", "jumprelu_target", "jumprelu_quadratic", "matryoshka_jumpre
 # of tests/sae at target 3 the L0 ends within 25% of it at λ 0.03 and at 0.1 alike).
 QUADRATIC_ARCHS = ("jumprelu_quadratic", "matryoshka_jumprelu")
 QUADRATIC_COEFF = 0.1
+# The JumpReLU sparsity form of the grid's archs that name one (the recipe sets it: its clip).
+SPARSITY_FORM = {"jumprelu_target": "target_l0", **dict.fromkeys(QUADRATIC_ARCHS, "quadratic")}
 # The SAELens architecture trained beside each of ours (None: SAELens has no counterpart run).
 PEER = {"jumprelu": "jumprelu", "gated": "gated", "relu": "relu", "topk": "topk",
         "batchtopk": "batchtopk", "jumprelu_target": None, "jumprelu_quadratic": None,
@@ -90,9 +92,8 @@ def sweep_values(arch: str, true_l0: float) -> list:
 def sae_config(arch: str, args):
     """(our architecture name, its SAE config) for an arch of the grid under the named recipe."""
     name = "jumprelu" if arch in ("jumprelu_target", "jumprelu_quadratic") else arch
-    form = "quadratic" if arch in QUADRATIC_ARCHS else None
-    form = "target_l0" if arch == "jumprelu_target" else form
     cfg = sae.ARCHITECTURES[name].default_config()
+    form = SPARSITY_FORM.get(arch)
     cfg.update(sae.recipes.get(args.recipe, name, total_steps=args.steps, sparsity_form=form))
     if arch in QUADRATIC_ARCHS:
         cfg.sparsity_coeff = QUADRATIC_COEFF

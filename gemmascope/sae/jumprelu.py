@@ -44,6 +44,9 @@ _L0_FLOOR = 1e-2
 _LOG_COEFF_RANGE = (math.log(1e-8), math.log(1e4))
 # The field a sweep varies in the default (coefficient) form; see sweep_field() for target_l0.
 SWEEP_FIELD = "sparsity_coeff"
+# The sparsity penalties (``sparsity_form``; module docstring): Gemma Scope's λ·L0, the batch-mean
+# L0 steered to a target, Gemma Scope 2's per-token quadratic pull to a target.
+SPARSITY_FORMS = ("coeff", "target_l0", "quadratic")
 # The frequency penalty's forms (``freq_penalty_form``; frequency_penalty()).
 FREQ_PENALTY_FORMS = ("quadratic", "hinge")
 
@@ -95,7 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first invalid field."""
     config_lib.check_base(cfg)
-    config_lib.check_in(cfg, "sparsity_form", ("coeff", "target_l0", "quadratic"))
+    config_lib.check_in(cfg, "sparsity_form", SPARSITY_FORMS)
     config_lib.check_in(cfg, "threshold_param", ("log", "raw"))
     config_lib.check_positive(cfg, "sparsity_coeff", allow_zero=cfg.sparsity_form == "coeff")
     config_lib.check_positive(cfg, "bandwidth", "threshold_init", "target_l0", "target_l0_rate")

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gemmascope.sae.jumprelu import SPARSITY_FORMS
+
 # The published Gemma Scope JumpReLU optimisation (docs/recipe.md#optimiser).
 _GEMMA_SCOPE_JUMPRELU = dict(
     sparsity_form="coeff",
@@ -49,9 +51,6 @@ _GEMMA_SCOPE_JUMPRELU = dict(
 _K_FAMILY = ("topk", "batchtopk", "matryoshka")
 # Architectures with JumpReLU's encoder, threshold and sparsity fields (its recipe knobs).
 _JUMPRELU_FAMILY = ("jumprelu", "matryoshka_jumprelu")
-# JumpReLU's sparsity penalties (docs/sae.md, "JumpReLU"): Gemma Scope's λ·L0, the batch
-# mean L0 steered to a target, Gemma Scope 2's per-token quadratic pull to a target.
-SPARSITY_FORMS = ("coeff", "target_l0", "quadratic")
 
 
 def _check_sparsity_form(arch: str, sparsity_form: str | None) -> None:
