@@ -166,24 +166,19 @@ def main():
         train_path = os.path.join(tmp, "train.npy")
         np.save(train_path, rows)
         workdir = os.path.join(tmp, "work")
-        _ours_trainer_seconds(args, source, workdir, 1)  # compile once
-        if capacity:
-            _ours_trainer_seconds(args, source, workdir, 1, capacity)
+        # Ours dense, then (with --sparse_capacity) ours on the sparse path: (row suffix, C).
+        variants = [("", 0)] + ([("_sparse", capacity)] if capacity else [])
+        for _, c in variants:
+            _ours_trainer_seconds(args, source, workdir, 1, c)  # compile once
         for round_index in range(args.rounds):
             short, long = _peer_seconds(args, train_path, tmp, python)
             times["saelens"].append((long - short) / args.steps)
-            short = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS)
-            long = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS + args.steps)
-            times["trainer"].append((long - short) / args.steps)
-            times["bare"].append(_ours_bare_seconds_per_step(args, source, args.steps))
-            if capacity:
-                short = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS, capacity)
-                long = _ours_trainer_seconds(
-                    args, source, workdir, _WARM_STEPS + args.steps, capacity
-                )
-                times["trainer_sparse"].append((long - short) / args.steps)
-                times["bare_sparse"].append(
-                    _ours_bare_seconds_per_step(args, source, args.steps, capacity)
+            for suffix, c in variants:
+                short = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS, c)
+                long = _ours_trainer_seconds(args, source, workdir, _WARM_STEPS + args.steps, c)
+                times["trainer" + suffix].append((long - short) / args.steps)
+                times["bare" + suffix].append(
+                    _ours_bare_seconds_per_step(args, source, args.steps, c)
                 )
             print(
                 f"round {round_index}: "
