@@ -8,10 +8,10 @@ For each batch of held-out token sequences:
    (for ``zero_ablation_loss`` and ``loss_recovered``);
 3. per group of SAEs with the same (site, encoder type), stacked on a leading axis (narrower SAEs
    zero-padded to the group's widest: padding latents never fire and decode to 0), one
-   jitted program encodes the captured activations and splices each reconstruction into the model
-   (``lax.scan`` over chunks of ``splice_batch`` SAEs, ``vmap`` inside a chunk). Its first chunk
-   splices nothing: delta loss and KL are taken against it, in the same compiled loop body, so
-   an SAE whose reconstruction is exact gives exactly 0 (``_group_pass``).
+   jitted program encodes the captured activations and splices each reconstruction into the model,
+   called once per chunk of ``splice_batch`` SAEs (``vmap`` inside a chunk). Its first chunk
+   splices nothing: delta loss and KL are taken against it, from the same compiled program, so
+   an SAE whose reconstruction is exact gives exactly 0 (``_splice_group``).
 
 Spliced passes at a site of layer L resume from the clean ``resid_post/{L-1}``
 (``model.forward_from``), so only layers L.. are recomputed. Only sums leave the device; the host
@@ -228,67 +228,65 @@ def _padded_params(entry: SaeEntry, width: int) -> dict[str, np.ndarray]:
     return padded
 
 
-def _stack_group(members: Sequence[SaeEntry], chunk: int, width: int) -> dict[str, jax.Array]:
-    """Stacks a group's params on axis 0 as ``_group_pass`` runs them, in chunks of ``chunk``.
+def _stack_group(
+    members: Sequence[SaeEntry], chunk: int, width: int
+) -> list[dict[str, np.ndarray]]:
+    """A group's params as ``_splice_group`` runs them: chunks of ``chunk``, stacked on axis 0.
 
     First one chunk of references, then the SAEs, then padding up to a whole chunk; every SAE
     zero-padded to ``width`` latents (``_padded_params``).
 
     References and padding are copies of the first SAE with ``use_sae`` False (they splice
-    nothing); ``is_reference`` marks the first chunk. Both masks are traced inputs, never
-    constants, so XLA cannot specialise the references' code path.
+    nothing). The mask is a traced input, never a constant, so XLA cannot specialise the
+    references' code path.
     """
     n_total = (1 + -(-len(members) // chunk)) * chunk
     padding = n_total - chunk - len(members)
     order = [members[0]] * chunk + list(members) + [members[0]] * padding
     keys = [*NPZ_KEYS, "W_skip"] if "W_skip" in members[0].params else NPZ_KEYS
     padded = [_padded_params(entry, width) for entry in order]
-    stacked = {k: jnp.asarray(np.stack([params[k] for params in padded])) for k in keys}
+    stacked = {k: np.stack([params[k] for params in padded]) for k in keys}
     if members[0].encoder["type"] == "topk":
-        stacked["k"] = jnp.asarray([int(entry.encoder["k"]) for entry in order], jnp.int32)
+        stacked["k"] = np.asarray([int(entry.encoder["k"]) for entry in order], np.int32)
     index = np.arange(n_total)
-    stacked["use_sae"] = jnp.asarray((index >= chunk) & (index < chunk + len(members)))
-    stacked["is_reference"] = jnp.asarray(index < chunk)
-    return stacked
+    stacked["use_sae"] = (index >= chunk) & (index < chunk + len(members))
+    return [
+        {k: v[start : start + chunk] for k, v in stacked.items()}
+        for start in range(0, n_total, chunk)
+    ]
 
 
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "site", "input_site", "chunk", "with_lm", "k_max")
-)
-def _group_pass(
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "input_site", "with_lm", "k_max"))
+def _chunk_pass(
     model_params,
     tokens,
     keep,
     acts,
     inputs,
     prefix,
-    stacked,
+    elements,
     *,
     cfg,
     site,
     input_site,
-    chunk,
     with_lm,
     k_max,
 ):
-    """Reconstruction and LM sums of every element of a group stacked by ``_stack_group``.
+    """Reconstruction sums and spliced log-probs of one chunk of a group (``_stack_group``).
 
-    A ``lax.scan`` over chunks of ``chunk`` elements, ``vmap`` inside a chunk. Delta CE and KL
-    of the SAE at position j of a chunk are taken against position j of the first chunk (the
-    references), not against the clean pass: same compiled loop body, same position in the
-    vmapped batch, same inputs (``use_sae`` False makes the splice return the activation ``a``
-    itself). So an SAE whose reconstruction equals ``a`` bitwise gets bitwise-equal logits and
-    delta CE = KL = 0 exactly. Neither a separately compiled program (the clean pass, or
-    ``lax.map``'s remainder) nor another position in the vmapped batch guarantees that: XLA's
-    CPU matmuls round rows differently by their position in the tile.
+    ``vmap`` over the chunk's elements; ``_splice_group`` calls this one compiled program for
+    every chunk of a group, the references' chunk included.
 
     A transcoder group (``input_site`` not ``site``) encodes ``inputs`` (the clean
     ``input_site``) and is measured against ``acts`` (the clean ``site``). Its splice replaces
     ``site`` with the transcoder's output of the same spliced pass's ``input_site`` activation:
     an identity replacement at ``input_site`` hands that activation to the one at ``site``
     (both run in one trace, ``input_site`` first, as ``mlp_in/L`` comes before ``mlp_out/L``).
+
+    Returns:
+      ``(recon, logp)``: per element, the reconstruction sums and the spliced model's log-probs
+      (B, T, V) (None without ``with_lm``).
     """
-    keep_lm = metrics.lm_keep(keep)
 
     def one_element(sae):
         f, out = _apply(sae, inputs, k_max)
@@ -301,34 +299,92 @@ def _group_pass(
             seen["x"] = x
             return x
 
-        def splice(a):
+        def spliced(a):
             # Special tokens (and padding rows) keep their original activation; so does
             # every token of the reference and padding elements (use_sae False).
             x = seen["x"] if input_site != site else a
             out = _apply(sae, x, k_max)[1].astype(a.dtype)
             return jnp.where(sae["use_sae"] & keep[..., None], out, a)
 
+        def splice(a):
+            # A conditional (a batch without kept tokens changes nothing) whose operand is one
+            # buffer: outside one, XLA may fuse copies of `a`'s cheap producer (an RMSNorm)
+            # into the encoder and into the select, copies that round differently, and an SAE
+            # that reconstructs `a` exactly would no longer splice exactly (tested).
+            return jax.lax.cond(jnp.any(keep), spliced, lambda a: a, a)
+
         reads = {input_site: read_input} if input_site != site else None
         logits = _spliced_logits(cfg, model_params, tokens, prefix, site, splice, reads)
         return recon, metrics.next_token_logp(logits)
 
-    def one_chunk(reference_logp, elements):
-        recon, logp = jax.vmap(one_element)(elements)
-        if not with_lm:
-            return reference_logp, (recon, {})
-        # The first chunk holds the references; later chunks reuse the carried log-probs.
-        reference_logp = jnp.where(elements["is_reference"][0], logp, reference_logp)
-        lm = jax.vmap(metrics.lm_sums_from_logp, in_axes=(0, 0, None, None))(
-            reference_logp, logp, tokens, keep_lm
-        )
-        return reference_logp, (recon, lm)
+    return jax.vmap(one_element)(elements)
 
-    chunks = jax.tree.map(lambda v: v.reshape(-1, chunk, *v.shape[1:]), stacked)
-    first_chunk = jax.tree.map(lambda v: v[0], chunks)
-    logp_shape = jax.eval_shape(jax.vmap(one_element), first_chunk)[1]
-    initial = jnp.zeros(logp_shape.shape, logp_shape.dtype) if with_lm else jnp.zeros(())
-    _, (recon, lm) = jax.lax.scan(one_chunk, initial, chunks)
-    return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), (recon, lm))
+
+@jax.jit
+def _chunk_lm_sums(reference_logp, reference_p, logp, tokens, keep):
+    """Per element of a chunk, delta CE and KL of ``logp`` against the references' chunk.
+
+    A loop over the chunk's elements, not a ``vmap``: XLA:CPU ran the vmapped token gather
+    of the cross-entropy 6x slower than one gather per element.
+    """
+    keep_lm = metrics.lm_keep(keep)
+    sums = [
+        metrics.lm_sums_from_logp(reference_logp[j], logp[j], tokens, keep_lm, reference_p[j])
+        for j in range(logp.shape[0])
+    ]
+    return jax.tree.map(lambda *v: jnp.stack(v), *sums)
+
+
+_kl_weights = jax.jit(jax.vmap(metrics.kl_weights))
+
+
+def _splice_group(passes, key: GroupKey, group, batch, keep, acts, prefix):
+    """The reconstruction and LM sums of every element of a group on one batch.
+
+    Runs ``_chunk_pass`` on the group's chunks in order. Delta CE and KL of the SAE at position
+    j of a chunk are taken against position j of the first chunk (the references), not against
+    the clean pass: same compiled program, same position in the vmapped batch, same inputs
+    (``use_sae`` False makes the splice return the activation ``a`` itself). So an SAE whose
+    reconstruction equals ``a`` bitwise gets bitwise-equal logits and delta CE = KL = 0 exactly.
+    Neither a separately compiled program (the clean pass) nor another position in the vmapped
+    batch guarantees that: XLA's CPU matmuls round rows differently by their position in the
+    tile. (One call per chunk, not a ``lax.scan`` over them in one program: XLA:CPU ran the LM
+    inside the scan's loop at half the speed of the same program called per chunk,
+    docs/benchmarks.md#eval-chunk-calls.)
+
+    Returns:
+      ``(recon, lm)``: dicts of host arrays with one row per stacked element (``_stack_group``);
+      ``lm`` is empty without LM metrics.
+    """
+    recon_rows, lm_rows = [], []
+    reference = None
+    for elements in group.chunks:
+        recon, logp = _chunk_pass(
+            passes.model_params,
+            batch,
+            keep,
+            acts[key.site],
+            acts[key.input_site],
+            prefix,
+            elements,
+            cfg=passes.model_cfg,
+            site=key.site,
+            input_site=key.input_site,
+            k_max=group.k_max,
+            with_lm=passes.with_lm,
+        )
+        recon_rows.append(recon)
+        if passes.with_lm:
+            if reference is None:  # the references' chunk (its own sums, all 0, are unused)
+                reference = (logp, _kl_weights(logp))
+            lm_rows.append(_chunk_lm_sums(*reference, logp, batch, keep))
+
+    def rows(chunks):
+        if not chunks:
+            return {}
+        return jax.tree.map(lambda *v: np.concatenate([np.asarray(x) for x in v]), *chunks)
+
+    return rows(recon_rows), rows(lm_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,19 +480,19 @@ def evaluate_saes(
 
 @dataclasses.dataclass
 class _Group:
-    """One group's SAEs, stacked as ``_group_pass`` runs them.
+    """One group's SAEs, stacked as ``_splice_group`` runs them.
 
     Attributes:
         members: indices (into the caller's list of SAEs) of the group's SAEs, in stacking order.
         chunk: SAEs spliced per vmapped pass.
         k_max: the largest k of a TopK group (static), None for JumpReLU.
-        stacked: the stacked params on the mesh, replicated (``_stack_group``).
+        chunks: the stacked params on the mesh, replicated, chunk by chunk (``_stack_group``).
     """
 
     members: list[int]
     chunk: int
     k_max: int | None
-    stacked: dict[str, jax.Array]
+    chunks: list[dict[str, jax.Array]]
 
 
 def _prepare_groups(
@@ -471,11 +527,11 @@ def _prepare_groups(
     groups = {}
     for key, members in indices.items():
         chunk = min(splice_batch, len(members))
-        stacked = _stack_group([saes[i] for i in members], chunk, key.width)
+        chunks = _stack_group([saes[i] for i in members], chunk, key.width)
         k_max = None
         if key.encoder == "topk":
             k_max = max(int(saes[i].encoder["k"]) for i in members)
-        groups[key] = _Group(members, chunk, k_max, jax.device_put(stacked, replicated))
+        groups[key] = _Group(members, chunk, k_max, jax.device_put(chunks, replicated))
     return groups
 
 
@@ -548,21 +604,7 @@ def _accumulate(passes: _Passes, batches) -> _Totals:
             _add(totals.zero[site], zero_lm)
         for key, group in passes.groups.items():
             prefix = acts[prefixes[key.site]] if prefixes[key.site] else None
-            recon, lm = _group_pass(
-                params,
-                batch,
-                keep,
-                acts[key.site],
-                acts[key.input_site],
-                prefix,
-                group.stacked,
-                cfg=cfg,
-                site=key.site,
-                input_site=key.input_site,
-                k_max=group.k_max,
-                chunk=group.chunk,
-                with_lm=passes.with_lm,
-            )
+            recon, lm = _splice_group(passes, key, group, batch, keep, acts, prefix)
             _add(totals.recon[key], recon)
             _add(totals.lm[key], lm)
     return totals
