@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmascope.sae import inference
+from gemmascope.sae import inference, selection
 
 # Evaluation is full fp32 on every backend (TPU's default runs fp32 matmuls as one bf16 pass,
 # GPUs' as TF32): every product here requests HIGHEST, which no ambient precision overrides.
@@ -85,9 +85,9 @@ def topk_encode_released(
     """
     _check_released(params, "topk_encode_released")
     pre = _matmul(jnp.asarray(x, jnp.float32), params["W_enc"]) + params["b_enc"]
-    top = jax.lax.top_k(pre, k_max)[0]
-    kth = jnp.take(top, jnp.asarray(k, jnp.int32) - 1, axis=-1)[..., None]
-    return jnp.where(pre >= kth, jax.nn.relu(pre), 0.0)
+    # The training's selection: exact, and 20x cheaper than XLA:CPU's TopK on short rows.
+    keep = selection.row_top_k_mask(pre, k, k_max)
+    return jnp.where(keep, jax.nn.relu(pre), 0.0)
 
 
 def decode_released(
