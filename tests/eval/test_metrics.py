@@ -168,3 +168,22 @@ def test_no_evaluated_tokens_is_a_clear_error():
     recon, site = _totals(x, x_hat, f, np.zeros((2, 5), bool))
     with pytest.raises(ValueError, match="no evaluated tokens"):
         metrics.finalize(recon, site, {"delta_ce": 0, "kl": 0}, 0, 0, 3, 0.0, 0.1)
+
+
+@pytest.mark.parametrize("width", [256, 1100])  # the bisection's rows and lax.top_k's
+def test_topk_encoder_keeps_each_rows_k_largest_against_a_sort(width):
+    rng = np.random.default_rng(width)
+    d, k_max = 16, 32
+    params = {
+        "W_enc": jnp.asarray(rng.normal(size=(d, width)) / 4, jnp.float32),
+        "b_enc": jnp.asarray(rng.normal(size=width) * 0.1, jnp.float32),
+    }
+    x = jnp.asarray(rng.normal(size=(3, 7, d)), jnp.float32)
+    pre = np.asarray(x @ params["W_enc"] + params["b_enc"])  # the same float32 products
+    encode = jax.jit(metrics.topk_encode_released, static_argnums=3)
+    for k in (1, 5, k_max):  # traced k below the static bound, as members of one group
+        got = np.asarray(encode(params, x, jnp.asarray(k), k_max))
+        kth = np.sort(pre, axis=-1)[..., -k, None]
+        want = np.where(pre >= kth, np.maximum(pre, 0.0), 0.0)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        assert ((got != 0).sum(-1) <= k).all() and ((pre >= kth).sum(-1) == k).all()
