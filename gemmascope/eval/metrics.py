@@ -214,32 +214,22 @@ def lm_sums(
 
 
 def lm_sums_from_logp(
-    clean_logp: jax.Array,
-    logp: jax.Array,
-    tokens: jax.Array,
-    keep_lm: jax.Array,
-    clean_p: jax.Array | None = None,
+    clean_logp: jax.Array, logp: jax.Array, tokens: jax.Array, keep_lm: jax.Array
 ) -> dict[str, jax.Array]:
     """``lm_sums`` from the spliced model's log-probabilities ``logp`` (B, T, V).
 
     Takes log-probabilities instead of logits; bitwise-equal ``clean_logp`` and ``logp`` give
-    exactly 0 for both sums. ``clean_p`` (B, T − 1, V), if given, is ``kl_weights(clean_logp)``
-    computed once for many spliced passes against the same clean model.
+    exactly 0 for both sums.
     """
     w = keep_lm.astype(jnp.float32)
     ce = token_cross_entropy(logp, tokens)
     clean_ce = token_cross_entropy(clean_logp, tokens)
-    p_clean = kl_weights(clean_logp) if clean_p is None else clean_p
+    p_clean = jnp.exp(clean_logp[:, :-1])
     kl = jnp.sum(p_clean * (clean_logp[:, :-1] - logp[:, :-1]), axis=-1)
     return {
         "delta_ce": jnp.sum((ce - clean_ce) * w),
         "kl": jnp.sum(kl * w),
     }
-
-
-def kl_weights(clean_logp: jax.Array) -> jax.Array:
-    """The clean next-token probabilities (B, T − 1, V) that weigh ``kl`` in ``lm_sums``."""
-    return jnp.exp(clean_logp[:, :-1])
 
 
 def firing_histogram(

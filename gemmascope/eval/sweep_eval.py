@@ -321,7 +321,7 @@ def _chunk_pass(
 
 
 @jax.jit
-def _chunk_lm_sums(reference_logp, reference_p, logp, tokens, keep):
+def _chunk_lm_sums(reference_logp, logp, tokens, keep):
     """Per element of a chunk, delta CE and KL of ``logp`` against the references' chunk.
 
     A loop over the chunk's elements, not a ``vmap``: XLA:CPU ran the vmapped token gather
@@ -329,13 +329,10 @@ def _chunk_lm_sums(reference_logp, reference_p, logp, tokens, keep):
     """
     keep_lm = metrics.lm_keep(keep)
     sums = [
-        metrics.lm_sums_from_logp(reference_logp[j], logp[j], tokens, keep_lm, reference_p[j])
+        metrics.lm_sums_from_logp(reference_logp[j], logp[j], tokens, keep_lm)
         for j in range(logp.shape[0])
     ]
     return jax.tree.map(lambda *v: jnp.stack(v), *sums)
-
-
-_kl_weights = jax.jit(jax.vmap(metrics.kl_weights))
 
 
 def _splice_group(passes, key: GroupKey, group, batch, keep, acts, prefix):
@@ -376,8 +373,8 @@ def _splice_group(passes, key: GroupKey, group, batch, keep, acts, prefix):
         recon_rows.append(recon)
         if passes.with_lm:
             if reference is None:  # the references' chunk (its own sums, all 0, are unused)
-                reference = (logp, _kl_weights(logp))
-            lm_rows.append(_chunk_lm_sums(*reference, logp, batch, keep))
+                reference = logp
+            lm_rows.append(_chunk_lm_sums(reference, logp, batch, keep))
 
     def rows(chunks):
         if not chunks:
