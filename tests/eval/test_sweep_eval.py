@@ -137,7 +137,7 @@ def test_identity_zero_and_random_saes_against_direct_splicing(setup):
 
     for exact in (identity, identity0, identity_late):
         # Exact: delta CE and KL are taken against the group's reference element, which runs
-        # the same compiled loop body as the splices (the reconstruction is exact: fvu == 0).
+        # the same compiled program as the splices (the reconstruction is exact: fvu == 0).
         assert exact["delta_loss"] == 0.0 and exact["kl_div"] == 0.0
         assert exact["fvu"] == 0.0 and exact["cosine_similarity"] == pytest.approx(1.0)
         assert exact["l0"] == pytest.approx(D, rel=0.05)  # one of relu(x), relu(-x) fires

@@ -4,7 +4,7 @@ Oracles:
 - exact: no JumpReLU transcoder reproduces a GeGLU MLP and its RMSNorm bitwise, so the exact case
   is a model whose layer-1 MLP output is identically 0 (post-norm scale 1 + w = 0), which a
   transcoder with a zero decoder reproduces exactly: delta loss and KL must be exactly 0 (the
-  splice runs in the same compiled loop body as the reference elements, as for SAEs);
+  splice runs in the same compiled program as the reference elements, as for SAEs);
 - a skip-transcoder whose skip term is the MLP's best affine fit (numpy lstsq of mlp_out on
   mlp_in over the evaluated tokens): its FVU must be numpy's lstsq residual fraction;
 - a random JumpReLU transcoder: delta loss and KL against a direct spliced forward whose MLP
