@@ -335,7 +335,7 @@ def _chunk_lm_sums(reference_logp, logp, tokens, keep):
     return jax.tree.map(lambda *v: jnp.stack(v), *sums)
 
 
-def _splice_group(passes, key: GroupKey, group, batch, keep, acts, prefix):
+def _splice_group(passes: _Passes, key: GroupKey, group: _Group, batch, keep, acts, prefix):
     """The reconstruction and LM sums of every element of a group on one batch.
 
     Runs ``_chunk_pass`` on the group's chunks in order. Delta CE and KL of the SAE at position
