@@ -105,8 +105,11 @@ def cases(workdir, inputs):
         ),
         (
             [
-                "--mode=train", w, "--config.jobs.groups.all_sites.widths=(60,)",
-                "--config.mesh.data=1", "--config.mesh.model=8",
+                "--mode=train",
+                w,
+                "--config.jobs.groups.all_sites.widths=(60,)",
+                "--config.mesh.data=1",
+                "--config.mesh.model=8",
             ],
             ["width 60 is not divisible by the model axis"],
         ),  # fmt: skip
@@ -145,6 +148,10 @@ def cases(workdir, inputs):
         ),
         (["--mode=plan", "--config.train.batch_sz=3"], ['Did you mean "batch_size"']),
         (["--mode=plan", "--config.train.batch_size=abc"], ["--config.train.batch_size=abc"]),
+        (
+            ["--mode=plan", "--config.train.block_tokens=100"],
+            ["train.block_tokens = 100 does not divide the batch of 256 tokens"],
+        ),
         (["--mode=fly"], ["--mode=fly"]),
         (["--mode=plan", "stray"], ["unexpected arguments ['stray']"]),
         # Stage prerequisites name the command to run.
@@ -248,8 +255,12 @@ def test_the_real_command_exits_1_with_one_paragraph(tmp_path):
     }
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "gemmascope", *argv], cwd=tmp_path if name == "help" else REPO,
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "gemmascope", *argv],
+            cwd=tmp_path if name == "help" else REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for name, argv in commands.items()
     }

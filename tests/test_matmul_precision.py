@@ -88,7 +88,9 @@ def test_the_trainers_compiled_step_keeps_the_configured_precision():
     cfg.k = 4
     mesh = gemmascope.mesh.make_mesh([("data", 1), ("model", 1)], jax.devices()[:1])
     found, heldout = [], []
-    for members_per_pass in (0, 1):  # vmapped members, and members one after another
+    # Vmapped members, members one after another, and in blocks of tokens (a scan and AuxK's
+    # lax.cond around the gradient).
+    for members_per_pass, block_tokens in ((0, 0), (1, 0), (1, BATCH // 2)):
         shape = train_step_lib.JobShape(
             arch="topk",
             sae_cfg=cfg,
@@ -100,13 +102,14 @@ def test_the_trainers_compiled_step_keeps_the_configured_precision():
             sweep_dtype="int32",
             mesh=mesh,
             members_per_pass=members_per_pass,
+            block_tokens=block_tokens,
         )
         fns = train_step_lib.compiled_functions(shape)
         batch = jax.ShapeDtypeStruct((BATCH, D_IN), jnp.float32)
         with jax.default_matmul_precision("bfloat16"):
             found += dot_precisions(fns.train_step, fns.abstract_state, batch)
             heldout += dot_precisions(fns.heldout, fns.abstract_state, batch)
-    assert len(found) >= 8 and all(p == HIGHEST for p in found), found
+    assert len(found) >= 12 and all(p == HIGHEST for p in found), found
     # The held-out metrics (a forward pass of the same loss) run at the same precision.
     assert len(heldout) >= 4 and all(p == HIGHEST for p in heldout), heldout
 

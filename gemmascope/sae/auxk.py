@@ -23,6 +23,7 @@ the factor, α = 1/32 would in effect be α / Var(x), i.e. depend on the data's 
 Synopsis::
 
     aux = auxk_loss(params, pi, x, x_hat, cfg)             # scalar, already times α
+    separable(params, cfg)        # True, or traced: no latent dead (token_blocks may split)
     params = update_counters(params, metrics["fired"], n_tokens)
 """
 
@@ -74,6 +75,22 @@ def batch_variance(v: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(jnp.square(v - jnp.mean(v, axis=0)), axis=-1))
 
 
+def dead_latents(params: dict, cfg) -> jax.Array:
+    """(M,) bool: the latents that have not fired for ``dead_tokens(cfg)`` tokens."""
+    return params["tokens_since_fired"] >= dead_tokens(cfg)
+
+
+def separable(params: dict, cfg):
+    """Whether this step's AuxK term is a mean of per-token terms (``arch.token_separable``).
+
+    True when AuxK is off; else a traced bool, true while no latent is dead (the term is 0).
+    Once one is, it is not: its normaliser Var(e) is the whole batch's residual variance.
+    """
+    if cfg.auxk_alpha == 0:
+        return True
+    return ~jnp.any(dead_latents(params, cfg))
+
+
 def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) -> jax.Array:
     """α · Var(x) · the normalised AuxK reconstruction loss (module docstring); (B, M) pre-acts.
 
@@ -82,7 +99,7 @@ def auxk_loss(params: dict, pi: jax.Array, x: jax.Array, x_hat: jax.Array, cfg) 
     if cfg.auxk_alpha == 0:
         return jnp.zeros((), jnp.float32)
     width = pi.shape[-1]
-    dead = params["tokens_since_fired"] >= dead_tokens(cfg)
+    dead = dead_latents(params, cfg)
 
     def dead_latent_loss():
         dead_pi = jnp.where(dead, pi, -jnp.inf)

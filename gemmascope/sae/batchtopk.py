@@ -122,6 +122,12 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     return total, metrics
 
 
+def token_separable(params: dict, cfg: ml_collections.ConfigDict) -> bool:
+    """No: the batch's k·B largest activations decide every token's latents."""
+    del params, cfg
+    return False
+
+
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
     """Unit-norm decoder rows after each update."""
     return dictionary.constrain(params, cfg)

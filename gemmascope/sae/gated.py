@@ -131,6 +131,12 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     return total, metrics
 
 
+def token_separable(params: dict, cfg: ml_collections.ConfigDict) -> bool:
+    """Every term is per token (gemmascope.sae.token_blocks)."""
+    del params, cfg
+    return True
+
+
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
     """Unit-norm decoder rows after each update."""
     return dictionary.constrain(params, cfg)

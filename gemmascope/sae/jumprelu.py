@@ -334,6 +334,16 @@ def frequency_penalty(frequency, coeff, coeffs: dict, cfg) -> jax.Array:
     return c * jnp.sum(jnp.square(frequency)) / scale
 
 
+def token_separable(params: dict, cfg: ml_collections.ConfigDict):
+    """Per-token terms (gemmascope.sae.token_blocks), with AuxK while no latent is dead.
+
+    Not with the frequency penalty: it is a function of the whole batch's firing frequencies.
+    """
+    if cfg.get("freq_penalty_scale", 0.0) > 0:
+        return False
+    return auxk.separable(params, cfg)
+
+
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
     """Unit-norm decoder rows after each update (docs/recipe.md#decoder-constraint).
 

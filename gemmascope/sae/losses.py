@@ -24,8 +24,14 @@ def fvu(x: jax.Array, x_hat: jax.Array) -> jax.Array:
     """Batch fraction of variance unexplained: Σ||x − x̂||² / Σ||x − mean_batch(x)||²."""
     flat_x = x.reshape(-1, x.shape[-1])
     flat_hat = x_hat.reshape(-1, x.shape[-1])
+    return fvu_from_error(jnp.sum(jnp.square(flat_x - flat_hat)), x)
+
+
+def fvu_from_error(squared_error: jax.Array, x: jax.Array) -> jax.Array:
+    """FVU of a batch ``x`` whose reconstruction's summed squared error is ``squared_error``."""
+    flat_x = x.reshape(-1, x.shape[-1])
     total = jnp.sum(jnp.square(flat_x - jnp.mean(flat_x, axis=0)))
-    return jnp.sum(jnp.square(flat_x - flat_hat)) / jnp.maximum(total, 1e-30)
+    return squared_error / jnp.maximum(total, 1e-30)
 
 
 def fired_counts(f: jax.Array) -> jax.Array:

@@ -96,6 +96,7 @@ def init(key: jax.Array, d_in: int, width: int, cfg: ml_collections.ConfigDict) 
 encode = batchtopk.encode
 decode = batchtopk.decode
 coeffs = batchtopk.coeffs
+token_separable = batchtopk.token_separable
 constrain = batchtopk.constrain
 update_buffers = batchtopk.update_buffers
 to_jumprelu = batchtopk.to_jumprelu

@@ -56,6 +56,7 @@ sweep_field = jumprelu.sweep_field
 encode = jumprelu.encode
 decode = jumprelu.decode
 coeffs = jumprelu.coeffs
+token_separable = jumprelu.token_separable
 constrain = jumprelu.constrain
 update_buffers = jumprelu.update_buffers
 to_jumprelu = jumprelu.to_jumprelu

@@ -63,6 +63,14 @@ class Architecture(Protocol):
         the site its decoder reconstructs instead of x (`supports_transcoders`).
         """
 
+    def token_separable(self, params: dict, cfg: ml_collections.ConfigDict) -> Any:
+        """Whether `loss` is a mean over tokens of terms that each depend on one token only.
+
+        True, False, or a traced bool (AuxK: true while no latent is dead). When it holds,
+        the step may take the gradient over blocks of the batch (`gemmascope.sae.token_blocks`;
+        the metrics' ``recon_loss`` must then be the mean squared error ``fvu`` is taken from).
+        """
+
     def constrain(self, params: dict, cfg: ml_collections.ConfigDict) -> dict:
         """The params after an update, projected back to their constraints (unit decoder rows)."""
 

@@ -126,6 +126,11 @@ def loss(params: dict, x: jax.Array, coeffs: dict, cfg: ml_collections.ConfigDic
     return total, metrics
 
 
+def token_separable(params: dict, cfg: ml_collections.ConfigDict):
+    """Each token keeps its own k latents; with AuxK, per token while no latent is dead."""
+    return auxk.separable(params, cfg)
+
+
 def constrain(params: dict, cfg: ml_collections.ConfigDict) -> dict:
     """Unit-norm decoder rows after each update."""
     return dictionary.constrain(params, cfg)

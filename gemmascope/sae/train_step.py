@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gemmascope.sae import optim, registry
+from gemmascope.sae import optim, registry, token_blocks
 
 
 def split_buffers(params: dict) -> tuple[dict, dict]:
@@ -90,7 +90,7 @@ def check_sweep_values(name: str, cfg: ml_collections.ConfigDict, values, width=
             raise ValueError(f"{name} sweep value {field} = {value!r} must be >= 0.")
 
 
-def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
+def make_train_step(name: str, cfg: ml_collections.ConfigDict, block_tokens: int = 0) -> Callable:
     """Builds ``step(params, opt_state, x, step_index, sweep_value)``.
 
     The step returns ``(params, opt_state, metrics)``.
@@ -98,6 +98,11 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
     Args:
       name: architecture name (a key of ``ARCHITECTURES``).
       cfg: that architecture's config; validated here.
+      block_tokens: 0 takes the loss's gradient over the whole batch at once; n > 0 (dividing
+        the batch) over blocks of n tokens whenever ``arch.token_separable`` holds
+        (:mod:`gemmascope.sae.token_blocks`: the same step to fp32 rounding, faster on CPU).
+        Where it is a traced bool (AuxK), a ``lax.cond`` picks per step: under ``vmap`` that
+        computes both ways, so block only where members run one at a time.
 
     Returns:
       A pure function for ONE SAE. ``metrics`` holds the scalars loss, recon_loss, sparsity_loss,
@@ -110,6 +115,7 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
     arch = registry.get(name)
     arch.validate(cfg)
     registry.check_transcoder_support(name, cfg)
+    token_blocks.check_block_tokens(block_tokens, block_tokens or 1)
     tx = optim.optimizer(cfg)
 
     def step(params, opt_state, x, step_index, sweep_value):
@@ -120,10 +126,22 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict) -> Callable:
         coeffs = arch.coeffs(cfg, step_index, sweep_value)
         trainable, buffers = split_buffers(params)
 
-        def loss_of_trainable(trainable_params):
-            return batch_loss(arch, {**trainable_params, **buffers}, x, coeffs, cfg)
+        def loss_of_trainable(trainable_params, batch):
+            return batch_loss(arch, {**trainable_params, **buffers}, batch, coeffs, cfg)
 
-        (_, metrics), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
+        def whole_batch():
+            return jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable, x)
+
+        def in_blocks():
+            return token_blocks.value_and_grad(loss_of_trainable, trainable, x, block_tokens)
+
+        separable = arch.token_separable(params, cfg) if block_tokens else False
+        if separable is False:
+            (_, metrics), grads = whole_batch()
+        elif separable is True:
+            (_, metrics), grads = in_blocks()
+        else:  # traced (AuxK: no latent dead this step)
+            (_, metrics), grads = jax.lax.cond(separable, in_blocks, whole_batch)
         grads = {**grads, **{k: jnp.zeros_like(v) for k, v in buffers.items()}}
         updates, opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)

@@ -314,6 +314,14 @@ def _check_train_section(train, problems: Problems) -> bool:
     value = train.get("members_per_pass")
     if value is not None and not job_checks.is_count(value, 0):
         problems.add(f"train.members_per_pass = {value!r}: must be None or an integer >= 0")
+    value = train.get("block_tokens")
+    if value is not None and job_checks.is_count(train.batch_size):
+        from gemmascope.sae import token_blocks
+
+        try:
+            token_blocks.check_block_tokens(value, train.batch_size)
+        except ValueError as error:
+            problems.add(f"train.{error}")
     return len(problems.lines) == before
 
 

@@ -364,6 +364,9 @@ def _job_shape(job_cfg, sae_cfg, members, budget, d_in, mesh) -> step.JobShape:
         mesh=mesh,
         rules=tuple(job_cfg.logical_axis_rules),
         members_per_pass=config.members_per_pass(job_cfg, mesh.devices.flat[0].platform),
+        block_tokens=config.block_tokens(
+            job_cfg, mesh.devices.flat[0].platform, mesh.shape["data"]
+        ),
     )
 
 

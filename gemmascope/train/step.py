@@ -92,6 +92,8 @@ class JobShape:
         rules: the logical-axis rules ((logical, mesh axis or None) pairs, `gemmascope.mesh`).
         members_per_pass: 0 vmaps every member at once, k vmaps k at a time, 1 runs them one
             after another (module docstring).
+        block_tokens: 0 takes each member's gradient over the whole batch, n over blocks of n
+            tokens where the loss allows (`sae.make_train_step`, docs/sae.md#token-blocks).
     """
 
     arch: str
@@ -105,6 +107,7 @@ class JobShape:
     mesh: Mesh
     rules: tuple[tuple[str, str | None], ...] = mesh_lib.RULES
     members_per_pass: int = 0
+    block_tokens: int = 0
 
     def __post_init__(self):
         """Freezes the SAE config and normalises the dtype and rules (equal shapes, equal keys)."""
@@ -132,7 +135,7 @@ def _build(shape: JobShape) -> CompiledFunctions:
     dead_window, members_per_pass = shape.dead_window, shape.members_per_pass
     mesh, rules = shape.mesh, shape.rules
     arch = sae.ARCHITECTURES[arch_name]
-    single_step = sae.make_train_step(arch_name, sae_cfg)
+    single_step = sae.make_train_step(arch_name, sae_cfg, shape.block_tokens)
     optimizer = sae.optimizer(sae_cfg)
 
     def init(seeds, sweep_values):

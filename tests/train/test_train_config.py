@@ -78,6 +78,20 @@ def test_members_per_pass_defaults_by_backend_and_rejects_bad_values():
         config.members_per_pass(cfg, "cpu")
 
 
+def test_block_tokens_default_by_backend_and_reject_a_non_divisor():
+    cfg = train.default_config()  # batch 4096, width 16384
+    assert config.block_tokens(cfg, "cpu", data_shards=1) == 256  # blocks stay in cache
+    assert config.block_tokens(cfg, "gpu", data_shards=1) == 0
+    assert config.block_tokens(cfg, "cpu", data_shards=2) == 0
+    cfg.members_per_pass = 0  # vmapped members: AuxK's per-step choice would compute both
+    assert config.block_tokens(cfg, "cpu", data_shards=1) == 0
+    cfg.block_tokens = 512  # asked for: honoured anywhere
+    assert config.block_tokens(cfg, "gpu", data_shards=4) == 512
+    cfg.block_tokens = 100
+    with pytest.raises(ValueError, match=r"block_tokens: .*100 does not divide the batch of 4096"):
+        config.block_tokens(cfg, "cpu", data_shards=1)
+
+
 def _resolved(arch, **fields):
     job = train.default_config(arch)
     job.update(name="j", batch_size=100, total_tokens=100 * 300, **fields)

@@ -96,6 +96,17 @@ def test_one_device_matches_the_sharded_mesh(reference, tmp_path):
         np.testing.assert_allclose(single.params[name], value, rtol=2e-5, atol=2e-6, err_msg=name)
 
 
+def test_blocks_of_tokens_match_the_whole_batch(reference, tmp_path):
+    cfg = tiny_job()
+    cfg.block_tokens = 16  # 4 strided blocks of each batch, on the (2, 4) mesh
+    mesh = gemmascope.mesh.make_mesh(cfg.mesh)
+    assert train.loop.job_shape(cfg, 16, mesh).block_tokens == 16
+    assert train.loop.job_shape(tiny_job(), 16, mesh).block_tokens == 0  # the reference's
+    blocked = train.train_sweep(cfg, _source(), tmp_path)
+    for name, value in reference.params.items():
+        np.testing.assert_allclose(blocked.params[name], value, rtol=2e-5, atol=2e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("members_per_pass", [0, 1])
 def test_latent_axis_is_sharded_on_model(tmp_path, members_per_pass):
     cfg = tiny_job()
