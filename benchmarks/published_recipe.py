@@ -15,6 +15,7 @@ law is stationary, so reuse across the ~10^3 epochs of a long run only repeats t
 Usage:
     PYTHONPATH=. python benchmarks/published_recipe.py --steps 1000000 --batch 1024 --lams 0.1
     PYTHONPATH=. python benchmarks/published_recipe.py --steps 100000 --set bandwidth=0.007
+    PYTHONPATH=. python benchmarks/published_recipe.py --d_in 256 --steps 300000 --lams 0.1
 """
 
 from __future__ import annotations
@@ -58,8 +59,13 @@ def main():
     parser.add_argument("--lams", default="0.03,0.1", help="λ of each member")
     parser.add_argument("--width_factor", type=int, default=2, help="width / n_features")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument(
+        "--d_in", type=int, default=D_IN, help="input width (features scale with it)"
+    )
     args = parser.parse_args()
-    problem = synthetic.Problem(d=D_IN, **PROBLEMS[args.problem])
+    fields = dict(PROBLEMS[args.problem])
+    fields["n_features"] = fields["n_features"] * args.d_in // D_IN
+    problem = synthetic.Problem(d=args.d_in, **fields)
     data, _ = synthetic.sample(problem, _N_ROWS, seed=1)
     data = jnp.asarray(data)
     cfg = config([tuple(item.split("=", 1)) for item in args.set])
@@ -70,7 +76,7 @@ def main():
     width = args.width_factor * problem.n_features
 
     def init(key):
-        params = arch.init(key, D_IN, width, cfg)
+        params = arch.init(key, args.d_in, width, cfg)
         return params, tx.init(params)
 
     state = jax.vmap(init)(jax.random.split(jax.random.key(0), len(lams)))
