@@ -86,8 +86,9 @@ def test_blocked_gradient_and_metrics_equal_the_whole_batch(name, fields):
     _assert_close(blocked, whole)
 
 
-def test_a_transcoders_pair_is_split_together():
-    cfg = _cfg("jumprelu", d_out=D_IN + 8, pre_encoder_bias=False)
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_transcoders_pair_is_split_together(skip):
+    cfg = _cfg("jumprelu", d_out=D_IN + 8, pre_encoder_bias=False, skip_connection=skip)
     target = _batch(seed=5, d=D_IN + 8)
     _, _, trainable, batch, loss_fn = _setup("jumprelu", cfg, batch=(_batch(), target))
     whole = jax.value_and_grad(loss_fn, has_aux=True)(trainable, batch)
