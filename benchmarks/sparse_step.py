@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.speed_job import speed_job
 from gemmascope import activations, sae, train
 from gemmascope.sae import jumprelu, sparse_support
 
@@ -98,21 +99,8 @@ def _shape_rows(d_in, width, fractions, batch, rounds, repeats):
 
 
 def _trainer_job(d_in, width, batch, steps, fraction, capacity):
-    cfg = train.default_config("jumprelu")
-    cfg.update(
-        name="speed",
-        width=width,
-        sweep_values=[1e-3],
-        batch_size=batch,
-        total_tokens=batch * steps,
-        log_every_tokens=batch * steps,
-        ckpt_every_tokens=batch * 10**9,
-        heldout_every_tokens=0,
-        progress_bar=False,
-        tensorboard=False,
-        d_in=d_in,
-        members_per_pass=1,
-    )
+    cfg = speed_job("speed", d_in=d_in, width=width, batch=batch, steps=steps, sweep_values=[1e-3])
+    cfg.members_per_pass = 1
     theta = statistics.NormalDist().inv_cdf(1.0 - fraction) / math.sqrt(d_in)
     cfg.sae.update(
         lr=7e-5,

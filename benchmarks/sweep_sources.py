@@ -35,6 +35,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.speed_job import speed_job
 from gemmascope import activations, train
 from gemmascope import mesh as mesh_lib
 from gemmascope.train import loop, step
@@ -53,21 +54,10 @@ def _study_config(site: str):
 
 
 def _job(args, d_in: int, members: int, steps: int, name: str):
-    cfg = train.default_config("jumprelu")
-    cfg.update(
-        name=name,
-        width=args.width,
-        sweep_values=[float(v) for v in np.geomspace(1e-4, 1e-2, members)],
-        batch_size=args.batch,
-        total_tokens=args.batch * steps,
-        log_every_tokens=args.batch * steps,
-        ckpt_every_tokens=args.batch * 10**9,
-        heldout_every_tokens=0,
-        progress_bar=False,
-        tensorboard=False,
-        d_in=d_in,
+    values = [float(v) for v in np.geomspace(1e-4, 1e-2, members)]
+    return speed_job(
+        name, d_in=d_in, width=args.width, batch=args.batch, steps=steps, sweep_values=values
     )
-    return cfg
 
 
 def _bare_step_seconds(args, d_in: int, members: int, batch, repeats: int) -> float:

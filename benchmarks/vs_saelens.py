@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from benchmarks import saelens_env
+from benchmarks.speed_job import speed_job
 from gemmascope import activations, train
 from gemmascope import mesh as mesh_lib
 from gemmascope.train import loop, step
@@ -65,19 +66,8 @@ def _threshold_for_fraction(d_in: int, fraction: float) -> float:
 
 
 def _job(args, steps: int, name: str, capacity: int = 0):
-    cfg = train.default_config("jumprelu")
-    cfg.update(
-        name=name,
-        width=args.width,
-        sweep_values=[_COEFF],
-        batch_size=args.batch,
-        total_tokens=args.batch * steps,
-        log_every_tokens=args.batch * steps,
-        ckpt_every_tokens=args.batch * 10**9,
-        heldout_every_tokens=0,
-        progress_bar=False,
-        tensorboard=False,
-        d_in=args.d_in,
+    cfg = speed_job(
+        name, d_in=args.d_in, width=args.width, batch=args.batch, steps=steps, sweep_values=[_COEFF]
     )
     cfg.sae.update(
         lr=_LR,
