@@ -13,8 +13,14 @@ Usage (from a benchmark run as ``PYTHONPATH=. python benchmarks/NAME.py``)::
 from gemmascope import train
 
 
-def speed_job(name: str, *, d_in: int, width: int, batch: int, steps: int, sweep_values):
-    """``train.default_config("jumprelu")`` for a timed run of ``steps`` steps (docstring)."""
+def speed_job(
+    name: str, *, d_in: int, width: int, batch: int, steps: int, sweep_values, checkpoint=False
+):
+    """``train.default_config("jumprelu")`` for a timed run of ``steps`` steps (docstring).
+
+    ``checkpoint`` adds a periodic checkpoint due at the last step (the per-job overhead of
+    benchmarks/train_sweep.py's (d) includes it).
+    """
     cfg = train.default_config("jumprelu")
     cfg.update(
         name=name,
@@ -23,7 +29,7 @@ def speed_job(name: str, *, d_in: int, width: int, batch: int, steps: int, sweep
         batch_size=batch,
         total_tokens=batch * steps,
         log_every_tokens=batch * steps,
-        ckpt_every_tokens=batch * 10**9,
+        ckpt_every_tokens=batch * (steps if checkpoint else 10**9),
         heldout_every_tokens=0,
         progress_bar=False,
         tensorboard=False,

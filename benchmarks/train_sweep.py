@@ -29,25 +29,21 @@ import jax.numpy as jnp
 import numpy as np
 
 import gemmascope.mesh
+from benchmarks.speed_job import speed_job
 from gemmascope import activations, train
 from gemmascope.train import loop, step
 
 
 def _job(name, d_in, width, batch, steps, values, checkpoint=False):
-    cfg = train.default_config("jumprelu")
-    cfg.update(
-        name=name,
-        width=width,
-        sweep_values=list(values),
-        batch_size=batch,
-        total_tokens=batch * steps,
-        log_every_tokens=batch * steps,
-        ckpt_every_tokens=batch * (steps if checkpoint else 10**9),
-        progress_bar=False,
-        tensorboard=False,
+    return speed_job(
+        name,
         d_in=d_in,
+        width=width,
+        batch=batch,
+        steps=steps,
+        sweep_values=values,
+        checkpoint=checkpoint,
     )
-    return cfg
 
 
 def _source(d_in, n_tokens, seed=0):
@@ -94,20 +90,8 @@ def source_read_seconds(d_in, batch, repeats=10):
 def step_overhead(d_in, width, batch, n_members, repeats):
     """(b): seconds per sweep step vs the same five dense matmuls alone, both jitted."""
     cfg = _job("overhead", d_in, width, batch, 1, [1e-3] * n_members)
-    arch = train.config.get_architecture("jumprelu")
-    sae_cfg = loop.resolve_sae_config(cfg, arch)
-    shape = step.JobShape(
-        arch="jumprelu",
-        sae_cfg=sae_cfg,
-        d_in=d_in,
-        width=width,
-        n_members=n_members,
-        batch_size=batch,
-        dead_window=10**6,
-        sweep_dtype="float32",
-        mesh=gemmascope.mesh.make_mesh(cfg.mesh),
-        members_per_pass=train.config.members_per_pass(cfg, jax.default_backend()),
-    )
+    # The trainer's own program for this job (members in sequence and blocks of tokens on CPU).
+    shape = loop.job_shape(cfg, d_in, gemmascope.mesh.make_mesh(cfg.mesh))
     fns = step.compiled_functions(shape)
     state = fns.init(np.arange(n_members, dtype=np.int32), np.full(n_members, 1e-3, np.float32))
     batch_array = next(_source(d_in, batch).iter_batches(batch, fns.batch_sharding))
