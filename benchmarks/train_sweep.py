@@ -9,7 +9,10 @@ Measures, side by side in one run (ratios, not absolute promises):
     optimizer, decoder projection and renormalisation, metrics, firing counters);
 (c) tokens/s of a JumpReLU job at a 2B-like shape (d_in = 2304, Gemma 2 2B residual width);
 (d) the fixed per-job overhead (run directory, checkpoint manager, final checkpoint, job.json,
-    final_params.npz) of a one-step job whose step is already compiled.
+    final_params.npz) of a one-step job whose step is already compiled;
+(e) the trainer loop's own cost per step: on a tiny job (width 32, batch 64) whose step is ~0.1 ms,
+    the per-step time of train_sweep over 1,000 steps less its compiled step alone and one batch
+    read: what the loop adds to any step.
 
 Usage (plain CPU, one device):
     PYTHONPATH=. python benchmarks/train_sweep.py                   # defaults below, ~2 minutes
@@ -146,6 +149,34 @@ def per_job_overhead(workdir, repeats):
     return t_full
 
 
+def loop_overhead_per_step(workdir, steps=1000):
+    """(e): seconds per step of train_sweep beyond its compiled step and its batch read."""
+    d_in, width, batch = 16, 32, 64
+    source = _source(d_in, batch * 100)
+    runs = {}
+    for n in (2, 2, 2 + steps):  # the first compiles
+        runs[n] = _timed_job(_job("loop", d_in, width, batch, n, [1e-3]), source, workdir)
+    per_step = (runs[2 + steps] - runs[2]) / steps
+    cfg = _job("loop", d_in, width, batch, 1, [1e-3])
+    fns = step.compiled_functions(loop.job_shape(cfg, d_in, gemmascope.mesh.make_mesh(cfg.mesh)))
+    state = fns.init(np.zeros(1, np.int32), np.full(1, 1e-3, np.float32))
+    batches = source.iter_batches(batch, fns.batch_sharding)
+    batch_array = next(batches)
+    state, _ = fns.train_step(state, batch_array)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = fns.train_step(state, batch_array)
+    jax.block_until_ready((state, metrics))
+    bare = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    read = (time.perf_counter() - start) / steps
+    batches.close()
+    return per_step, bare, read
+
+
 def main():
     """Parses the flags, runs the measurements and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -183,6 +214,12 @@ def main():
     overhead = per_job_overhead(workdir, repeats=5)
     print(
         f"(d) fixed per-job overhead (1-step tiny job, warm jit, with checkpoint): {overhead:.2f} s"
+    )
+    per_step, bare, read = loop_overhead_per_step(workdir)
+    print(
+        f"(e) trainer loop per step (tiny job, 1,000 steps): {per_step * 1e3:.3f} ms = compiled "
+        f"step {bare * 1e3:.3f} ms + batch read {read * 1e3:.3f} ms + loop "
+        f"{(per_step - bare - read) * 1e3:.3f} ms"
     )
     shutil.rmtree(workdir, ignore_errors=True)
 
