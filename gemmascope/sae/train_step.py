@@ -115,6 +115,7 @@ def make_train_step(name: str, cfg: ml_collections.ConfigDict, block_tokens: int
     arch = registry.get(name)
     arch.validate(cfg)
     registry.check_transcoder_support(name, cfg)
+    # Its type and sign here; that it divides the batch, when the step is traced.
     token_blocks.check_block_tokens(block_tokens, block_tokens or 1)
     tx = optim.optimizer(cfg)
 
