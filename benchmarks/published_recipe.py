@@ -16,6 +16,7 @@ Usage:
     PYTHONPATH=. python benchmarks/published_recipe.py --steps 1000000 --batch 1024 --lams 0.1
     PYTHONPATH=. python benchmarks/published_recipe.py --steps 100000 --set bandwidth=0.007
     PYTHONPATH=. python benchmarks/published_recipe.py --d_in 256 --steps 300000 --lams 0.1
+    PYTHONPATH=. python benchmarks/published_recipe.py --cache WORKDIR:resid_post/9 --width 2048
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from recovery import D_IN, PROBLEMS
 
-from gemmascope import sae
-from gemmascope.sae import optim, recipes, synthetic
+import gemmascope.mesh
+from gemmascope import activations, sae
+from gemmascope.sae import optim, recipes, synthetic, token_blocks
 from gemmascope.sae import train_step as train_step_lib
 
 _N_ROWS = 1 << 20
@@ -49,6 +51,18 @@ def config(overrides):
     return cfg
 
 
+def _cached_rows(workdir: str, site: str) -> np.ndarray:
+    """Every row of a study's cache of ``site``, as the trainer reads them (x / C, fp32)."""
+    source = activations.open_source(workdir, site, seed=0)
+    mesh = gemmascope.mesh.make_mesh([("data", 1), ("model", 1)], jax.devices()[:1])
+    sharding = gemmascope.mesh.named_sharding(mesh, ("batch", "d_in"))
+    batch = 1024
+    batches = source.iter_batches(batch, sharding)
+    rows = np.concatenate([np.asarray(next(batches)) for _ in range(source.n_tokens // batch)])
+    batches.close()
+    return rows
+
+
 def main():
     """Parses the flags, trains, and prints one JSON line per chunk."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -62,27 +76,41 @@ def main():
     parser.add_argument(
         "--d_in", type=int, default=D_IN, help="input width (features scale with it)"
     )
+    parser.add_argument(
+        "--cache",
+        default=None,
+        metavar="WORKDIR:SITE",
+        help="train on a study's cached activations of SITE instead of a synthetic problem",
+    )
+    parser.add_argument("--width", type=int, default=2048, help="--cache: the SAE's width")
     args = parser.parse_args()
-    fields = dict(PROBLEMS[args.problem])
-    fields["n_features"] = fields["n_features"] * args.d_in // D_IN
-    problem = synthetic.Problem(d=args.d_in, **fields)
-    data, _ = synthetic.sample(problem, _N_ROWS, seed=1)
+    if args.cache:
+        problem, data = None, _cached_rows(*args.cache.rsplit(":", 1))
+        d_in, width = data.shape[1], args.width
+    else:
+        fields = dict(PROBLEMS[args.problem])
+        fields["n_features"] = fields["n_features"] * args.d_in // D_IN
+        problem = synthetic.Problem(d=args.d_in, **fields)
+        data, _ = synthetic.sample(problem, _N_ROWS, seed=1)
+        d_in, width = args.d_in, args.width_factor * problem.n_features
     data = jnp.asarray(data)
+    n_rows = data.shape[0]
     cfg = config([tuple(item.split("=", 1)) for item in args.set])
     arch = sae.ARCHITECTURES["jumprelu"]
-    step = train_step_lib.make_train_step("jumprelu", cfg)
+    # The trainer's choice of token blocks on this platform (the same step to fp32 rounding).
+    blocks = token_blocks.block_tokens_for(args.batch, width, None, jax.default_backend())
+    step = train_step_lib.make_train_step("jumprelu", cfg, block_tokens=blocks)
     tx = optim.optimizer(cfg)
     lams = jnp.asarray([float(v) for v in args.lams.split(",")], jnp.float32)
-    width = args.width_factor * problem.n_features
 
     def init(key):
-        params = arch.init(key, args.d_in, width, cfg)
+        params = arch.init(key, d_in, width, cfg)
         return params, tx.init(params)
 
     state = jax.vmap(init)(jax.random.split(jax.random.key(0), len(lams)))
 
     def one_step(state, t):
-        start = (t * args.batch * _STRIDE) % (_N_ROWS - args.batch)
+        start = (t * args.batch * _STRIDE) % (n_rows - args.batch)
         x = jax.lax.dynamic_slice_in_dim(data, start, args.batch)
 
         def member(item):
@@ -105,11 +133,12 @@ def main():
         params = state[0]
         theta = np.asarray(jax.vmap(arch.threshold, in_axes=(0, None))(params, cfg))
         w_dec = np.asarray(params["W_dec"])
+        mmcs = [round(synthetic.mean_max_cosine(problem, w), 3) for w in w_dec] if problem else None
         row = dict(
             step=done,
             seconds=round(time.time() - start_time, 1),
             lam=[round(float(v), 6) for v in lams],
-            mmcs=[round(synthetic.mean_max_cosine(problem, w), 3) for w in w_dec],
+            mmcs=mmcs,
             l0=[round(float(v), 1) for v in l0],
             fvu=[round(float(v), 4) for v in fvu],
             mean_theta=[float(f"{v:.3g}") for v in theta.mean(axis=1)],
