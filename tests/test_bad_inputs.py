@@ -226,10 +226,19 @@ def test_help_exits_0_and_lists_the_studies_arguments(capsys):
 
 
 def test_show_config_lists_every_field_with_overrides(capsys):
-    status, out, _ = run(capsys, CONFIG, "--show_config", "--config.train.batch_size=128")
+    # The backend-chosen knobs (None by default) take a value from the command line too.
+    status, out, _ = run(
+        capsys,
+        CONFIG,
+        "--show_config",
+        "--config.train.batch_size=128",
+        "--config.train.members_per_pass=0",
+        "--config.train.block_tokens=64",
+    )
     assert status == 0
     shown = json.loads(out)
     assert shown["train"]["batch_size"] == 128 and shown["name"] == "tiny_demo_runlocal"
+    assert shown["train"]["members_per_pass"] == 0 and shown["train"]["block_tokens"] == 64
     assert shown["jobs"]["archs"]["topk"]["sweep_values"] == [32, 16, 8]
 
 

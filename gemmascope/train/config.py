@@ -95,7 +95,7 @@ def default_config(arch: str = "jumprelu") -> ml_collections.ConfigDict:
     c.progress_bar = True
     # Members updated together in one vmapped pass: 0 = all, 1 = one after another in the same
     # compiled step, None = by backend (1 on CPU, whose batched matmuls are slow; 0 elsewhere).
-    c.members_per_pass = None
+    c.members_per_pass = ml_collections.config_dict.placeholder(int)
     # Tokens per block of the step's loss and gradient (docs/sae.md#token-blocks): 0 = the whole
     # batch at once, n = blocks of n tokens (n divides batch_size; the same step to fp32
     # rounding), None = by backend (256 on CPU with members in sequence, an unsplit batch and
