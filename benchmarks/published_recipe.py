@@ -83,6 +83,13 @@ def main():
         help="train on a study's cached activations of SITE instead of a synthetic problem",
     )
     parser.add_argument("--width", type=int, default=2048, help="--cache: the SAE's width")
+    parser.add_argument(
+        "--heldout",
+        type=int,
+        default=4096,
+        help="--cache: rows kept out of training (the cache's last), where each chunk's L0 and "
+        "FVU are also measured",
+    )
     args = parser.parse_args()
     if args.cache:
         problem, data = None, _cached_rows(*args.cache.rsplit(":", 1))
@@ -93,6 +100,9 @@ def main():
         problem = synthetic.Problem(d=args.d_in, **fields)
         data, _ = synthetic.sample(problem, _N_ROWS, seed=1)
         d_in, width = args.d_in, args.width_factor * problem.n_features
+    heldout = None
+    if args.cache:
+        data, heldout = data[: -args.heldout], jnp.asarray(data[-args.heldout :])
     data = jnp.asarray(data)
     n_rows = data.shape[0]
     cfg = config([tuple(item.split("=", 1)) for item in args.set])
@@ -126,6 +136,16 @@ def main():
         state, (l0, fvu) = jax.lax.scan(one_step, state, steps)
         return state, l0.mean(0), fvu.mean(0)
 
+    @jax.jit
+    def heldout_metrics(params):
+        def member(item):
+            member_params, lam = item
+            coeffs = arch.coeffs(cfg, args.steps, lam)
+            _, metrics = arch.loss(member_params, heldout, coeffs, cfg)
+            return metrics["l0"], metrics["fvu"]
+
+        return jax.lax.map(member, (params, lams))
+
     start_time, done = time.time(), 0
     while done < args.steps:
         state, l0, fvu = chunk(state, done)
@@ -143,6 +163,11 @@ def main():
             fvu=[round(float(v), 4) for v in fvu],
             mean_theta=[float(f"{v:.3g}") for v in theta.mean(axis=1)],
         )
+        if heldout is not None:
+            with jax.default_matmul_precision("highest"):
+                held_l0, held_fvu = heldout_metrics(params)
+            row["heldout_l0"] = [round(float(v), 1) for v in held_l0]
+            row["heldout_fvu"] = [round(float(v), 4) for v in held_fvu]
         print(json.dumps(row), flush=True)
 
 
