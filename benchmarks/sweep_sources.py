@@ -35,7 +35,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.speed_job import speed_job
+from benchmarks.speed_job import bare_step_seconds, speed_job
 from gemmascope import activations, train
 from gemmascope import mesh as mesh_lib
 from gemmascope.train import loop, step
@@ -58,23 +58,6 @@ def _job(args, d_in: int, members: int, steps: int, name: str):
     return speed_job(
         name, d_in=d_in, width=args.width, batch=args.batch, steps=steps, sweep_values=values
     )
-
-
-def _bare_step_seconds(args, d_in: int, members: int, batch, repeats: int) -> float:
-    """Best seconds per call of the job's compiled step (the trainer's program) on one batch."""
-    job = _job(args, d_in, members, repeats, f"bare{members}")
-    fns = step.compiled_functions(loop.job_shape(job, d_in, mesh_lib.make_mesh(job.mesh)))
-    state = fns.init(np.arange(members, dtype=np.int32), np.asarray(job.sweep_values, np.float32))
-    batch = jax.device_put(batch, fns.batch_sharding)
-    state, metrics = fns.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = fns.train_step(state, batch)
-        jax.block_until_ready((state, metrics))
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _data_pass_seconds(source, batch_size: int, sharding, n: int) -> float:
@@ -155,8 +138,10 @@ def main():
         data = {name: [] for name in sources}
         trainer = {name: [] for name in sources}
         for _ in range(args.rounds):  # interleaved: load changes hit every candidate alike
-            floor.append(args.members * _bare_step_seconds(args, d_in, 1, batch, 5))
-            stacked.append(_bare_step_seconds(args, d_in, args.members, batch, 5))
+            single_job = _job(args, d_in, 1, 5, "bare1")
+            stacked_job = _job(args, d_in, args.members, 5, "bare")
+            floor.append(args.members * bare_step_seconds(single_job, d_in, batch, 5))
+            stacked.append(bare_step_seconds(stacked_job, d_in, batch, 5))
             for name, source in sources.items():
                 data[name].append(_data_pass_seconds(source, args.batch, sharding, 64))
                 workdir = os.path.join(tmp, "work")

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gemmascope.mesh
-from benchmarks.speed_job import speed_job
+from benchmarks.speed_job import bare_step_seconds, speed_job
 from gemmascope import activations, train
 from gemmascope.train import loop, step
 
@@ -158,17 +158,12 @@ def loop_overhead_per_step(workdir, steps=1000):
         runs[n] = _timed_job(_job("loop", d_in, width, batch, n, [1e-3]), source, workdir)
     per_step = (runs[2 + steps] - runs[2]) / steps
     cfg = _job("loop", d_in, width, batch, 1, [1e-3])
-    fns = step.compiled_functions(loop.job_shape(cfg, d_in, gemmascope.mesh.make_mesh(cfg.mesh)))
-    state = fns.init(np.zeros(1, np.int32), np.full(1, 1e-3, np.float32))
-    batches = source.iter_batches(batch, fns.batch_sharding)
-    batch_array = next(batches)
-    state, _ = fns.train_step(state, batch_array)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = fns.train_step(state, batch_array)
-    jax.block_until_ready((state, metrics))
-    bare = (time.perf_counter() - start) / steps
+    bare = bare_step_seconds(cfg, d_in, source, steps)
+    sharding = gemmascope.mesh.named_sharding(
+        gemmascope.mesh.make_mesh(cfg.mesh), ("batch", "d_in")
+    )
+    batches = source.iter_batches(batch, sharding)
+    next(batches)
     start = time.perf_counter()
     for _ in range(steps):
         next(batches)

@@ -39,10 +39,8 @@ import jax
 import numpy as np
 
 from benchmarks import saelens_env
-from benchmarks.speed_job import speed_job
+from benchmarks.speed_job import bare_step_seconds, speed_job
 from gemmascope import activations, train
-from gemmascope import mesh as mesh_lib
-from gemmascope.train import loop, step
 
 _PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_saelens_speed.py")
 _LR = 7e-5
@@ -92,18 +90,7 @@ def _ours_trainer_seconds(args, source, workdir, steps: int, capacity: int = 0) 
 
 def _ours_bare_seconds_per_step(args, source, steps: int, capacity: int = 0) -> float:
     """Seconds per call of the trainer's compiled step alone (same JobShape, so same program)."""
-    job = _job(args, steps, "bare", capacity)
-    # The trainer's own shape, so the cached program is the one train_sweep runs.
-    fns = step.compiled_functions(loop.job_shape(job, args.d_in, mesh_lib.make_mesh(job.mesh)))
-    state = fns.init(np.zeros(1, np.int32), np.full(1, _COEFF, np.float32))
-    batch = next(source.iter_batches(args.batch, fns.batch_sharding))
-    state, _ = fns.train_step(state, batch)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = fns.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    return (time.perf_counter() - start) / steps
+    return bare_step_seconds(_job(args, steps, "bare", capacity), args.d_in, source, steps)
 
 
 def _peer_seconds(args, train_path: str, tmp: str, python: str) -> list[float]:
