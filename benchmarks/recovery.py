@@ -99,8 +99,8 @@ def sae_config(arch: str, args):
         cfg.sparsity_coeff = QUADRATIC_COEFF
     for field, value in args.set:
         if field in cfg:
-            cfg[field] = (
-                type(cfg[field])(value) if not isinstance(cfg[field], bool) else (value == "True")
+            cfg[field] = type(cfg[field])(value) if not isinstance(cfg[field], bool) else (
+                value == "True"
             )
     return name, cfg
 
@@ -242,7 +242,8 @@ def _line(row):
 
 def _print_header():
     print(
-        "| problem | arch | value | true L0 | ours: MMCS @ L0 (dead) | SAELens: MMCS @ L0 (dead) |"
+        "| problem | arch | value | true L0 | ours: MMCS @ L0 (dead) "
+        "| SAELens: MMCS @ L0 (dead) |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
 

@@ -105,11 +105,8 @@ def cases(workdir, inputs):
         ),
         (
             [
-                "--mode=train",
-                w,
-                "--config.jobs.groups.all_sites.widths=(60,)",
-                "--config.mesh.data=1",
-                "--config.mesh.model=8",
+                "--mode=train", w, "--config.jobs.groups.all_sites.widths=(60,)",
+                "--config.mesh.data=1", "--config.mesh.model=8",
             ],
             ["width 60 is not divisible by the model axis"],
         ),  # fmt: skip
@@ -264,12 +261,8 @@ def test_the_real_command_exits_1_with_one_paragraph(tmp_path):
     }
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "gemmascope", *argv],
-            cwd=tmp_path if name == "help" else REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-m", "gemmascope", *argv], cwd=tmp_path if name == "help" else REPO,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         for name, argv in commands.items()
     }
