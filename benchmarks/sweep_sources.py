@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -36,7 +35,7 @@ import jax
 import numpy as np
 
 from benchmarks.speed_job import bare_step_seconds, speed_job
-from gemmascope import activations, train
+from gemmascope import activations, study, train
 from gemmascope import mesh as mesh_lib
 from gemmascope.train import loop, step
 
@@ -45,10 +44,7 @@ _WARM_STEPS = 2
 
 
 def _study_config(site: str):
-    spec = importlib.util.spec_from_file_location("tiny_demo", _EXPERIMENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    _, config = study.load_config_file(_EXPERIMENT)
     config.sites = (site,)
     return config
 
