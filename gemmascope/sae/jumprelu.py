@@ -92,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
     # C > 0 = the decoder and the backward products from each token's support (active latents
     # and STE window) in C slots, the dense products for any batch with a token fuller than C.
     cfg.sparse_capacity = 0
+    # Who computes the sparse path's listing and products: "auto" (the compiled CPU kernels on
+    # the CPU backend, XLA's gathers and scatter-adds elsewhere), "xla" or "cpu".
+    cfg.sparse_kernels = "auto"
     return cfg
 
 
@@ -110,6 +113,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"SAE config field 'sparse_capacity' must be an int >= 0 (0: dense products; C > 0: "
             f"the sparse path with C support slots per token), got {capacity!r}."
         )
+    if "sparse_kernels" in cfg:  # configs written before the field existed lack it
+        config_lib.check_in(cfg, "sparse_kernels", sparse_support.KERNELS)
 
 
 def check_frequency_penalty(cfg: ml_collections.ConfigDict) -> None:
@@ -259,6 +264,7 @@ def loss(
             capacity=cfg.sparse_capacity,
             centre=cfg.pre_encoder_bias,
             with_pi=cfg.auxk_alpha > 0,
+            kernels=sparse_support.kernels_for(cfg.get("sparse_kernels", "auto")),
         )
         f, term = None, None
         x_hat = dictionary.add_output_biases(params, decoded, x)

@@ -49,9 +49,40 @@ _WORD = 32
 _CROWDED_FRACTION = 16
 
 
+# Which implementation computes the listing and the sparse products: "auto" = kernels_for().
+KERNELS = ("auto", "xla", "cpu")
+
+
+def kernels_for(choice: str) -> str:
+    """"xla" or "cpu" for a config's ``sparse_kernels``.
+
+    "auto" is "cpu" on the CPU backend in a single process, else "xla": the CPU kernels run as
+    host callbacks, which a sharded program runs once on its first device with the whole arrays
+    (exact, tested on a (2, 4) mesh of host devices) and which were not tested across processes.
+    """
+    if choice not in KERNELS:
+        raise ValueError(f"sparse_kernels must be one of {KERNELS}, got {choice!r}")
+    if choice == "auto":
+        single_cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
+        return "cpu" if single_cpu else "xla"
+    return choice
+
+
 def support_mask(pi: jax.Array, theta: jax.Array, bandwidth: float) -> jax.Array:
     """(B, M) bool: π > θ, or π in θ's STE window (the same expressions as :mod:`ste`)."""
     return (pi > theta) | (ste.rectangle((pi - theta) / bandwidth) > 0)
+
+
+def pack_bits(mask: jax.Array) -> jax.Array:
+    """(B, M) bool -> (B, ⌈M/32⌉) uint32: bit j % 32 of word j // 32 is mask[:, j]."""
+    rows, width = mask.shape
+    pad = (-width) % _WORD
+    if pad:
+        mask = jnp.pad(mask, ((0, 0), (0, pad)))
+    shifts = jnp.arange(_WORD, dtype=jnp.uint32)
+    return jnp.sum(
+        mask.reshape(rows, -1, _WORD).astype(jnp.uint32) << shifts, axis=-1, dtype=jnp.uint32
+    )  # disjoint bits: the sum is the bitwise or
 
 
 def row_support(mask: jax.Array, capacity: int) -> jax.Array:
@@ -69,15 +100,9 @@ def row_support(mask: jax.Array, capacity: int) -> jax.Array:
     Returns:
       (B, capacity) int32; slots past a row's count hold M.
     """
-    rows, width = mask.shape
-    pad = (-width) % _WORD
-    if pad:
-        mask = jnp.pad(mask, ((0, 0), (0, pad)))
-    n_words = (width + pad) // _WORD
-    shifts = jnp.arange(_WORD, dtype=jnp.uint32)
-    words = jnp.sum(
-        mask.reshape(rows, n_words, _WORD).astype(jnp.uint32) << shifts, axis=-1, dtype=jnp.uint32
-    )  # disjoint bits: the sum is the bitwise or
+    width = mask.shape[1]
+    words = pack_bits(mask)
+    n_words = words.shape[1]
     per_word = lax.population_count(words).astype(jnp.int32)
     running = jnp.cumsum(per_word, axis=1)  # inclusive
     slots = jnp.arange(capacity, dtype=jnp.int32)
@@ -164,26 +189,52 @@ def overflows(pi: jax.Array, theta: jax.Array, bandwidth: float, capacity: int) 
     return _crowded(pi, theta, bandwidth, capacity)[1]
 
 
-def _forward(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre):
+def _forward(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre, kernels):
     centred = x - b_dec if centre else x
     pi = centred @ w_enc + b_enc
     n_rows, width = pi.shape
     n_crowded = crowded_rows_limit(n_rows)
-    on = pi > theta
-    crowded, dense = _crowded(pi, theta, bandwidth, capacity)
+    if kernels == "cpu":  # one pass packs the bits, sparse_cpu lists and counts them
+        from gemmascope.sae import sparse_cpu  # noqa: PLC0415 (numba: only where it runs)
+
+        on = pi > theta
+        idx, counts, l0, fired = sparse_cpu.listing(
+            pack_bits(support_mask(pi, theta, bandwidth)),
+            pack_bits(on),
+            capacity=capacity,
+            width=width,
+        )
+        crowded = counts > capacity
+
+        def listing():
+            return idx, jnp.take_along_axis(pi, jnp.minimum(idx, width - 1), axis=1)
+
+    else:
+        crowded = jnp.sum(support_mask(pi, theta, bandwidth), axis=-1, dtype=jnp.int32) > capacity
+        on_float = (pi > theta).astype(pi.dtype)
+        fired, l0 = jnp.sum(on_float, axis=0), jnp.sum(on_float, axis=-1)
+
+        def listing():  # crowded tokens get no slots
+            idx = row_support(support_mask(pi, theta, bandwidth) & ~crowded[:, None], capacity)
+            z = jnp.take_along_axis(pi, jnp.minimum(idx, width - 1), axis=1)
+            return idx, z
+
+    dense = jnp.sum(crowded, dtype=jnp.int32) > n_crowded
 
     def dense_decode():
-        f = jnp.where(on, pi, jnp.zeros((), pi.dtype))
+        f = jnp.where(pi > theta, pi, jnp.zeros((), pi.dtype))
         no_slots = jnp.full((n_rows, capacity), width, jnp.int32)
         return f @ w_dec, no_slots, jnp.full((n_crowded,), n_rows, jnp.int32)
 
     def sparse_decode():
-        # Crowded tokens get no slots; their rows are gathered and computed densely below.
-        idx = row_support(support_mask(pi, theta, bandwidth) & ~crowded[:, None], capacity)
+        idx, z = listing()
         safe = jnp.minimum(idx, width - 1)
-        z = jnp.take_along_axis(pi, safe, axis=1)
         f = jnp.where((idx < width) & (z > theta[safe]), z, jnp.zeros((), z.dtype))
-        decoded = _gather_weighted_rows(f, safe, w_dec)
+        if kernels == "cpu":
+            decoded = sparse_cpu.decode(f, idx, w_dec)
+        else:
+            decoded = _gather_weighted_rows(f, safe, w_dec)
+        # The crowded tokens' rows, gathered and computed densely.
         rows = jnp.nonzero(crowded, size=n_crowded, fill_value=n_rows)[0].astype(jnp.int32)
         pi_rows = pi[jnp.minimum(rows, n_rows - 1)]
         f_rows = jnp.where(pi_rows > theta, pi_rows, jnp.zeros((), pi.dtype))
@@ -191,25 +242,28 @@ def _forward(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre):
         return decoded, idx, rows
 
     decoded, idx, rows = lax.cond(dense, dense_decode, sparse_decode)
-    on_float = on.astype(pi.dtype)
-    fired = jnp.sum(on_float, axis=0)
-    l0 = jnp.sum(on_float, axis=-1)
     residuals = (centred, pi, idx, rows, dense, theta, w_enc, w_dec)
     return (decoded, fired, l0, pi), residuals
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _encode_decode(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre, with_pi):
-    outputs, _ = _forward(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _encode_decode(x, w_enc, b_enc, b_dec, theta, w_dec, *static):
+    bandwidth, capacity, centre, with_pi, kernels = static
+    outputs, _ = _forward(
+        x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre, kernels
+    )
     return outputs if with_pi else outputs[:3]
 
 
-def _encode_decode_fwd(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre, with_pi):
-    outputs, residuals = _forward(x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre)
+def _encode_decode_fwd(x, w_enc, b_enc, b_dec, theta, w_dec, *static):
+    bandwidth, capacity, centre, with_pi, kernels = static
+    outputs, residuals = _forward(
+        x, w_enc, b_enc, b_dec, theta, w_dec, bandwidth, capacity, centre, kernels
+    )
     return (outputs if with_pi else outputs[:3]), (residuals, jnp.zeros_like(x), b_dec)
 
 
-def _encode_decode_bwd(bandwidth, capacity, centre, with_pi, saved, cotangents):
+def _encode_decode_bwd(bandwidth, capacity, centre, with_pi, kernels, saved, cotangents):
     (centred, pi, idx, rows, dense, theta, w_enc, w_dec), zero_x, b_dec = saved
     g_dec, g_fired, g_l0 = cotangents[:3]
     g_pi = cotangents[3] if with_pi else None
@@ -233,15 +287,22 @@ def _encode_decode_bwd(bandwidth, capacity, centre, with_pi, saved, cotangents):
         z = jnp.take_along_axis(pi, safe, axis=1)
         th = theta[safe]
         on = valid & (z > th)
-        g_f = _gather_dots(g_dec, safe, w_dec)
-        g_z = jnp.where(on, g_f, jnp.zeros((), g_f.dtype))
+        f = jnp.where(on, z, jnp.zeros((), z.dtype))
+        if kernels == "cpu":
+            from gemmascope.sae import sparse_cpu  # noqa: PLC0415
+
+            g_f, g_w_dec, g_w_enc, g_b_enc = sparse_cpu.backward_products(
+                idx, f, on, g_dec, centred, w_dec
+            )
+        else:
+            g_f = _gather_dots(g_dec, safe, w_dec)
+            g_z = jnp.where(on, g_f, jnp.zeros((), g_f.dtype))
+            g_w_dec = _scatter_weighted_rows(f, idx, g_dec, width)
+            g_w_enc = _scatter_weighted_rows(g_z, idx, centred, width).T
+            g_b_enc = _scatter_entries(g_z, idx, width)
         kernel = jnp.where(valid, ste.rectangle((z - th) / bandwidth), 0.0)
         g_entries = -inv_eps * kernel * (th * g_f + g_fired[safe] + g_l0[:, None])
         g_theta = _scatter_entries(g_entries, idx, width)
-        f = jnp.where(on, z, jnp.zeros((), z.dtype))
-        g_w_dec = _scatter_weighted_rows(f, idx, g_dec, width)
-        g_w_enc = _scatter_weighted_rows(g_z, idx, centred, width).T
-        g_b_enc = _scatter_entries(g_z, idx, width)
         # The crowded tokens' rows, dense: (R, M) products, R = crowded_rows_limit(B).
         n_rows = pi.shape[0]
         real = (rows < n_rows)[:, None]
@@ -288,6 +349,7 @@ def encode_decode(
     capacity: int,
     centre: bool,
     with_pi: bool,
+    kernels: str = "xla",
 ):
     """JumpReLU's encoder and decoder product with products (2)-(5) from the support.
 
@@ -307,12 +369,17 @@ def encode_decode(
         batch with more than ``crowded_rows_limit(B)`` of them runs dense.
       centre: subtract b_dec before encoding (``cfg.pre_encoder_bias``).
       with_pi: also return π (B, M) with its gradient (AuxK reads it).
+      kernels: "xla" (gathers and scatter-adds in XLA: any backend, any sharding) or "cpu" (the
+        listing and the four products as :mod:`sparse_cpu`'s compiled loops, on the host;
+        ``kernels_for`` picks).
 
     Returns:
       ``(decoded (B, d_out), fired (M,), l0 (B,), pi or None)``.
     """
     if not 0 < capacity:
         raise ValueError(f"encode_decode: capacity must be a positive int, got {capacity!r}")
+    if kernels not in KERNELS[1:]:
+        raise ValueError(f"encode_decode: kernels must be one of {KERNELS[1:]}, got {kernels!r}")
     capacity = min(int(capacity), w_enc.shape[-1])
     out = _encode_decode(
         lax.stop_gradient(x),
@@ -325,5 +392,6 @@ def encode_decode(
         capacity,
         centre,
         with_pi,
+        kernels,
     )
     return (*out, None) if not with_pi else out

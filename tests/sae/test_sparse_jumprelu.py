@@ -129,13 +129,15 @@ def test_trainer_step_with_sharded_latents_matches_dense():
     """The trainer's step with members one after another (the CPU default).
 
     That is where the sparse branch really runs; vmapped members are covered by
-    test_training_steps_match_dense.
+    test_training_steps_match_dense. Both kernel sets: XLA's gathers and scatter-adds partitioned
+    over the mesh, and the CPU kernels (host callbacks, run once with the whole arrays).
     """
     members_per_pass = 1
     mesh = gemmascope.mesh.make_mesh((("data", 2), ("model", 4)))
     states = {}
-    for capacity in (0, 16):
+    for capacity, kernels in ((0, "auto"), (16, "xla"), (16, "cpu")):
         cfg = _cfg("coeff", "raw", auxk=True, capacity=capacity)
+        cfg.sparse_kernels = kernels
         # π ~ N(0, 1/16) at init: θ = 0.5 fires on about 2% of the latents.
         cfg.update(threshold_init=0.5, dead_tokens=64, sparsity_coeff=1e-3)
         shape = step_lib.JobShape(
@@ -159,12 +161,18 @@ def test_trainer_step_with_sharded_latents_matches_dense():
             batch = jax.device_put(_batch(i), fns.batch_sharding)
             state, metrics = fns.train_step(state, batch)
         assert len(state["params"]["W_dec"].sharding.device_set) == 8
-        states[capacity] = (jax.device_get(state["params"]), jax.device_get(metrics))
-    (want, want_metrics), (got, got_metrics) = states[0], states[16]
-    for name, value in want.items():
-        np.testing.assert_allclose(got[name], value, rtol=2e-5, atol=2e-6, err_msg=name)
-    for name, value in want_metrics.items():
-        np.testing.assert_allclose(got_metrics[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+        states[kernels] = (jax.device_get(state["params"]), jax.device_get(metrics))
+    want, want_metrics = states["auto"]  # dense
+    for kernels in ("xla", "cpu"):
+        got, got_metrics = states[kernels]
+        for name, value in want.items():
+            np.testing.assert_allclose(
+                got[name], value, rtol=2e-5, atol=2e-6, err_msg=f"{kernels}: {name}"
+            )
+        for name, value in want_metrics.items():
+            np.testing.assert_allclose(
+                got_metrics[name], value, rtol=1e-5, atol=1e-7, err_msg=f"{kernels}: {name}"
+            )
 
 
 def test_bad_capacity_and_matryoshka_are_refused():

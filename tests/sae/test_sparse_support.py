@@ -44,22 +44,32 @@ def _scalar(outputs, weights, with_pi):
     return total + (jnp.sum(pi * weights[3]) if with_pi else 0.0)
 
 
-def _sparse_fn(capacity, with_pi, centre=True):
+# Both implementations of the listing and the sparse products: XLA's gathers and scatter-adds,
+# and sparse_cpu's compiled loops (the default on the CPU backend).
+KERNELS = ["xla", "cpu"]
+
+
+def _sparse_fn(capacity, with_pi, centre=True, kernels="xla"):
     def fn(*args):
         return sparse_support.encode_decode(
-            *args, bandwidth=EPS, capacity=capacity, centre=centre, with_pi=with_pi
+            *args,
+            bandwidth=EPS,
+            capacity=capacity,
+            centre=centre,
+            with_pi=with_pi,
+            kernels=kernels,
         )
 
     return fn
 
 
-def _check(args, weights, capacity, with_pi, centre=True):
+def _check(args, weights, capacity, with_pi, kernels, centre=True):
     def dense_loss(*a):
         outputs = _dense(*a, centre=centre)
         return _scalar(outputs, weights, with_pi), outputs
 
     def sparse_loss(*a):
-        outputs = _sparse_fn(capacity, with_pi, centre)(*a)
+        outputs = _sparse_fn(capacity, with_pi, centre, kernels)(*a)
         return _scalar(outputs, weights, with_pi), outputs
 
     argnums = (1, 2, 3, 4, 5)
@@ -95,8 +105,9 @@ def _window_entries(args):
     return int(jnp.sum(ste.rectangle((pi - theta) / EPS)))
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("with_pi", [False, True])
-def test_sparse_batch_matches_dense_autodiff(with_pi):
+def test_sparse_batch_matches_dense_autodiff(with_pi, kernels):
     args, weights = _problem(seed=1)
     assert _window_entries(args) > B  # θ's STE gradient really has entries
     pi = (args[0] - args[3]) @ args[1] + args[2]
@@ -105,23 +116,26 @@ def test_sparse_batch_matches_dense_autodiff(with_pi):
     capacity = int(np.sort(counts)[-3])
     assert np.sum(counts > capacity) == 2 <= sparse_support.crowded_rows_limit(B)
     assert not sparse_support.overflows(pi, args[4], EPS, capacity)  # the sparse branch runs
-    _check(args, weights, capacity, with_pi)
+    _check(args, weights, capacity, with_pi, kernels)
 
 
-def test_overflowing_batch_falls_back_to_dense_exactly():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_overflowing_batch_falls_back_to_dense_exactly(kernels):
     args, weights = _problem(seed=2, fire_fraction=0.3)
     capacity = 12
     pi = (args[0] - args[3]) @ args[1] + args[2]
     assert sparse_support.overflows(pi, args[4], EPS, capacity)
-    _check(args, weights, capacity, with_pi=True)
+    _check(args, weights, capacity, with_pi=True, kernels=kernels)
 
 
-def test_transcoder_shapes_without_centring():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_transcoder_shapes_without_centring(kernels):
     args, weights = _problem(seed=3, d_out=7)
-    _check(args, weights, capacity=40, with_pi=False, centre=False)
+    _check(args, weights, capacity=40, with_pi=False, kernels=kernels, centre=False)
 
 
-def test_vmapped_members_with_and_without_overflow():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_vmapped_members_with_and_without_overflow(kernels):
     (a0, w0), (a1, _) = _problem(seed=4), _problem(seed=5, fire_fraction=0.4)
     stacked = jax.tree.map(lambda *v: jnp.stack(v), a0, a1)
     capacity = 30
@@ -133,6 +147,6 @@ def test_vmapped_members_with_and_without_overflow():
         return jax.vmap(jax.value_and_grad(member, (1, 2, 3, 4, 5)))
 
     want = jax.jit(loss_of(_dense))(*stacked)
-    got = jax.jit(loss_of(_sparse_fn(capacity, True)))(*stacked)
+    got = jax.jit(loss_of(_sparse_fn(capacity, True, kernels=kernels)))(*stacked)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))))
