@@ -83,6 +83,9 @@ def test_block_tokens_default_by_backend_and_reject_a_non_divisor():
     assert config.block_tokens(cfg, "cpu", data_shards=1) == 256  # blocks stay in cache
     assert config.block_tokens(cfg, "gpu", data_shards=1) == 0
     assert config.block_tokens(cfg, "cpu", data_shards=2) == 0
+    cfg.sae.sparse_capacity = 256  # the sparse path lists the whole batch at once
+    assert config.block_tokens(cfg, "cpu", data_shards=1) == 0
+    cfg.sae.sparse_capacity = 0
     cfg.members_per_pass = 0  # vmapped members: AuxK's per-step choice would compute both
     assert config.block_tokens(cfg, "cpu", data_shards=1) == 0
     cfg.block_tokens = 512  # asked for: honoured anywhere
