@@ -3,15 +3,19 @@
 For each (d_in, width) and each L0 fraction, θ is set per latent so that the chosen fraction of
 the width fires on the benchmark batch (θ_i = the (1 − fraction) quantile of π_i on that batch,
 with the SAE's init weights), which is the low-L0 regime of a trained SAE without training one.
-The dense step (``sparse_capacity = 0``) and the sparse step (``sparse_capacity`` = the 97th
-percentile of the batch's per-token support, rounded up to a multiple of 16: about 3% of the
-tokens are crowded and computed densely, under the B/16 limit, so the sparse branch runs) are the
-same ``sae.make_train_step`` (Gemma Scope's JumpReLU config: log θ, ε = 1e-3, the coefficient
-form, step 20,000), jitted, timed in alternating rounds in one process; the table reports the
-best time of each and the ratio dense / sparse (> 1: the sparse path is faster).
+Four forms of the same ``sae.make_train_step`` (Gemma Scope's JumpReLU config: log θ,
+ε = 1e-3, the coefficient form, step 20,000), jitted, are timed in alternating rounds in one
+process: the dense step (``sparse_capacity = 0``) over the whole batch and in blocks of 256
+tokens (the trainer's CPU default at these shapes), and the sparse step (``sparse_capacity`` =
+the 97th percentile of the batch's per-token support, rounded up to a multiple of 16: about 3%
+of the tokens are crowded and computed densely, under the B/16 limit, so the sparse branch runs)
+with XLA's gathers and scatter-adds (``sparse_kernels = "xla"``) and with the CPU kernels
+(``"cpu"``, the default on CPU). The table reports the best time of each and the faster dense
+step's time over each sparse one (> 1: the sparse path is faster).
 
 ``--trainer`` times the whole trainer instead (``train.train_sweep`` over an
-``activations.ArraySource``, one SAE, members_per_pass 1 as on CPU), dense against
+``activations.ArraySource``, one SAE, members_per_pass 1 as on CPU, each with its defaults:
+the dense one in blocks of tokens, the sparse one whole with the CPU kernels), dense against
 ``sparse_capacity``: the initial θ (``threshold_init``, every latent alike) fires on the first
 ``--fractions`` value of the width at init (π ~ N(0, 1/d_in) with the tied unit-norm init), the
 lr is Gemma Scope's 7e-5 without warmup, so θ and the L0 barely move during the run; the
@@ -46,6 +50,10 @@ _SLOTS_MULTIPLE = 16
 _CAPACITY_QUANTILE = 0.97
 _TRAINER_CAPACITY_FACTOR = 1.6
 _WARM_STEPS = 2
+# The dense step whole and in blocks of tokens (the trainer's CPU default at these shapes), the
+# sparse path with XLA's gathers and scatter-adds and with the CPU kernels (sparse_cpu).
+_DENSE_BLOCK = 256
+_COLUMNS = ("dense", "blocks", "xla", "cpu")
 
 
 def _time(fn, args, repeats):
@@ -65,35 +73,43 @@ def _shape_rows(d_in, width, fractions, batch, rounds, repeats):
     params = jumprelu.init(jax.random.key(1), d_in, width, cfg)
     pi = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
     candidates = {}
-    dense_step = jax.jit(sae.make_train_step("jumprelu", cfg))
+    dense_steps = {
+        "dense": jax.jit(sae.make_train_step("jumprelu", cfg)),
+        "blocks": jax.jit(sae.make_train_step("jumprelu", cfg, block_tokens=_DENSE_BLOCK)),
+    }
     for fraction in fractions:
         theta = jnp.maximum(jnp.quantile(pi, 1.0 - fraction, axis=0), 1e-6)
         member = {**params, "log_threshold": jnp.log(theta)}
         support = jnp.sum(sparse_support.support_mask(pi, theta, cfg.bandwidth), axis=-1)
         slots = float(jnp.quantile(support, _CAPACITY_QUANTILE))
         capacity = int(-(-math.ceil(slots) // _SLOTS_MULTIPLE) * _SLOTS_MULTIPLE)
-        sparse_cfg = jumprelu.default_config()
-        sparse_cfg.sparse_capacity = capacity
-        sparse_step = jax.jit(sae.make_train_step("jumprelu", sparse_cfg))
+        steps = dict(dense_steps)
+        for kernels in ("xla", "cpu"):
+            sparse_cfg = jumprelu.default_config()
+            sparse_cfg.update(sparse_capacity=capacity, sparse_kernels=kernels)
+            steps[kernels] = jax.jit(sae.make_train_step("jumprelu", sparse_cfg))
         opt_state = sae.optimizer(cfg).init(member)
         args = (member, opt_state, x, jnp.int32(_STEP), cfg.sparsity_coeff)
-        jax.block_until_ready(dense_step(*args))  # compile and warm up
-        jax.block_until_ready(sparse_step(*args))
+        for step in steps.values():
+            jax.block_until_ready(step(*args))  # compile and warm up
         assert not sparse_support.overflows(pi, theta, cfg.bandwidth, capacity)
         stats = (float(jnp.mean(jnp.sum(pi > theta, axis=-1))), float(jnp.mean(support)), capacity)
-        candidates[fraction] = (stats, {"dense": (dense_step, args), "sparse": (sparse_step, args)})
-    times = {(f, name): [] for f in fractions for name in ("dense", "sparse")}
-    for _ in range(rounds):  # alternate so load changes hit both alike
+        candidates[fraction] = (stats, {name: (step, args) for name, step in steps.items()})
+    times = {(f, name): [] for f in fractions for name in _COLUMNS}
+    for _ in range(rounds):  # alternate so load changes hit all alike
         for fraction, (_, fns) in candidates.items():
             for name, (fn, args) in fns.items():
                 times[fraction, name].append(_time(fn, args, repeats))
     rows = []
     for fraction, (stats, _) in candidates.items():
-        dense, sparse = min(times[fraction, "dense"]), min(times[fraction, "sparse"])
+        best = {name: min(times[fraction, name]) for name in _COLUMNS}
+        faster_dense = min(best["dense"], best["blocks"])
         l0, mean_support, capacity = stats
+        millis = " | ".join(f"{1e3 * best[name]:.0f}" for name in _COLUMNS)
         rows.append(
             f"| {d_in} | {width} | {100 * fraction:g}% | {l0:.1f} | {mean_support:.1f} | "
-            f"{capacity} | {1e3 * dense:.0f} | {1e3 * sparse:.0f} | {dense / sparse:.2f} |"
+            f"{capacity} | {millis} | {faster_dense / best['xla']:.2f} | "
+            f"{faster_dense / best['cpu']:.2f} |"
         )
     return rows
 
@@ -174,10 +190,11 @@ def main():
         _trainer_table(args)
         return
     print(
-        "| d_in | width | L0/width | mean L0 | mean support | capacity | dense ms | sparse ms "
-        "| dense / sparse |"
+        "| d_in | width | L0/width | mean L0 | mean support | capacity | dense ms | dense in "
+        f"blocks of {_DENSE_BLOCK} ms | sparse, XLA ms | sparse, CPU kernels ms | "
+        "faster dense / sparse XLA | faster dense / sparse CPU kernels |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * 12 + "|")
     for d_in in args.d_in:
         for width in args.width:
             for row in _shape_rows(
