@@ -95,26 +95,27 @@ def _slots_by_latent(idx, width, lo, hi):
     slots[start[j - lo]:start[j - lo + 1]].
     """
     n_rows, capacity = idx.shape
-    start = np.zeros(hi - lo + 1, np.int64)
+    mine = np.empty(n_rows * capacity, np.int64)  # this range's slots, in token order
+    n = 0
     for b in range(n_rows):
         for c in range(capacity):
             j = idx[b, c]
             if j >= width:
                 break
             if lo <= j < hi:
-                start[j - lo + 1] += 1
+                mine[n] = b * capacity + c
+                n += 1
+    start = np.zeros(hi - lo + 1, np.int64)
+    for e in range(n):
+        start[idx[mine[e] // capacity, mine[e] % capacity] - lo + 1] += 1
     for i in range(hi - lo):
         start[i + 1] += start[i]
     fill = start[:-1].copy()
-    slots = np.empty(start[-1], np.int64)
-    for b in range(n_rows):
-        for c in range(capacity):
-            j = idx[b, c]
-            if j >= width:
-                break
-            if lo <= j < hi:
-                slots[fill[j - lo]] = b * capacity + c
-                fill[j - lo] += 1
+    slots = np.empty(n, np.int64)
+    for e in range(n):
+        j = idx[mine[e] // capacity, mine[e] % capacity] - lo
+        slots[fill[j]] = mine[e]
+        fill[j] += 1
     return start, slots
 
 
