@@ -7,8 +7,10 @@ five passes over the (B, M) pre-activations) ~250 ms, so the sparse step stayed 
 dense one (docs/benchmarks.md#sparse-kernels). These kernels do the same work in one pass each,
 as loops that read each row once:
 
-- :func:`support`: one pass over π lists each token's support (π > θ, or π in θ's STE window)
-  into its C slots, with the counts, the L0 and the firing counts;
+- :func:`listing`: one pass over the support's bits (π > θ, or π in θ's STE window; packed by
+  XLA in one pass over π, since a callback is handed a copy of every input and π's would cost
+  more than the listing) lists each token's support into its C slots, with the counts, the L0
+  and the firing counts;
 - :func:`decode`: Σ_c f[b, c] W_dec[idx[b, c]], token by token;
 - :func:`backward_products`: latent by latent (each thread owns a range of latents and sorts the
   slots that name them by counting), the slots' g_f = g_x̂ · W_dec[j], and the rows
@@ -25,7 +27,7 @@ disk).
 
 Synopsis::
 
-    idx, z, counts, l0, fired = support(pi, theta, bandwidth=1e-3, capacity=256)
+    idx, counts, l0, fired = listing(support_words, on_words, capacity=256, width=16384)
     decoded = decode(f, idx, w_dec)                                         # (B, d_out)
     g_f, g_w_dec, g_w_enc, g_b_enc = backward_products(idx, f, on, g_dec, centred, w_dec)
 """
@@ -166,39 +168,36 @@ def _n_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _run(kernel, n: int, *args) -> None:
-    """kernel(*args, lo, hi) over ``n_threads`` contiguous ranges of 0..n-1, in parallel."""
-    parts = min(_n_threads(), max(n, 1))
+def _parts(n: int) -> int:
+    return min(_n_threads(), max(n, 1))
+
+
+def _run(kernel, n: int, args_of_part) -> None:
+    """kernel(*args_of_part(p, lo, hi)) over ``_parts(n)`` contiguous ranges of 0..n-1, at once."""
+    parts = _parts(n)
     bounds = [(p * n // parts, (p + 1) * n // parts) for p in range(parts)]
-    for future in [_pool().submit(kernel, *args, lo, hi) for lo, hi in bounds]:
+    pool = _pool()
+    futures = [pool.submit(kernel, *args_of_part(p, *b)) for p, b in enumerate(bounds)]
+    for future in futures:
         future.result()
 
 
 def _host_listing(support_words, on_words, capacity, width):
     support_words, on_words = np.asarray(support_words), np.asarray(on_words)
     n_rows = support_words.shape[0]
-    parts = min(_n_threads(), n_rows)
     idx = np.empty((n_rows, capacity), np.int32)
     counts = np.empty(n_rows, np.int32)
     l0 = np.empty(n_rows, np.float32)
-    fired = np.zeros((parts, width), np.float32)  # one row per thread, summed below
-    kernel = _listing_kernel
-    bounds = [(p * n_rows // parts, (p + 1) * n_rows // parts) for p in range(parts)]
-    futures = [
-        _pool().submit(
-            kernel, support_words, on_words, capacity, width, idx, counts, l0, fired[p], lo, hi
-        )
-        for p, (lo, hi) in enumerate(bounds)
-    ]
-    for future in futures:
-        future.result()
+    fired = np.zeros((_parts(n_rows), width), np.float32)  # one row per thread, summed below
+    args = (support_words, on_words, capacity, width, idx, counts, l0)
+    _run(_listing_kernel, n_rows, lambda p, lo, hi: (*args, fired[p], lo, hi))
     return idx, counts, l0, fired.sum(axis=0, dtype=np.float32)
 
 
 def _host_decode(f, idx, table):
     f, idx, table = (np.asarray(a) for a in (f, idx, table))
     out = np.zeros((f.shape[0], table.shape[1]), table.dtype)
-    _run(_decode_kernel, f.shape[0], f, idx, table, out)
+    _run(_decode_kernel, f.shape[0], lambda p, lo, hi: (f, idx, table, out, lo, hi))
     return out
 
 
@@ -212,7 +211,7 @@ def _host_backward(idx, f, on, g_dec, centred, w_dec):
     g_w_enc_t = np.empty((width, centred.shape[1]), centred.dtype)
     g_b_enc = np.empty(width, f.dtype)
     args = (idx, f, on, g_dec, centred, w_dec, g_f, g_w_dec, g_w_enc_t, g_b_enc)
-    _run(_backward_kernel, width, *args)
+    _run(_backward_kernel, width, lambda p, lo, hi: (*args, lo, hi))
     return g_f, g_w_dec, g_w_enc_t, g_b_enc
 
 
@@ -248,13 +247,13 @@ def listing(support_words: jax.Array, on_words: jax.Array, *, capacity: int, wid
 
 
 def decode(f: jax.Array, idx: jax.Array, table: jax.Array) -> jax.Array:
-    """(B, d) Σ_c f[b, c] · table[idx[b, c]]: f (B, C), idx (B, C) from :func:`support`."""
+    """(B, d) Σ_c f[b, c] · table[idx[b, c]]: f (B, C), idx (B, C) from :func:`listing`."""
     shape = jax.ShapeDtypeStruct((f.shape[0], table.shape[1]), table.dtype)
     return _callback(_host_decode, shape, f, idx, table)
 
 
 def backward_products(idx, f, on, g_dec, centred, w_dec):
-    """The sparse path's backward products over the slots ``idx`` (B, C) of :func:`support`.
+    """The sparse path's backward products over the slots ``idx`` (B, C) of :func:`listing`.
 
     Args:
       idx: (B, C) int32 slots (M where empty).
